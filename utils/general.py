@@ -1,0 +1,63 @@
+"""Small helpers shared by every module: box conversions, seeding, run folders."""
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def xywh2xyxy(x):
+    """Boxes from centre/size ``[x, y, w, h]`` to corners ``[x1, y1, x2, y2]`` (torch or numpy, last dim 4)."""
+    y = x.clone() if isinstance(x, torch.Tensor) else np.copy(x)
+    y[..., 0] = x[..., 0] - x[..., 2] / 2
+    y[..., 1] = x[..., 1] - x[..., 3] / 2
+    y[..., 2] = x[..., 0] + x[..., 2] / 2
+    y[..., 3] = x[..., 1] + x[..., 3] / 2
+    return y
+
+
+def xyxy2xywh(x):
+    """Boxes from corners ``[x1, y1, x2, y2]`` to centre/size ``[x, y, w, h]`` (torch or numpy, last dim 4)."""
+    y = x.clone() if isinstance(x, torch.Tensor) else np.copy(x)
+    y[..., 0] = (x[..., 0] + x[..., 2]) / 2
+    y[..., 1] = (x[..., 1] + x[..., 3]) / 2
+    y[..., 2] = x[..., 2] - x[..., 0]
+    y[..., 3] = x[..., 3] - x[..., 1]
+    return y
+
+
+def init_seeds(seed=0, deterministic=False):
+    """Seed python, numpy and torch; ``deterministic`` also asks torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def increment_path(path, exist_ok=False):
+    """``runs/train/exp`` -> the first of ``exp, exp2, exp3, ...`` that does not exist yet (or ``path`` itself)."""
+    path = Path(path)
+    if exist_ok or not path.exists():
+        return path
+    n = 2
+    while Path(f"{path}{n}").exists():
+        n += 1
+    return Path(f"{path}{n}")
+
+
+def select_device(device=""):
+    """``''`` -> cuda:0 when available else cpu; ``'cpu'``, ``'0'``, ``'cuda:1'`` as given."""
+    device = str(device).strip().lower()
+    if device in ("", "auto"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.isdigit():
+        device = f"cuda:{device}"
+    return torch.device(device)
