@@ -21,6 +21,7 @@ def save_checkpoint(obj, path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    obj = plain(obj)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -32,6 +33,21 @@ def save_checkpoint(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def plain(obj):
+    """Numpy scalars and arrays inside ``obj`` as Python numbers and tensors, so ``weights_only`` loads accept it."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
+    return obj
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -49,36 +65,56 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
-def rng_state():
-    """Python, numpy and torch RNG states as weights_only-safe values."""
-    import random
+def load_model(weights, cfg=None, nc=None, device="cpu"):
+    """Build a ``Darknet`` from any artefact the toolkit writes; returns ``(model, ckpt)`` with the model in eval mode.
 
-    import numpy as np
+    - a checkpoint ``.pt`` (see docs/architecture.md): the network comes from its ``cfg`` text (or from ``cfg`` when
+      given), with its ``nc``; ``model`` is loaded strictly and ``masks`` (if any) are applied; ``ckpt`` is the dict.
+    - a Darknet ``.weights`` file: needs ``cfg`` (and ``nc`` when the file was trained with another class count);
+      ``ckpt`` is ``None``.
+    """
+    from models import Darknet, load_darknet_weights
 
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    weights = Path(weights)
+    if weights.suffix == ".weights":
+        if cfg is None:
+            raise UserError(f"{weights}: a Darknet .weights file needs its --cfg")
+        model = Darknet(cfg, nc=nc)
+        load_darknet_weights(model, weights)
+        return model.to(device).eval(), None
+    ckpt = load_checkpoint(weights)
+    if nc is not None and ckpt.get("nc") is not None and nc != ckpt["nc"]:
+        raise UserError(f"{weights}: the checkpoint has {ckpt['nc']} classes, --nc asks for {nc}")
+    nc = ckpt.get("nc") if nc is None else nc
+    img_size = ckpt.get("img_size") or 416
+    if cfg is not None:
+        model = Darknet(cfg, img_size=img_size, nc=nc)
+    else:
+        model = Darknet.from_text(ckpt["cfg"], name=ckpt.get("cfg_name") or weights.name, img_size=img_size, nc=nc)
+    _load_state(model, ckpt["model"], weights)
+    _apply_masks(model, ckpt.get("masks") or {}, weights)
+    return model.to(device).eval(), ckpt
 
 
-def set_rng_state(state):
-    """Restore what ``rng_state()`` returned."""
-    import random
+def _load_state(model, state, path):
+    """``load_state_dict`` with a one-line ``UserError`` naming the first mismatches instead of a traceback."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{name}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                 for name, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if items]
+        raise UserError(f"{path}: weights do not fit the network ({'; '.join(parts)})")
+    model.load_state_dict(state)
 
-    import numpy as np
 
-    random.setstate(_to_tuple(state["python"]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_tuple(x):
-    return tuple(_to_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
+def _apply_masks(model, masks, path):
+    """Zero the pruned weights named by ``masks`` ``{param_name: bool tensor}``."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            if name not in params or tuple(mask.shape) != tuple(params[name].shape):
+                raise UserError(f"{path}: mask {name} does not fit the network")
+            params[name].mul_(mask.to(params[name].dtype))

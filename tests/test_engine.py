@@ -1,0 +1,167 @@
+"""The training engine and train.py: exact resume, plug-in hooks, DDP, end to end with test.py."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from utils import engine
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--cfg", "cfg/yolov3-tiny.cfg", "--img-size", "64", "--batch-size", "4", "--workers", "0",
+        "--nominal-batch-size", "8", "--warmup-epochs", "0.5"]
+
+
+def run_train(data, tmp_path, name, *extra):
+    return train.main([*TINY, "--data", str(data), "--project", str(tmp_path), "--name", name, *extra])
+
+
+class StopAt(engine.Plugin):
+    """Simulates a kill: raises when ``epoch`` is about to start (the previous epoch is fully saved)."""
+
+    name = "stop"
+
+    def __init__(self, epoch):
+        self.stop_epoch = epoch
+
+    def before_epoch(self, trainer, epoch):
+        if epoch == self.stop_epoch:
+            raise KeyboardInterrupt
+
+
+class CountHooks(engine.Plugin):
+    name = "count"
+
+    def __init__(self):
+        self.steps, self.epochs, self.term_calls = 0, 0, 0
+
+    def extra_loss(self, trainer, imgs, targets, outputs, features):
+        self.term_calls += 1
+        assert set(features) == {13} and features[13].shape[0] == imgs.shape[0]
+        return {"zero": outputs[0].sum() * 0.0}
+
+    feature_layers = (13,)
+
+    def after_step(self, trainer):
+        self.steps += 1
+
+    def after_epoch(self, trainer, epoch, metrics):
+        self.epochs += 1
+        return {"count/steps": self.steps}
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+
+def test_resume_is_exact(shapes_tiny, tmp_path):
+    common = ["--epochs", "2", "--deterministic", "--seed", "3"]
+    whole = run_train(shapes_tiny, tmp_path, "whole", *common)
+    # the same run, killed before its second epoch, then resumed from its folder
+    args = train.parse_args(train.train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
+                                                  "--name", "killed", *common])
+    args, model, save_dir, _ = engine.prepare(args)
+    with pytest.raises(KeyboardInterrupt):
+        engine.Trainer(args, model, save_dir, plugins=[StopAt(1)]).fit()
+    assert load_checkpoint(save_dir / "weights" / "last.pt")["epoch"] == 0
+    resumed = train.main(["--resume", str(save_dir)])
+    assert resumed == save_dir
+    a = load_checkpoint(whole / "weights" / "last.pt")
+    b = load_checkpoint(save_dir / "weights" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 1
+    for key in ("model",):
+        for k, v in a[key].items():
+            assert torch.equal(v, b[key][k]), f"{key}.{k} differs after resume"
+    for k, v in a["train_state"]["model"].items():
+        assert torch.equal(v, b["train_state"]["model"][k]), f"raw weights {k} differ after resume"
+    rows = (save_dir / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + one row per epoch, the resumed epoch appended once
+
+
+def test_plugin_hooks_features_and_extra_columns(shapes_tiny, tmp_path):
+    args = train.parse_args(train.train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
+                                                  "--epochs", "1"])
+    args, model, save_dir, _ = engine.prepare(args)
+    hooks = CountHooks()
+    trainer = engine.Trainer(args, model, save_dir, plugins=[hooks])
+    trainer.fit()
+    n_batches = len(trainer.train_loader)
+    assert hooks.term_calls == n_batches and hooks.epochs == 1
+    assert 1 <= hooks.steps <= n_batches
+    header = (save_dir / "results.csv").read_text().splitlines()[0].split(",")
+    assert "train/zero" in header and "count/steps" in header and "metrics/map50" in header
+    ckpt = load_checkpoint(save_dir / "weights" / "last.pt")
+    assert ckpt["train_state"]["plugins"]["count"] == {"steps": hooks.steps}
+    assert (save_dir / "results.png").is_file() and (save_dir / "args.yaml").is_file()
+
+
+def test_checkpoint_for_another_cfg_is_one_line_error(shapes_tiny, tmp_path):
+    save_dir = run_train(shapes_tiny, tmp_path, "tiny", "--epochs", "1", "--notest")
+    proc = subprocess.run([sys.executable, "train.py", "--cfg", "cfg/yolov3.cfg", "--data", str(shapes_tiny),
+                           "--weights", str(save_dir / "weights" / "last.pt"), "--epochs", "1",
+                           "--project", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "last.pt" in err[0] and "yolov3.cfg" in err[0], proc.stderr
+
+
+def test_non_finite_losses_stop_the_run_with_a_usable_checkpoint(shapes_tiny, tmp_path):
+    class Explode(engine.Plugin):
+        name = "nan"
+
+        def extra_loss(self, trainer, imgs, targets, outputs, features):
+            return {"nan": outputs[0].sum() * float("nan")}
+
+    args = train.parse_args(train.train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
+                                                  "--epochs", "2"])
+    args, model, save_dir, _ = engine.prepare(args)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}  # BN statistics may move
+    engine.MAX_BAD_STEPS, old = 3, engine.MAX_BAD_STEPS
+    try:
+        with pytest.raises(UserError, match="consecutive non-finite losses"):
+            engine.Trainer(args, model, save_dir, plugins=[Explode()]).fit()
+    finally:
+        engine.MAX_BAD_STEPS = old
+    ckpt = load_checkpoint(save_dir / "weights" / "last.pt")
+    for k, v in before.items():
+        assert torch.equal(ckpt["train_state"]["model"][k], v), f"a skipped step changed {k}"
+
+
+@pytest.mark.slow
+def test_train_then_test_end_to_end(shapes_tiny, tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", *TINY, "--data", str(shapes_tiny), "--epochs", "2",
+                           "--project", str(tmp_path), "--name", "e2e"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "e2e"
+    assert f"results saved to {run}" in proc.stdout
+    rows = (run / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3
+    best = run / "weights" / "best.pt"
+    ckpt = load_checkpoint(best)
+    assert "train_state" not in ckpt and ckpt["nc"] == len(ckpt["names"])
+    proc = subprocess.run([sys.executable, "test.py", "--weights", str(best), "--data", str(shapes_tiny),
+                           "--img-size", "64", "--project", str(tmp_path), "--name", "test"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "test" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(shapes_tiny, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "train.py", *TINY, "--data", str(shapes_tiny), "--epochs", "1", "--device", "cpu",
+           "--project", str(tmp_path), "--name", "ddp"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "ddp2").exists(), "both ranks created a run folder"
+    ckpt = load_checkpoint(tmp_path / "ddp" / "weights" / "last.pt")
+    from models import Darknet
+
+    model = Darknet.from_text(ckpt["cfg"], name="ddp", nc=ckpt["nc"])
+    model.load_state_dict(ckpt["model"])
+    assert all(not k.startswith("module.") for k in ckpt["model"])

@@ -1,0 +1,56 @@
+"""The shared command line: YAML defaults, inherit_from, override order, underscore aliases."""
+import pytest
+
+from utils.errors import UserError
+from utils.my_utils import hyp_from_args, load_params, parse_args, train_parser
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_default_yaml_fills_values_the_parser_leaves_open():
+    args = parse_args(train_parser(), [])
+    assert args.lr0 == 0.01 and args.cfg == "cfg/yolov3-tiny.cfg" and args.data == "data/shapes.data"
+    hyp = hyp_from_args(args)
+    assert hyp["mosaic"] == 1.0 and hyp["anchor_t"] == 4.0 and None not in hyp.values()
+
+
+def test_yaml_beats_parser_default_and_loses_to_typed_flag(tmp_path):
+    base = write(tmp_path / "base.yaml", "lr0: 0.02\nmomentum: 0.9\nworkers: 5\n")
+    child = write(tmp_path / "child.yaml", "inherit_from: base.yaml\nlr0: 0.03\n")
+    args = parse_args(train_parser(), ["--params", str(child)])
+    assert args.lr0 == 0.03          # child wins over its parent
+    assert args.momentum == 0.9      # inherited from the parent
+    assert args.workers == 5         # YAML wins over the parser's own default (2)
+    assert args.weight_decay == 0.0005  # untouched keys keep params/default.yaml
+    args = parse_args(train_parser(), ["--params", str(child), "--lr0", "0.5", "--workers=1"])
+    assert args.lr0 == 0.5 and args.workers == 1
+
+
+def test_underscore_aliases_are_the_same_flag():
+    a = parse_args(train_parser(), ["--img_size", "320", "--batch_size", "8"])
+    b = parse_args(train_parser(), ["--img-size", "320", "--batch-size", "8"])
+    assert a.img_size == b.img_size == 320 and a.batch_size == b.batch_size == 8
+
+
+def test_typed_flag_equal_to_default_still_beats_yaml(tmp_path):
+    p = write(tmp_path / "p.yaml", "workers: 7\n")
+    args = parse_args(train_parser(), ["--params", str(p), "--workers", "2"])
+    assert args.workers == 2
+
+
+def test_unknown_yaml_key_names_file_and_key(tmp_path):
+    p = write(tmp_path / "bad.yaml", "lr0: 0.1\nlearning_rate: 3\n")
+    with pytest.raises(UserError, match=r"bad\.yaml: unknown key 'learning_rate'"):
+        parse_args(train_parser(), ["--params", str(p)])
+
+
+def test_inherit_cycle_and_missing_file(tmp_path):
+    write(tmp_path / "a.yaml", "inherit_from: b.yaml\n")
+    write(tmp_path / "b.yaml", "inherit_from: a.yaml\n")
+    with pytest.raises(UserError, match="cycle"):
+        load_params(tmp_path / "a.yaml")
+    with pytest.raises(UserError, match="nope.yaml: params file not found"):
+        load_params(tmp_path / "nope.yaml")

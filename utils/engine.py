@@ -1,0 +1,575 @@
+"""The one training loop. Every technique (pruning, distillation, GAN distillation) plugs into it as a ``Plugin``.
+
+One step:  batch -> model(imgs, features) -> YOLO loss (x plug-in scale) + plug-in loss terms -> backward
+           -> (every ``accumulate`` batches) optimiser step -> plug-in ``after_step`` (masks, discriminator) -> EMA.
+One epoch: train -> evaluate the EMA with ``test.evaluate`` -> results.csv / results.png -> last.pt, best.pt.
+
+Exact resume: each epoch reseeds every RNG from (seed, epoch), so an epoch's batches, augmentations and plug-in
+noise do not depend on how many epochs ran before in the same process; ``last.pt`` holds everything else
+(raw and EMA weights, optimiser, scheduler, grad scaler, plug-in states).
+"""
+import csv
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.errors import UserError
+from utils.general import increment_path, init_seeds, select_device
+from utils.my_utils import hyp_from_args, save_args, vars_clean
+from utils.torch_utils import ModelEMA, autocast, build_optimizer, cosine_lr, de_parallel, memory_format
+
+MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run stops
+
+
+class Plugin:
+    """Extension points of the training loop. A technique overrides the hooks it needs; the rest do nothing.
+
+    ``extra_loss`` returns per-image loss terms (like the YOLO terms); the engine multiplies them by the batch
+    size, as it does the detection loss, and logs each one by name.
+    """
+
+    name = "plugin"
+    feature_layers = ()  # layer indexes whose outputs extra_loss receives, as {index: tensor}
+
+    def setup(self, trainer):
+        """Called once before training, after the model is on its device and before the optimiser exists."""
+
+    def modules(self):
+        """Extra modules trained by the main optimiser together with the model (e.g. adaptation layers)."""
+        return []
+
+    def extra_loss(self, trainer, imgs, targets, outputs, features):
+        return {}
+
+    def detection_loss_scale(self, trainer):
+        return 1.0
+
+    def after_step(self, trainer):
+        """After each optimiser step, before the EMA update."""
+
+    def before_epoch(self, trainer, epoch):
+        pass
+
+    def after_epoch(self, trainer, epoch, metrics):
+        """Return extra results.csv columns for this epoch."""
+        return {}
+
+    def checkpoint_entries(self, trainer):
+        """Top-level entries of every saved checkpoint (e.g. ``masks``)."""
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+# ------------------------------------------------------------------------------------------- run folders
+def init_distributed(args):
+    """Join the process group that ``torchrun`` describes (nccl on CUDA, gloo on CPU); no-op for one process."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+        return
+    device = select_device(args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def make_save_dir(args):
+    """``PROJECT/NAME`` (incremented unless --exist-ok), chosen by rank 0 and shared with the other processes."""
+    save_dir = [increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)]
+    if dist.is_initialized():
+        dist.broadcast_object_list(save_dir, src=0)
+    save_dir = Path(save_dir[0])
+    (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+    return save_dir
+
+
+def prepare(args, nc=None):
+    """What every training script does first: a fresh run or a resumed one.
+
+    Returns (args, model, save_dir, resume_checkpoint or None); on resume, ``args`` are the saved ones.
+    """
+    from models import Darknet
+    from utils.datasets import parse_data_cfg
+
+    init_distributed(args)
+    if args.resume:
+        args, ckpt, save_dir = load_for_resume(args)
+        model = Darknet.from_text(ckpt["cfg"], name=ckpt.get("cfg_name", "cfg"), img_size=args.img_size, nc=ckpt["nc"])
+        return args, model, save_dir, ckpt
+    nc = nc or parse_data_cfg(args.data)["classes"]
+    init_seeds(args.seed, args.deterministic)  # the initial weights depend on the seed alone
+    model, _ = model_from_args(args, nc)
+    return args, model, make_save_dir(args), None
+
+
+def find_last(project):
+    """The most recently written ``last.pt`` below ``project``."""
+    runs = sorted(Path(project).rglob("last.pt"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise UserError(f"{project}: no last.pt to resume from")
+    return runs[-1]
+
+
+def resume_path(resume, project):
+    """``--resume`` (most recent run), ``--resume RUN_FOLDER`` or ``--resume path/last.pt`` -> last.pt."""
+    if resume is True or resume == "True":
+        return find_last(project)
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "weights" / "last.pt" if (path / "weights").is_dir() else path / "last.pt"
+    if not path.is_file():
+        raise UserError(f"{resume}: nothing to resume (no last.pt there)")
+    return path
+
+
+def load_for_resume(args):
+    """Replace ``args`` by those saved in the run to resume; returns (args, checkpoint, save_dir)."""
+    import argparse
+
+    path = resume_path(args.resume, args.project)
+    ckpt = load_checkpoint(path)
+    if "train_state" not in ckpt:
+        raise UserError(f"{path}: holds no training state (only last.pt can be resumed)")
+    saved = argparse.Namespace(**ckpt["args"])
+    saved.resume, saved.weights = str(path), ""
+    return saved, ckpt, path.parent.parent
+
+
+# ------------------------------------------------------------------------------------------- the model
+def load_state_checked(model, state, source, cfg_name):
+    """Load ``state`` into ``model``; tensors whose shapes differ only because the class count changed are skipped.
+
+    A checkpoint made for another network is a one-line error naming both.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        key = (missing or unexpected)[0]
+        raise UserError(f"{source}: checkpoint was made for another network than {cfg_name} "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected tensors, e.g. '{key}')")
+    skipped = [k for k, v in state.items() if v.shape != own[k].shape]
+    heads = {f"module_list.{i - 1}." for i in de_parallel(model).yolo_layers}
+    foreign = [k for k in skipped if not any(k.startswith(h) for h in heads)]
+    if foreign:
+        raise UserError(f"{source}: checkpoint was made for another network than {cfg_name} "
+                        f"('{foreign[0]}' is {tuple(state[foreign[0]].shape)}, expected {tuple(own[foreign[0]].shape)})")
+    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    if skipped:
+        print(f"{source}: {len(skipped)} output-layer tensors not loaded (class count differs)")
+    return skipped
+
+
+def model_from_args(args, nc):
+    """Build the network of ``--cfg`` for ``nc`` classes, starting from ``--weights`` when given.
+
+    ``--weights`` may be a toolkit checkpoint (its own cfg is used when ``--cfg`` is not given) or Darknet
+    ``.weights``. Returns (model, checkpoint or None).
+    """
+    from models import Darknet, load_darknet_weights
+
+    weights = str(args.weights or "")
+    if weights.endswith(".pt"):
+        ckpt = load_checkpoint(weights)
+        if args.cfg:
+            model = Darknet(args.cfg, img_size=args.img_size, nc=nc)
+            load_state_checked(model, ckpt["model"], weights, args.cfg)
+        else:
+            model = Darknet.from_text(ckpt["cfg"], name=ckpt.get("cfg_name", "cfg"), img_size=args.img_size, nc=nc)
+            load_state_checked(model, ckpt["model"], weights, ckpt.get("cfg_name", "its cfg"))
+        return model, ckpt
+    if not args.cfg:
+        raise UserError("--cfg is required (or --weights CHECKPOINT.pt that holds its cfg)")
+    model = Darknet(args.cfg, img_size=args.img_size, nc=nc)
+    if weights:
+        load_darknet_weights(model, weights)
+    return model, None
+
+
+# ------------------------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Trains ``model`` on ``args.data`` with ``args``; plug-ins add loss terms, masks and extra optimisers."""
+
+    def __init__(self, args, model, save_dir, plugins=(), resume_ckpt=None, log=print):
+        from utils.datasets import parse_data_cfg
+
+        self.args, self.plugins, self.log = args, list(plugins), log
+        self.save_dir, self.wdir = Path(save_dir), Path(save_dir) / "weights"
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world = int(os.environ.get("RANK", -1)), int(os.environ.get("WORLD_SIZE", 1))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", -1))
+        self.main = self.rank in (-1, 0)
+        self.device = select_device(args.device)
+        self.amp = not args.no_amp
+        self.hyp = hyp_from_args(args)
+        self.data = parse_data_cfg(args.data)
+        self.names = self.data["names"]
+        self.model = model
+        self.resume_ckpt = resume_ckpt
+        self.epochs = args.epochs
+        self.epoch = 0
+        self.rows = []
+        self.best_fitness = -1.0
+        self.bad_steps = 0
+        self.skipped_steps = 0
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def setup(self):
+        from utils.datasets import create_dataloader
+        from utils.loss import ComputeLoss
+
+        args = self.args
+        init_seeds(args.seed, args.deterministic)
+        if self.world > 1:
+            self._init_distributed()
+        self.fmt = memory_format(self.device, self.amp)
+        self.model.to(self.device).to(memory_format=self.fmt)
+        self.model.hyp = self.hyp
+        for plugin in self.plugins:
+            plugin.setup(self)
+        self.feature_layers = sorted({i for p in self.plugins for i in p.feature_layers})
+        stride = int(max(m.stride for m in self.yolo_modules()))
+        self.batch_size = max(args.batch_size // max(self.world, 1), 1)
+        self.accumulate = max(round(args.nominal_batch_size / args.batch_size), 1)
+        self.optimizer = build_optimizer([self.model] + [m for p in self.plugins for m in p.modules()],
+                                         args.optimizer, args.lr0, args.momentum, args.weight_decay)
+        self.lf = cosine_lr(self.epochs, args.lrf)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
+        self.ema = None if args.no_ema else ModelEMA(self.model)
+        self.compute_loss = ComputeLoss(self.model, self.hyp)
+        if self.world > 1:
+            if args.sync_bn and self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            ids = [self.local_rank] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.train_loader, self.train_set = create_dataloader(
+            self.data["train"], args.img_size, self.batch_size, stride, hyp=self.hyp, augment=True, rect=args.rect,
+            workers=args.workers, shuffle=True, rank=self.rank if self.world > 1 else -1, cache=args.cache_images,
+            seed=args.seed, nc=self.data["classes"])
+        self.val_loader = None
+        if self.main:
+            self.val_loader, _ = create_dataloader(
+                self.data["valid"], args.img_size, self.batch_size * 2, stride, hyp=self.hyp, augment=False,
+                rect=True, workers=args.workers, shuffle=False, nc=self.data["classes"])
+            save_args(args, self.save_dir / "args.yaml")
+        self.start_epoch = 0
+        if self.resume_ckpt is not None:
+            self._restore(self.resume_ckpt)
+        self.writer = self._tensorboard()
+
+    def _init_distributed(self):
+        init_distributed(self.args)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.local_rank)
+
+    def _tensorboard(self):
+        if not self.main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.save_dir))
+
+    def yolo_modules(self):
+        m = de_parallel(self.model)
+        return [m.module_list[i] for i in m.yolo_layers]
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self):
+        """Train from ``start_epoch`` to ``epochs``; returns the last epoch's metrics."""
+        self.setup()
+        metrics = {}
+        for epoch in range(self.start_epoch, self.epochs):
+            self.epoch = epoch
+            t0 = time.time()
+            losses, img_per_s = self.train_one_epoch(epoch)
+            self.scheduler.step()
+            metrics = self.validate(epoch)
+            self.end_epoch(epoch, losses, metrics, img_per_s, time.time() - t0)
+        if self.world > 1:
+            dist.destroy_process_group()
+        if self.writer:
+            self.writer.close()
+        return metrics
+
+    def train_one_epoch(self, epoch):
+        args, model = self.args, self.model
+        init_seeds(args.seed + 1000 * (epoch + 1) + max(self.rank, 0), args.deterministic)
+        model.train()
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        for plugin in self.plugins:
+            plugin.before_epoch(self, epoch)
+        nb = len(self.train_loader)
+        n_warmup = round(args.warmup_epochs * nb)
+        sums, count, n_images, t0 = defaultdict(float), 0, 0, time.time()
+        bar = tqdm(self.train_loader, total=nb, disable=not self.main, ncols=120,
+                   desc=f"{epoch + 1}/{self.epochs}", bar_format="{l_bar}{bar:10}{r_bar}")
+        self.optimizer.zero_grad(set_to_none=True)
+        last_step = nb * epoch - 1
+        for i, (imgs, targets, _, _) in enumerate(bar):
+            ni = i + nb * epoch
+            imgs = imgs.to(self.device, non_blocking=True).float().div_(255).contiguous(memory_format=self.fmt)
+            targets = targets.to(self.device)
+            if ni <= n_warmup:
+                self._warmup(ni, n_warmup, epoch)
+            if args.multi_scale:
+                imgs = self._rescale(imgs)
+            total, terms = self.step_loss(imgs, targets)
+            if not torch.isfinite(total):
+                self._bad_step(epoch)
+                continue
+            self.bad_steps = 0
+            self.scaler.scale(total).backward()
+            if ni - last_step >= self.accumulate:
+                self.optimizer_step()
+                last_step = ni
+            for k, v in terms.items():
+                sums[k] += v
+            count += 1
+            n_images += imgs.shape[0]
+            if self.main:
+                bar.set_postfix_str(self._postfix(sums, count, n_images / (time.time() - t0)))
+        if last_step != nb - 1 + nb * epoch and count:
+            self.optimizer_step()  # do not carry half-accumulated gradients into the next epoch
+        means = {k: v / max(count, 1) for k, v in sums.items()}
+        return means, n_images * max(self.world, 1) / max(time.time() - t0, 1e-9)
+
+    def step_loss(self, imgs, targets):
+        """Forward pass and every loss term of one batch: returns (total to back-propagate, {term: float})."""
+        with autocast(self.device, self.amp):
+            if self.feature_layers:
+                outputs, feats = self.model(imgs, features=self.feature_layers)
+                features = dict(zip(self.feature_layers, feats))
+            else:
+                outputs, features = self.model(imgs), {}
+            loss, terms = self.compute_loss(outputs, targets)
+            scale = math.prod(p.detection_loss_scale(self) for p in self.plugins)
+            total = loss * scale
+            bs = imgs.shape[0]
+            for plugin in self.plugins:
+                for k, v in plugin.extra_loss(self, imgs, targets, outputs, features).items():
+                    total = total + v * bs
+                    terms[k] = float(v.detach())
+        if self.world > 1:
+            total = total * self.world  # DDP averages gradients over processes
+        return total, terms
+
+    def optimizer_step(self):
+        """Unscale, clip, step, zero; then plug-ins (masks, discriminators) and the EMA."""
+        if self.args.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.optimizer_parameters(), self.args.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        for plugin in self.plugins:
+            plugin.after_step(self)
+        if self.ema:
+            self.ema.update(self.model)
+
+    def optimizer_parameters(self):
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _warmup(self, ni, n_warmup, epoch):
+        """Linear warm-up of the learning rate (biases from warmup_bias_lr down), momentum and accumulation."""
+        args = self.args
+        x = [0, n_warmup]
+        self.accumulate = max(1, round(np.interp(ni, x, [1, args.nominal_batch_size / args.batch_size])))
+        for j, group in enumerate(self.optimizer.param_groups):
+            start = args.warmup_bias_lr if j == 2 else 0.0
+            group["lr"] = float(np.interp(ni, x, [start, group["initial_lr"] * self.lf(epoch)]))
+            if "momentum" in group:
+                group["momentum"] = float(np.interp(ni, x, [args.warmup_momentum, args.momentum]))
+
+    def _rescale(self, imgs):
+        stride = int(max(m.stride for m in self.yolo_modules()))
+        size = int(np.random.uniform(self.args.img_size * 0.5, self.args.img_size * 1.5 + stride)) // stride * stride
+        scale = size / max(imgs.shape[2:])
+        if scale == 1:
+            return imgs
+        shape = [math.ceil(x * scale / stride) * stride for x in imgs.shape[2:]]
+        return nn.functional.interpolate(imgs, size=shape, mode="bilinear", align_corners=False)
+
+    def _bad_step(self, epoch):
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.bad_steps >= MAX_BAD_STEPS:
+            if self.main:
+                self.save(epoch - 1, {}, best=False)
+            raise UserError(f"{self.save_dir}: {self.bad_steps} consecutive non-finite losses in epoch {epoch + 1}; "
+                            f"stopped (lower --lr0 or check the data); last.pt holds the weights before the failure")
+
+    @staticmethod
+    def _postfix(sums, count, img_per_s):
+        mem = torch.cuda.memory_reserved() / 2**30 if torch.cuda.is_available() else 0
+        losses = " ".join(f"{k}={v / max(count, 1):.4g}" for k, v in sums.items())
+        return f"{losses} {img_per_s:.1f}img/s" + (f" {mem:.1f}G" if mem else "")
+
+    # -- evaluation and logging ----------------------------------------------------------------------
+    def eval_model(self):
+        return self.ema.ema if self.ema else de_parallel(self.model)
+
+    def validate(self, epoch):
+        from test import evaluate
+
+        if not self.main or (self.args.notest and epoch != self.epochs - 1):
+            return {}
+        return evaluate(self.eval_model(), self.val_loader, half=self.amp, names=self.names,
+                        compute_loss=self.compute_loss)
+
+    def end_epoch(self, epoch, losses, metrics, img_per_s, seconds):
+        if self.main:
+            row = {"epoch": epoch + 1}
+            row.update({f"train/{k}": v for k, v in losses.items()})
+            row.update({f"val/{k}": v for k, v in metrics.get("loss", {}).items()})
+            for k in ("precision", "recall", "map50", "map"):
+                if k in metrics:
+                    row[f"metrics/{k}"] = metrics[k]
+            row["lr"] = self.optimizer.param_groups[1]["lr"]
+            row["img_per_s"] = img_per_s
+            row["seconds"] = seconds
+            row["skipped_steps"] = self.skipped_steps
+            for plugin in self.plugins:
+                row.update(plugin.after_epoch(self, epoch, metrics))
+            self.rows.append(row)
+            self.write_results()
+            fitness = fitness_of(metrics) if metrics else -1.0
+            best = fitness > self.best_fitness
+            self.best_fitness = max(self.best_fitness, fitness)
+            self.save(epoch, metrics, best=best)
+            if self.writer:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        self.writer.add_scalar(k, v, epoch + 1)
+            summary = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in row.items()
+                               if k.startswith("metrics/"))
+            self.log(f"epoch {epoch + 1}/{self.epochs}: {summary} ({seconds:.0f}s)")
+        else:
+            for plugin in self.plugins:
+                plugin.after_epoch(self, epoch, metrics)
+        if self.world > 1:
+            dist.barrier()
+
+    def write_results(self):
+        keys = []
+        for row in self.rows:
+            keys += [k for k in row if k not in keys]
+        with open(self.save_dir / "results.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        plot_results(self.save_dir / "results.csv")
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def checkpoint(self, epoch, train_state):
+        """The checkpoint dict of docs/architecture.md; ``train_state`` only for last.pt."""
+        model = de_parallel(self.model)
+        ckpt = {
+            "cfg": model.cfg_text,
+            "cfg_name": Path(model.cfg_path).name if getattr(model, "cfg_path", None) else "cfg",
+            "nc": model.nc,
+            "names": list(self.names),
+            "img_size": self.args.img_size,
+            "model": {k: v.detach().float().cpu() if v.dtype.is_floating_point else v.cpu()
+                      for k, v in self.eval_model().state_dict().items()},
+            "epoch": epoch,
+            "best_fitness": self.best_fitness,
+            "args": vars_clean(self.args),
+        }
+        for plugin in self.plugins:
+            ckpt.update(plugin.checkpoint_entries(self))
+        if train_state:
+            ckpt["train_state"] = {
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "ema_updates": self.ema.updates if self.ema else 0,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "plugins": {p.name: p.state_dict() for p in self.plugins},
+                "rows": self.rows,
+                "skipped_steps": self.skipped_steps,
+            }
+        return ckpt
+
+    def save(self, epoch, metrics, best):
+        save_checkpoint(self.checkpoint(epoch, train_state=True), self.wdir / "last.pt")
+        if best:
+            save_checkpoint(self.checkpoint(epoch, train_state=False), self.wdir / "best.pt")
+
+    def _restore(self, ckpt):
+        """Continue exactly where ``last.pt`` stopped."""
+        state = ckpt["train_state"]
+        model = de_parallel(self.model)
+        model.load_state_dict(state["model"])
+        if self.ema:
+            self.ema.ema.load_state_dict(ckpt["model"])
+            self.ema.updates = state["ema_updates"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        for plugin in self.plugins:
+            plugin.load_state_dict(state["plugins"].get(plugin.name, {}))
+        self.rows = list(state.get("rows", []))
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.best_fitness = ckpt["best_fitness"]
+        self.start_epoch = ckpt["epoch"] + 1
+        if self.main:
+            self.log(f"resuming {self.save_dir} at epoch {self.start_epoch + 1}/{self.epochs}")
+
+
+def fitness_of(metrics):
+    """The number best.pt maximises: 0.1 * mAP@0.5 + 0.9 * AP@[.5:.95]."""
+    return 0.1 * metrics.get("map50", 0.0) + 0.9 * metrics.get("map", 0.0)
+
+
+def plot_results(csv_path):
+    """results.png: one small panel per numeric column of results.csv, against the epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    keys = [k for k in rows[0] if k != "epoch" and _is_number(rows[0][k])]
+    cols = 5
+    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(3 * cols, 2.4 * math.ceil(len(keys) / cols)),
+                             squeeze=False)
+    epochs = [int(float(r["epoch"])) for r in rows]
+    for ax, key in zip(axes.flat, keys):
+        ax.plot(epochs, [float(r[key]) if _is_number(r.get(key, "")) else np.nan for r in rows], marker=".")
+        ax.set_title(key, fontsize=9)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(Path(csv_path).with_suffix(".png"), dpi=100)
+    plt.close(fig)
+
+
+def _is_number(s):
+    try:
+        float(s)
+        return True
+    except (TypeError, ValueError):
+        return False

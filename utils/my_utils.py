@@ -1,0 +1,276 @@
+"""The one argparse module: a parser per entry script, built from shared groups, plus ``--params`` YAML files.
+
+Precedence, lowest to highest: the defaults written below < ``params/default.yaml`` < the ``--params`` YAML
+(and the files it inherits from, via ``inherit_from:``) < flags typed on the command line. The original project's
+argparse defaults silently overrode its YAML files; here a YAML value loses only to a flag the user typed.
+
+Every ``--dashed-flag`` also answers to ``--dashed_flag`` (the original's underscore spellings).
+"""
+import argparse
+from pathlib import Path
+
+import yaml
+
+from utils.errors import UserError
+from utils.general import ROOT
+
+DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
+
+# Hyperparameters handed to the loss and the augmentation as one dict (``hyp``); their values live in YAML.
+HYP_KEYS = (
+    "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
+    "box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t", "label_smoothing",
+    "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud", "fliplr", "mosaic",
+)
+
+
+def flag(group, name, *more, **kwargs):
+    """``group.add_argument`` that also registers the underscore spelling of a dashed flag."""
+    names = [name, *more]
+    for n in list(names):
+        alt = "--" + n[2:].replace("-", "_")
+        if n.startswith("--") and alt not in names:
+            names.append(alt)
+    return group.add_argument(*names, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- groups
+def add_model_args(p, cfg_required=False):
+    g = p.add_argument_group("model")
+    flag(g, "--cfg", type=str, default=None, required=cfg_required, help="Darknet .cfg file of the network")
+    flag(g, "--weights", type=str, default="", help="start from a checkpoint .pt or Darknet .weights (with --cfg)")
+    flag(g, "--img-size", type=int, default=None, help="train and test image size in pixels (multiple of 32)")
+    return g
+
+
+def add_data_args(p):
+    g = p.add_argument_group("data")
+    flag(g, "--data", type=str, default=None, help="dataset description file (.data)")
+    flag(g, "--batch-size", type=int, default=None, help="total batch size over all processes")
+    flag(g, "--workers", type=int, default=2, help="data loader worker processes")
+    flag(g, "--cache-images", action="store_true", help="cache decoded images in RAM")
+    return g
+
+
+def add_optim_args(p):
+    g = p.add_argument_group("optimisation (defaults in params/default.yaml)")
+    flag(g, "--epochs", type=int, default=None)
+    flag(g, "--optimizer", choices=("sgd", "adam"), default=None, help="SGD with nesterov momentum, or Adam")
+    for key in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr"):
+        flag(g, "--" + key.replace("_", "-"), type=float, default=None)
+    flag(g, "--nominal-batch-size", type=int, default=None, help="gradients are accumulated to this batch size")
+    flag(g, "--multi-scale", action="store_true", help="vary the image size +-50%% per batch")
+    flag(g, "--no-ema", action="store_true", help="evaluate and save the raw weights instead of their EMA")
+    flag(g, "--grad-clip", type=float, default=10.0, help="clip the gradient norm (0 disables)")
+    for key in ("box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t", "label_smoothing"):
+        flag(g, "--" + key.replace("_", "-"), type=float, default=None, help="loss hyperparameter")
+    return g
+
+
+def add_aug_args(p):
+    g = p.add_argument_group("augmentation (defaults in params/default.yaml)")
+    for key in ("hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud",
+                "fliplr", "mosaic"):
+        flag(g, "--" + key.replace("_", "-"), type=float, default=None)
+    flag(g, "--rect", action="store_true", help="rectangular training batches (no mosaic)")
+    return g
+
+
+def add_output_args(p, project):
+    g = p.add_argument_group("output")
+    flag(g, "--project", type=str, default=project, help="runs are written to PROJECT/NAME")
+    flag(g, "--name", type=str, default="exp", help="run name; exp, exp2, ... when it exists")
+    flag(g, "--exist-ok", action="store_true", help="reuse PROJECT/NAME instead of incrementing")
+    flag(g, "--resume", nargs="?", const=True, default=False,
+         help="continue the most recent run, or the given run folder or last.pt, where it stopped")
+    flag(g, "--notest", action="store_true", help="evaluate only after the last epoch")
+    return g
+
+
+def add_device_args(p):
+    g = p.add_argument_group("device")
+    flag(g, "--device", type=str, default="", help="cpu, 0, cuda:1 ... (default: first GPU, else CPU)")
+    flag(g, "--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast on CPU, fp16 on CUDA)")
+    flag(g, "--sync-bn", action="store_true", help="SyncBatchNorm under DistributedDataParallel")
+    flag(g, "--seed", type=int, default=0)
+    flag(g, "--deterministic", action="store_true", help="deterministic kernels (exact resume; slower)")
+    return g
+
+
+def base_parser(description, params):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                allow_abbrev=False)
+    flag(p, "--params", type=str, default=str(params) if params else None,
+         help="YAML of defaults (may name inherit_from:); flags typed here override it")
+    return p
+
+
+def train_parser(description="Train a Darknet-cfg YOLO detector.", params=DEFAULT_PARAMS, project="runs/train"):
+    """The parser of train.py; the technique scripts extend it with their own groups."""
+    p = base_parser(description, params)
+    add_model_args(p)
+    add_data_args(p)
+    add_optim_args(p)
+    add_aug_args(p)
+    add_output_args(p, project)
+    add_device_args(p)
+    return p
+
+
+# ----------------------------------------------------------------------------------------------- YAML
+def load_params(path, _seen=None):
+    """Read a params YAML, following ``inherit_from:`` (relative to the file); the child's keys win."""
+    path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (ROOT / path).is_file():
+        path = ROOT / path
+    if not path.is_file():
+        raise UserError(f"{path}: params file not found")
+    _seen = _seen or []
+    if path.resolve() in _seen:
+        raise UserError(f"{path}: inherit_from makes a cycle")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise UserError(f"{path}:{'' if line is None else line + 1}: invalid YAML") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of key: value")
+    parent = values.pop("inherit_from", None)
+    merged = load_params(path.parent / parent, _seen + [path.resolve()]) if parent else {}
+    merged.update({k: (v, path) for k, v in values.items()})
+    return merged
+
+
+def parse_args(parser, argv=None):
+    """Parse ``argv`` with precedence defaults < params/default.yaml < --params YAML < typed flags."""
+    args = parser.parse_args(argv)
+    typed = _typed_dests(parser, argv)
+    dests = {a.dest for a in parser._actions}
+    layers = load_params(DEFAULT_PARAMS)
+    if args.params and Path(args.params).resolve() != DEFAULT_PARAMS.resolve():
+        layers.update(load_params(args.params))
+    for key, (value, source) in layers.items():
+        if key not in dests:
+            raise UserError(f"{source}: unknown key '{key}' (not a flag of this script)")
+        if key not in typed:
+            setattr(args, key, value)
+    return args
+
+
+def _typed_dests(parser, argv):
+    """The dests of the options present in ``argv`` (the command line), whatever their spelling."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    words = {w.split("=", 1)[0] for w in argv if w.startswith("-")}
+    return {a.dest for a in parser._actions if any(s in words for s in a.option_strings)}
+
+
+def hyp_from_args(args):
+    """The hyperparameter dict the loss and the data augmentation read."""
+    return {k: getattr(args, k) for k in HYP_KEYS}
+
+
+def save_args(args, path):
+    """Write the resolved configuration as ``args.yaml``: a run is fully described by it."""
+    Path(path).write_text(yaml.safe_dump(vars_clean(args), sort_keys=False))
+
+
+def vars_clean(args):
+    """``vars(args)`` with paths as strings, safe for YAML and ``torch.load(weights_only=True)``."""
+    out = {}
+    for k, v in vars(args).items():
+        out[k] = str(v) if isinstance(v, Path) else v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- techniques
+SCOPES = {"global": "global", "local": "local", "imp_global": "global", "imp_local": "local"}
+
+
+def scope_type(value):
+    """``global``/``local``; the original's ``IMP_GLOBAL``/``IMP_LOCAL`` spellings are accepted."""
+    try:
+        return SCOPES[str(value).lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"scope must be global or local, not {value!r}") from None
+
+
+def add_prune_args(p):
+    g = p.add_argument_group("pruning (defaults in params/IMP.yaml and params/CS.yaml)")
+    method = g.add_mutually_exclusive_group()
+    method.add_argument("--lth", action="store_true", help="Lottery Ticket: iterative magnitude pruning + rewinding")
+    method.add_argument("--cs", action="store_true", help="Continuous Sparsification")
+    flag(g, "--rounds", type=int, default=None, help="LTH prune-rewind-retrain rounds / CS search rounds")
+    flag(g, "--prune-rate", type=float, default=None, help="LTH: fraction of the remaining weights removed per round")
+    flag(g, "--scope", type=scope_type, default=None, help="LTH: global (one threshold) or local (per layer)")
+    flag(g, "--rewind-epoch", "--reseting", type=int, default=None,
+         help="epoch of the dense run whose weights survivors are rewound to (0 = initial weights)")
+    flag(g, "--rewind-iter", type=int, default=None, help="rewind to this iteration instead of an epoch")
+    flag(g, "--prune-output", action="store_true", help="also prune the output convs before [yolo] layers")
+    flag(g, "--keep-first-dense", action="store_true", help="never prune the first conv")
+    flag(g, "--mask-init", type=float, default=None, help="CS: initial mask logit s0")
+    flag(g, "--cs-lambda", type=float, default=None, help="CS: weight of the L1 penalty on the soft mask")
+    flag(g, "--mask-lr", type=float, default=None, help="CS: learning rate of the mask logits")
+    flag(g, "--mask-momentum", type=float, default=None, help="CS: momentum of the mask logits' SGD")
+    flag(g, "--final-temperature", type=float, default=None, help="CS: temperature beta reached at a round's end")
+    flag(g, "--ticket-epochs", type=int, default=None, help="CS: epochs of the ticket's retraining (default --epochs)")
+    return g
+
+
+def prune_parser():
+    """The parser of prune.py: training flags plus the pruning group."""
+    p = train_parser("Prune a YOLO detector: Lottery Ticket (--lth) or Continuous Sparsification (--cs).",
+                     params=None, project="runs/prune")
+    add_prune_args(p)
+    return p
+
+
+def add_kd_args(p):
+    g = p.add_argument_group("distillation (defaults in params/KD.yaml and params/KD_GAN.yaml)")
+    flag(g, "--teacher-cfg", type=str, default=None, help="teacher network cfg (default: the one in its checkpoint)")
+    flag(g, "--teacher-weights", type=str, default=None, help="teacher checkpoint .pt or Darknet .weights")
+    flag(g, "--student-features", type=int, nargs="+", default=None, help="student layer indexes, one per pair")
+    flag(g, "--teacher-features", type=int, nargs="+", default=None, help="teacher layer indexes, one per pair")
+    flag(g, "--adapt-kernel", type=int, choices=(1, 3), default=None, help="kernel of the adaptation convs")
+    flag(g, "--hint-loss", choices=("l2", "l1"), default=None, help="distance of the hint loss")
+    flag(g, "--hint-weight", type=float, default=None, help="weight of the hint loss")
+    flag(g, "--soft-weight", type=float, default=None, help="weight of the soft-target loss")
+    flag(g, "--bound-weight", type=float, default=None, help="weight of the teacher-bounded regression loss")
+    flag(g, "--kd-temperature", type=float, default=None, help="temperature T of the soft targets, sigma(z/T)")
+    flag(g, "--kd-mu", type=float, default=None, help="hard-loss share mu in mu*hard + (1-mu)*soft")
+    flag(g, "--kd-margin", type=float, default=None, help="margin m of the teacher-bounded regression")
+    flag(g, "--kd-object-weight", type=float, default=None,
+         help="weight of cells the teacher considers objects in the soft loss (background cells weigh 1)")
+    return g
+
+
+def add_gan_args(p):
+    g = p.add_argument_group("GAN distillation (defaults in params/KD_GAN.yaml)")
+    flag(g, "--d-kernel-size", type=int, nargs="+", default=None, help="discriminator conv kernel, per pair")
+    flag(g, "--d-lr", type=float, default=None, help="discriminator learning rate")
+    flag(g, "--d-momentum", type=float, default=None, help="discriminator SGD momentum")
+    flag(g, "--adv-weight", type=float, default=None, help="weight of the adversarial term in the student loss")
+    flag(g, "--second-stage", type=int, default=None, help="epoch at which stage 2 (detection loss only) starts")
+    flag(g, "--stage1-det-scale", type=float, default=None, help="scale of the detection loss in stage 1")
+    flag(g, "--soft-labels", type=lambda s: str(s).lower() in ("1", "true", "yes"), default=None,
+         help="real labels U(0.7,1), fake U(0,0.3) instead of 1/0")
+    flag(g, "--label-flip", type=float, default=None, help="probability of flipping a discriminator label")
+    return g
+
+
+def kd_parser():
+    """The parser of my_kd.py: training flags plus the distillation group."""
+    p = train_parser("Distil a teacher into a student (Chen et al. 2017).", params=ROOT / "params" / "KD.yaml",
+                     project="runs/kd")
+    add_kd_args(p)
+    return p
+
+
+def gan_parser():
+    """The parser of my_kd_gan.py: training and distillation flags plus the GAN group."""
+    p = train_parser("GAN-based distillation of a teacher into a student (Wang et al. 2020).",
+                     params=ROOT / "params" / "KD_GAN.yaml", project="runs/kd_gan")
+    add_kd_args(p)
+    add_gan_args(p)
+    return p
