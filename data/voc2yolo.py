@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Pascal VOC XML annotations -> YOLO labels and a .data file.
+
+    python data/voc2yolo.py --voc-root VOCdevkit --out data/voc
+        [--train VOC2007/trainval,VOC2012/trainval] [--valid VOC2007/test] [--keep-difficult] [--copy]
+
+Reads ``<voc-root>/<VOCyear>/ImageSets/Main/<set>.txt``, ``Annotations/<id>.xml`` and ``JPEGImages/<id>.jpg``;
+writes ``<out>/images/{train,val}/<VOCyear>_<id>.jpg`` (symbolic links, or copies with ``--copy``),
+``<out>/labels/{train,val}/<VOCyear>_<id>.txt``, ``<out>/voc.names`` and ``<out>/voc.data``.
+
+Boxes: VOC corners are 1-based inclusive pixel indices, so a box covers ``[xmin - 1, xmax]`` in continuous
+pixel coordinates: ``x_center = (xmin - 1 + xmax) / 2 / width``, ``w = (xmax - xmin + 1) / width``.
+
+``difficult`` objects: the VOC evaluation ignores them (neither a hit nor a miss). YOLO labels cannot say
+"ignore", so by default they are left out of the labels (train and val alike); ``--keep-difficult`` writes
+them as ordinary objects. Leaving them out means that on the validation split a detection of a difficult
+object counts as a false positive in our COCO-style evaluation, which the VOC protocol would have ignored.
+Objects of unknown classes are reported and skipped.
+"""
+import argparse
+import os
+import shutil
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+
+def place(src, dst, copy=False):
+    """Put image ``src`` at ``dst`` as a symbolic link (or a copy), replacing what was there."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    if copy:
+        shutil.copy2(src, dst)
+    else:
+        os.symlink(os.path.abspath(src), dst)
+
+
+def _image_size(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def convert_annotation(xml_path, classes=VOC_CLASSES, keep_difficult=False, image_path=None):
+    """One VOC XML file -> ``(lines, stats)``: YOLO label lines and counts ``objects, difficult, unknown``."""
+    root = ET.parse(xml_path).getroot()
+    size = root.find("size")
+    w = int(float(size.findtext("width", "0"))) if size is not None else 0
+    h = int(float(size.findtext("height", "0"))) if size is not None else 0
+    if (w <= 0 or h <= 0) and image_path is not None and Path(image_path).is_file():
+        w, h = _image_size(image_path)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{xml_path}: no image size in <size> and no image to read it from")
+    lines, stats = [], dict(objects=0, difficult=0, unknown=0)
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in classes:
+            stats["unknown"] += 1
+            print(f"{xml_path}: unknown class {name!r} skipped", file=sys.stderr)
+            continue
+        difficult = int(float(obj.findtext("difficult", "0") or 0)) == 1
+        if difficult:
+            stats["difficult"] += 1
+            if not keep_difficult:
+                continue
+        bb = obj.find("bndbox")
+        x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        x1, y1 = max(x1 - 1, 0.0), max(y1 - 1, 0.0)
+        x2, y2 = min(x2, w), min(y2, h)
+        if x2 <= x1 or y2 <= y1:
+            print(f"{xml_path}: empty box of {name!r} skipped", file=sys.stderr)
+            continue
+        lines.append(f"{classes.index(name)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
+                     f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
+        stats["objects"] += 1
+    return lines, stats
+
+
+def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/trainval"), valid=("VOC2007/test",),
+            keep_difficult=False, copy=False, classes=VOC_CLASSES):
+    """Convert the listed ``<VOCyear>/<set>`` image sets; returns the path of the written ``voc.data``."""
+    voc_root, out = Path(voc_root), Path(out)
+    total = dict(images=0, objects=0, difficult=0, unknown=0)
+    for split, sets in (("train", train), ("val", valid)):
+        for s in sets:
+            year, name = s.split("/")
+            base = voc_root / year
+            ids_file = base / "ImageSets" / "Main" / f"{name}.txt"
+            if not ids_file.is_file():
+                raise SystemExit(f"error: {ids_file}: image set not found")
+            for img_id in ids_file.read_text().split():
+                img = base / "JPEGImages" / f"{img_id}.jpg"
+                lines, st = convert_annotation(base / "Annotations" / f"{img_id}.xml", classes, keep_difficult, img)
+                stem = f"{year}_{img_id}"
+                place(img, out / "images" / split / f"{stem}.jpg", copy)
+                lab = out / "labels" / split / f"{stem}.txt"
+                lab.parent.mkdir(parents=True, exist_ok=True)
+                lab.write_text("".join(line + "\n" for line in lines))
+                total["images"] += 1
+                for k in st:
+                    total[k] += st[k]
+    (out / "voc.names").write_text("".join(c + "\n" for c in classes))
+    data = out / "voc.data"
+    data.write_text(f"classes={len(classes)}\ntrain=images/train\nvalid=images/val\nnames=voc.names\n")
+    kept = "kept" if keep_difficult else "dropped (use --keep-difficult to keep them)"
+    print(f"{total['images']} images, {total['objects']} objects written; {total['difficult']} difficult objects "
+          f"{kept}; {total['unknown']} objects of unknown classes skipped -> {data}")
+    return data
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--voc-root", required=True, help="folder holding VOC2007/, VOC2012/ (e.g. VOCdevkit)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--train", default="VOC2007/trainval,VOC2012/trainval", help="comma-separated YEAR/SET lists")
+    ap.add_argument("--valid", default="VOC2007/test")
+    ap.add_argument("--keep-difficult", action="store_true", help="write difficult objects too (default: drop)")
+    ap.add_argument("--copy", action="store_true", help="copy images instead of linking them")
+    a = ap.parse_args(argv)
+    split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
+    convert(a.voc_root, a.out, split(a.train), split(a.valid), a.keep_difficult, a.copy)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""data/voc2yolo.py, data/coco2yolo.py, data/exdark2yolo.py on the handmade fixtures in tests/fixtures/."""
+import importlib.util
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from utils.datasets import LoadImagesAndLabels, parse_data_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = Path(__file__).resolve().parent / "fixtures"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "data" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def blank(path, w, h):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((h, w, 3), 90, np.uint8))
+
+
+def read_labels(path):
+    text = Path(path).read_text().split("\n")
+    return np.array([[float(v) for v in ln.split()] for ln in text if ln.strip()]).reshape(-1, 5)
+
+
+@pytest.fixture()
+def voc(tmp_path):
+    root = tmp_path / "VOCdevkit"
+    shutil.copytree(FIX / "voc", root)
+    blank(root / "VOC2007" / "JPEGImages" / "000001.jpg", 200, 100)
+    blank(root / "VOC2007" / "JPEGImages" / "000002.jpg", 64, 48)
+    return root
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_voc2yolo(voc, tmp_path, capsys, keep):
+    m = load_script("voc2yolo")
+    out = tmp_path / "out"
+    args = ["--voc-root", str(voc), "--out", str(out), "--train", "VOC2007/trainval", "--valid", "VOC2007/test"]
+    m.main(args + (["--keep-difficult"] if keep else []))
+    err = capsys.readouterr().err
+    assert "unknown class 'unicorn'" in err
+    lab = read_labels(out / "labels" / "train" / "VOC2007_000001.txt")
+    dog = [m.VOC_CLASSES.index("dog"), 50 / 200, 25 / 100, 100 / 200, 50 / 100]  # 1-based inclusive corners
+    person = [m.VOC_CLASSES.index("person"), 175 / 200, 75 / 100, 50 / 200, 50 / 100]
+    np.testing.assert_allclose(lab, [dog, person] if keep else [dog], atol=1e-6)
+    # no <size>: read from the image (64 x 48)
+    tv = read_labels(out / "labels" / "val" / "VOC2007_000002.txt")
+    np.testing.assert_allclose(tv, [[19, (16 + 48) / 2 / 64, (12 + 36) / 2 / 48, 32 / 64, 24 / 48]], atol=1e-6)
+    d = parse_data_cfg(out / "voc.data")
+    assert d["classes"] == 20 and d["names"][14] == "person"
+    ds = LoadImagesAndLabels(d["train"], 64, nc=20, verbose=False)
+    assert ds.n == 1 and ds.counts["bad_lines"] == 0 and (out / "images" / "train" / "VOC2007_000001.jpg").is_symlink()
+
+
+def test_coco2yolo(tmp_path, capsys):
+    m = load_script("coco2yolo")
+    assert len(m.COCO80_IDS) == 80 and m.COCO91_TO_80[1] == 0 and m.COCO91_TO_80[18] == 16 and m.COCO91_TO_80[90] == 79
+    assert 12 not in m.COCO91_TO_80 and 26 not in m.COCO91_TO_80
+    imgs = tmp_path / "train2017"
+    for name, w, h in [("000000000010.jpg", 200, 100), ("000000000011.jpg", 64, 48), ("000000000012.jpg", 80, 80)]:
+        blank(imgs / name, w, h)
+    out = tmp_path / "coco"
+    m.main(["--annotations", str(FIX / "coco" / "instances_mini.json"), "--images", str(imgs), "--out", str(out),
+            "--split", "train2017", "--copy"])
+    err = capsys.readouterr().err
+    assert "unknown category_id 12" in err
+    np.testing.assert_allclose(read_labels(out / "labels" / "train2017" / "000000000010.txt"),
+                               [[0, 0.25, 0.25, 0.5, 0.5], [79, 0.875, 0.75, 0.25, 0.5]], atol=1e-6)  # crowd skipped
+    # zero-area skipped; box past the image edge clipped (50..64 x 40..48)
+    np.testing.assert_allclose(read_labels(out / "labels" / "train2017" / "000000000011.txt"),
+                               [[16, 0.5, 0.5, 0.5, 0.5], [16, 57 / 64, 44 / 48, 14 / 64, 8 / 48]], atol=1e-6)
+    assert not (out / "labels" / "train2017" / "000000000012.txt").exists()  # background
+    d = parse_data_cfg(out / "coco.data")
+    assert d["classes"] == 80 and d["names"][79] == "toothbrush" and d["train"] == d["valid"]
+    ds = LoadImagesAndLabels(d["train"], 64, nc=80, verbose=False)
+    assert ds.counts["found"] == 3 and ds.counts["background"] == 1 and ds.counts["bad_lines"] == 0
+    # the JSON's own categories, numbered by id
+    out2 = tmp_path / "custom"
+    m.main(["--annotations", str(FIX / "coco" / "instances_mini.json"), "--images", str(imgs), "--out", str(out2),
+            "--split", "val", "--categories-from-json"])
+    assert read_labels(out2 / "labels" / "val" / "000000000010.txt")[:, 0].tolist() == [0, 2]
+    assert (out2 / "coco.names").read_text().split("\n")[:3] == ["person", "dog", "toothbrush"]
+
+
+@pytest.fixture()
+def exdark(tmp_path):
+    ann = tmp_path / "ExDark_Annno"
+    shutil.copytree(FIX / "exdark" / "ExDark_Annno", ann)
+    blank(tmp_path / "ExDark" / "People" / "2015_00001.jpg", 200, 100)
+    blank(tmp_path / "ExDark" / "Car" / "2015_00002.png", 64, 48)
+    blank(tmp_path / "ExDark" / "Cup" / "2015_00003.jpg", 32, 32)  # no annotation file
+    return tmp_path / "ExDark", ann
+
+
+def test_exdark2yolo_split_file(exdark, tmp_path, capsys):
+    m = load_script("exdark2yolo")
+    assert len(m.EXDARK_CLASSES) == 12
+    out = tmp_path / "out"
+    m.main(["--images", str(exdark[0]), "--annotations", str(exdark[1]), "--out", str(out),
+            "--split-file", str(FIX / "exdark" / "imageclasslist.txt")])
+    err = capsys.readouterr().err
+    assert "unknown class 'Dragon'" in err and "2015_00001.jpg.txt:4" in err
+    people, dog = m.EXDARK_CLASSES.index("People"), m.EXDARK_CLASSES.index("Dog")
+    np.testing.assert_allclose(read_labels(out / "labels" / "train" / "2015_00001.txt"),
+                               [[people, 30 / 200, 50 / 100, 40 / 200, 60 / 100], [dog, 0.75, 0.5, 0.5, 1.0]],
+                               atol=1e-6)
+    np.testing.assert_allclose(read_labels(out / "labels" / "val" / "2015_00002.txt"),
+                               [[m.EXDARK_CLASSES.index("Car"), 0.5, 0.5, 1, 1]], atol=1e-6)  # .PNG.txt matched
+    assert read_labels(out / "labels" / "test" / "2015_00003.txt").shape == (0, 5)
+    d = parse_data_cfg(out / "exdark.data")
+    assert d["classes"] == 12 and d["names"][10] == "People" and d["valid"].endswith("images/val")
+
+
+def test_exdark2yolo_random_split(exdark, tmp_path):
+    m = load_script("exdark2yolo")
+    out = tmp_path / "out"
+    m.convert(exdark[0], exdark[1], out, val_fraction=0.34, seed=0)
+    tr, va = list((out / "images" / "train").iterdir()), list((out / "images" / "val").iterdir())
+    assert len(tr) == 2 and len(va) == 1
+    again = tmp_path / "again"
+    m.convert(exdark[0], exdark[1], again, val_fraction=0.34, seed=0)
+    assert [p.name for p in (again / "images" / "val").iterdir()] == [p.name for p in va]
