@@ -54,3 +54,14 @@ def test_inherit_cycle_and_missing_file(tmp_path):
         load_params(tmp_path / "a.yaml")
     with pytest.raises(UserError, match="nope.yaml: params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_yaml_values_are_checked_like_flags_and_original_keys_accepted(tmp_path):
+    from utils.my_utils import prune_parser
+
+    p = write(tmp_path / "imp.yaml", "prune_kind: IMP_GLOBAL\npruning_rate: 0.3\niterations: 4\nreseting: 2\n")
+    args = parse_args(prune_parser(), ["--params", str(p)])
+    assert (args.scope, args.prune_rate, args.rounds, args.rewind_epoch) == ("global", 0.3, 4, 2)
+    bad = write(tmp_path / "bad.yaml", "optimizer: rmsprop\n")
+    with pytest.raises(UserError, match=r"bad\.yaml: optimizer: 'rmsprop' is not one of sgd, adam"):
+        parse_args(train_parser(), ["--params", str(bad)])

@@ -16,6 +16,10 @@ from utils.general import ROOT
 
 DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
 
+# Keys of the original project's params files, read as ours.
+YAML_ALIASES = {"pruning_rate": "prune_rate", "iterations": "rounds", "reseting": "rewind_epoch",
+                "prune_kind": "scope"}
+
 # Hyperparameters handed to the loss and the augmentation as one dict (``hyp``); their values live in YAML.
 HYP_KEYS = (
     "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
@@ -145,16 +149,29 @@ def parse_args(parser, argv=None):
     """Parse ``argv`` with precedence defaults < params/default.yaml < --params YAML < typed flags."""
     args = parser.parse_args(argv)
     typed = _typed_dests(parser, argv)
-    dests = {a.dest for a in parser._actions}
+    actions = {a.dest: a for a in parser._actions}
     layers = load_params(DEFAULT_PARAMS)
     if args.params and Path(args.params).resolve() != DEFAULT_PARAMS.resolve():
         layers.update(load_params(args.params))
     for key, (value, source) in layers.items():
-        if key not in dests:
+        key = YAML_ALIASES.get(key, key)
+        if key not in actions:
             raise UserError(f"{source}: unknown key '{key}' (not a flag of this script)")
         if key not in typed:
-            setattr(args, key, value)
+            setattr(args, key, yaml_value(actions[key], value, source))
     return args
+
+
+def yaml_value(action, value, source):
+    """A YAML value checked like the flag it stands for: the flag's type (for strings) and choices."""
+    try:
+        if action.type is not None and isinstance(value, str):
+            value = action.type(value)
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise UserError(f"{source}: {action.dest}: {e}") from None
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f"{source}: {action.dest}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
 
 
 def _typed_dests(parser, argv):

@@ -1,0 +1,150 @@
+"""prune.py --lth end to end on the tiny shapes set: rounds.csv/rounds.png, checkpoints with masks and rewind
+weights, exact sparsity per round, rewinding bit for bit, kill during round 2 + resume == uninterrupted, and test.py
+scoring the final checkpoint."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import prune
+import test
+from utils import pruning
+from utils.checkpoint import load_checkpoint
+from utils.pruning import LotteryTicket, Masks, PruneRun, expected_alive, magnitude_prune
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--cfg", "cfg/yolov3-tiny.cfg", "--img-size", "64", "--batch-size", "8", "--workers", "0",
+        "--nominal-batch-size", "8", "--warmup-epochs", "0.5"]  # 16 images: 2 optimiser steps per epoch
+LTH = ["--lth", "--epochs", "2", "--rewind-epoch", "1", "--scope", "global", "--prune-rate", "0.2", "--deterministic",
+       "--seed", "3"]
+
+pytestmark = pytest.mark.slow
+
+
+def env():
+    """The subprocess computes with as many threads as this process (results depend on the thread count)."""
+    return dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def reference(shapes_tiny, tmp_path_factory):
+    """An uninterrupted 3-round run, through the command line."""
+    project = tmp_path_factory.mktemp("prune")
+    cmd = [sys.executable, "prune.py", *TINY, *LTH, "--rounds", "3", "--data", str(shapes_tiny),
+           "--project", str(project), "--name", "whole"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "round 3/3 (lth-global): sparsity 48.80%" in out.stdout  # the progress line of the last round
+    return project / "whole"
+
+
+def rows_of(run):
+    with open(run / "rounds.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_rounds_csv_png_and_exact_sparsity(reference):
+    rows = rows_of(reference)
+    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
+    assert set(pruning.ROUND_COLUMNS) <= set(rows[0])
+    assert (reference / "rounds.png").stat().st_size > 1000
+    masks = [None] + [Masks.from_state_dict(load_checkpoint(reference / f"round_{r}/weights/last.pt")["masks"])
+                      for r in (1, 2, 3)]
+    n = masks[1].numel()
+    for r in (1, 2, 3):
+        assert masks[r].alive() == expected_alive(n, 0.2, r)
+        assert float(rows[r]["sparsity"]) == pytest.approx(1 - 0.8 ** r, abs=1e-5)
+        assert int(rows[r]["alive_params"]) == int(rows[r]["params"]) - masks[r].pruned()
+        assert int(rows[r]["sparse_macs"]) < int(rows[r - 1]["sparse_macs"]) <= int(rows[r]["dense_macs"])
+        assert 0 <= float(rows[r]["map50"]) <= 1 and float(rows[r]["seconds"]) > 0
+        if r > 1:
+            assert all(not (masks[r][k] & ~masks[r - 1][k]).any() for k in masks[r])  # pruned stays pruned
+    assert float(rows[0]["sparsity"]) == 0 and rows[0]["kind"] == "dense"
+
+
+def test_checkpoints_hold_masks_rewind_and_exact_zeros(reference):
+    assert "all prunable" in (reference / "round_3" / "masks.txt").read_text()
+    rewind0 = load_checkpoint(reference / "round_0/weights/last.pt")["rewind"]
+    assert rewind0["epoch"] == 1 and rewind0["step"] > 0  # captured once, after the first dense epoch
+    for r, name in ((1, "last.pt"), (2, "last.pt"), (3, "last.pt"), (3, "best.pt")):
+        ckpt = load_checkpoint(reference / f"round_{r}/weights/{name}")
+        masks = Masks.from_state_dict(ckpt["masks"])
+        for k, v in ckpt["rewind"]["model"].items():  # the same θ_k in every round (no drift)
+            assert torch.equal(v, rewind0["model"][k])
+        states = [ckpt["model"]] + ([ckpt["train_state"]["model"]] if name == "last.pt" else [])
+        for state in states:
+            for k, m in masks.items():
+                assert not state[k][~m].any(), f"round {r} {name}: pruned weights of {k} are not zero"
+
+def test_round_2_prunes_round_1_weights_and_rewinds_bit_for_bit(reference):
+    run = PruneRun(reference)
+    strategy = LotteryTicket(run.load_args(), run)
+    rewind = load_checkpoint(reference / "round_0/weights/last.pt")["rewind"]["model"]
+    prev = load_checkpoint(reference / "round_1/weights/last.pt")
+    model, plugins = strategy.begin_round(2)  # the state round 2 started from, rebuilt from round 1's files
+    masks = plugins[0].masks
+    saved = Masks.from_state_dict(load_checkpoint(reference / "round_2/weights/last.pt")["masks"])
+    assert all(torch.equal(masks[k], saved[k]) for k in saved)
+    # the mask is magnitude pruning of round 1's final weights
+    recomputed = magnitude_prune(prev["model"], Masks.from_state_dict(prev["masks"]), 0.2, "global")
+    assert all(torch.equal(recomputed[k], masks[k]) for k in masks)
+    state = model.state_dict()
+    for k, v in rewind.items():
+        if k in masks:
+            m = masks[k]
+            assert torch.equal(state[k][m].view(torch.int32), v[m].view(torch.int32))  # bit for bit
+            assert not state[k][~m].any()
+        else:
+            assert torch.equal(state[k], v), k
+
+
+def test_test_py_scores_the_final_checkpoint(reference, shapes_tiny, tmp_path):
+    best = reference / "round_3/weights/best.pt"
+    report = test.main(["--weights", str(best), "--data", str(shapes_tiny), "--img-size", "64", "--workers", "0",
+                        "--project", str(tmp_path), "--name", "t"])
+    assert 0 <= report["map50"] <= 1 and (tmp_path / "t" / "metrics.json").is_file()
+    summary = report["summary"]
+    last = rows_of(reference)[-1]
+    assert summary["sparsity"] == pytest.approx(float(last["sparsity"]), abs=1e-4)
+    assert summary["sparse_macs"] == pytest.approx(int(last["sparse_macs"]), rel=1e-6)
+    assert summary["nonzero_params"] <= int(last["alive_params"]) and summary["sparse_macs"] < summary["macs"]
+
+
+def test_killed_during_round_2_and_resumed_equals_uninterrupted(reference, shapes_tiny, tmp_path, monkeypatch):
+    """Killed in round 2 (of 2) after its first epoch was saved, then resumed: round 2 ends with the same masks and
+    weights as round 2 of the uninterrupted reference (the round count does not change rounds 0-2)."""
+
+    def kill(self, trainer, epoch):  # a kill at the start of round 2's second epoch (its first is saved)
+        if trainer.save_dir.name == "round_2" and epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pruning.MaskPlugin, "before_epoch", kill)
+    with pytest.raises(KeyboardInterrupt):
+        prune.main([*TINY, *LTH, "--rounds", "2", "--data", str(shapes_tiny), "--project", str(tmp_path), "--name",
+                    "killed"])
+    monkeypatch.undo()
+    run = tmp_path / "killed"
+    assert [int(r["round"]) for r in rows_of(run)] == [0, 1]
+    assert load_checkpoint(run / "round_2/weights/last.pt")["epoch"] == 0
+    done = {p: p.stat().st_mtime_ns for r in (0, 1) for p in (run / f"round_{r}").rglob("*.pt")}
+
+    assert prune.main(["--resume", str(run)]) == run
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished rounds are not redone
+    assert [int(r["round"]) for r in rows_of(run)] == [0, 1, 2]
+    for r in (1, 2):
+        a = load_checkpoint(reference / f"round_{r}/weights/last.pt")
+        b = load_checkpoint(run / f"round_{r}/weights/last.pt")
+        assert a["epoch"] == b["epoch"] == 1
+        for k in a["masks"]:
+            assert torch.equal(a["masks"][k], b["masks"][k]), f"round {r}: mask {k} differs"
+        for key, sa, sb in (("model", a["model"], b["model"]),
+                            ("raw", a["train_state"]["model"], b["train_state"]["model"])):
+            for k, v in sa.items():
+                assert torch.equal(v, sb[k]), f"round {r}: {key} {k} differs after resume"
+    for x, y in zip(rows_of(reference)[:3], rows_of(run)):
+        assert {k: x[k] for k in ("sparsity", "alive_params", "sparse_macs", "map50", "map")} == \
+               {k: y[k] for k in ("sparsity", "alive_params", "sparse_macs", "map50", "map")}

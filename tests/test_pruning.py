@@ -1,0 +1,231 @@
+"""utils/pruning.py: masks, exact magnitude pruning (global and local), the mask invariant under SGD/Adam with
+momentum and weight decay, rewinding bit for bit, and parity with the original project's YOLOv3-VOC counts."""
+import io
+import math
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+from utils.pruning import (MaskPlugin, Masks, RewindPlugin, expected_alive, expected_sparsity, magnitude_prune,
+                           prune_count, rewind)
+from utils.torch_utils import ModelEMA, build_optimizer
+
+
+class Convs(nn.Module):
+    """Four convs of different sizes with BN, so local and global pruning differ."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 16, 3)
+        self.c = nn.Conv2d(16, 4, 1)
+        self.d = nn.Conv2d(4, 33, 3, bias=False)
+
+    def forward(self, x):
+        return self.d(self.c(self.b(torch.relu(self.bn(self.a(x))))))
+
+
+def conv_weights(model):
+    return [(n, p) for n, p in model.named_parameters() if p.ndim == 4]
+
+
+def sort_survivors(values, k):
+    """Brute force: the positions of the ``k`` largest of ``values``, ties going to the later position."""
+    order = sorted(range(len(values)), key=lambda i: (values[i], i))
+    return set(order[len(values) - k:])
+
+
+def test_prune_count_reads_the_rate_as_written():
+    assert prune_count(100, 0.2) == 20  # 100 * 0.2 is 20.000000000000004 in binary floating point
+    assert prune_count(10, 0.3) == 3 and prune_count(7, 0.2) == 2 and prune_count(61_438_816, 0.9) == 55_294_935
+    assert expected_alive(100, 0.2, 3) == 80 - 16 - 13
+    assert expected_sparsity(0.2, 10) == pytest.approx(0.8926258176)
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_sparsity_after_r_rounds_is_one_minus_one_minus_p_to_the_r(scope):
+    torch.manual_seed(0)
+    model = Convs()
+    masks = Masks.ones(conv_weights(model))
+    n, rate = masks.numel(), 0.2
+    sizes = {name: m.numel() for name, m in masks.items()}
+    for r in range(1, 9):
+        with torch.no_grad():  # "retraining": the survivors move, so each round ranks new magnitudes
+            for _, p in conv_weights(model):
+                p.add_(torch.randn_like(p) * 0.1)
+        masks = magnitude_prune(dict(model.named_parameters()), masks, rate, scope)
+        formula = 1 - (1 - rate) ** r
+        if scope == "global":
+            assert masks.alive() == expected_alive(n, rate, r)
+            assert abs(masks.alive() - n * (1 - rate) ** r) <= r  # at most one weight of rounding per round
+            assert masks.sparsity() == pytest.approx(formula, abs=r / n)
+        else:
+            for row in masks.layer_stats():
+                size = sizes[row["name"]]
+                assert row["alive"] == expected_alive(size, rate, r)
+                assert row["sparsity"] == pytest.approx(formula, abs=r / size)
+    assert masks.sparsity() == pytest.approx(1 - 0.8 ** 8, abs=0.01)
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_survivors_are_the_largest_magnitudes(scope):
+    torch.manual_seed(1)
+    model = Convs()
+    with torch.no_grad():  # coarse values make many ties in |w|
+        for _, p in conv_weights(model):
+            p.copy_(torch.round(torch.randn_like(p) * 4) / 4)
+    weights = dict(model.named_parameters())
+    masks = Masks.ones(conv_weights(model))
+    masks = magnitude_prune(weights, masks, 0.3, scope)  # a first round, then check the second
+    new = magnitude_prune(weights, masks, 0.5, scope)
+    names = masks.names()
+    if scope == "global":
+        groups = [names]
+    else:
+        groups = [[n] for n in names]
+    for group in groups:
+        # flatten the group's previously alive weights in tensor order; the brute force keeps the largest |w|,
+        # ties broken toward the later position (the earlier one is pruned first)
+        values, where = [], []
+        for n in group:
+            flat, alive = weights[n].detach().abs().flatten(), masks[n].flatten()
+            for i in torch.nonzero(alive).flatten().tolist():
+                values.append(float(flat[i]))
+                where.append((n, i))
+        keep = len(values) - prune_count(len(values), 0.5)
+        expected = {where[i] for i in sort_survivors(values, keep)}
+        got = {(n, i) for n in group for i in torch.nonzero(new[n].flatten()).flatten().tolist()}
+        assert got == expected
+    for n in names:  # pruned weights stay pruned
+        assert not (new[n] & ~masks[n]).any()
+
+
+def test_pruning_is_deterministic_and_leaves_its_input_alone():
+    torch.manual_seed(2)
+    model = Convs()
+    weights = dict(model.named_parameters())
+    masks = Masks.ones(conv_weights(model))
+    before = masks.state_dict()
+    a = magnitude_prune(weights, masks, 0.4, "global")
+    b = magnitude_prune(weights, masks, 0.4, "IMP_GLOBAL")  # the original's spelling
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert all(torch.equal(masks[n], before[n]) for n in masks)
+
+
+def test_parity_with_the_original_yolov3_voc_counts():
+    """One round at 0.9 on the initial weights of YOLOv3 with 20 classes (the original's LTH rows)."""
+    from models import Darknet
+
+    torch.manual_seed(0)
+    model = Darknet("cfg/yolov3.cfg", nc=20)
+    total = sum(p.numel() for p in model.parameters())
+    masks = Masks.from_model(model)
+    assert total == 61_626_049 and masks.numel() == 61_438_816 and len(masks) == 72
+    weights = dict(model.named_parameters())
+    glob = magnitude_prune(weights, masks, 0.9, "global")
+    assert glob.alive() == math.floor(0.1 * 61_438_816) == 6_143_881  # exactly 10.000% of the prunable weights
+    assert total - glob.pruned() == 6_331_114  # the original's table
+    local = magnitude_prune(weights, masks, 0.9, "local")
+    # per layer floor(0.1 * n): 71 weights below the global count; the original's 6,331,150 rounded per layer
+    # the other way (it is within one weight per layer of ours)
+    assert total - local.pruned() == 6_331_079
+    assert abs((total - local.pruned()) - 6_331_150) <= len(masks)
+    assert all(row["alive"] == row["numel"] // 10 for row in local.layer_stats())
+
+
+def fake_trainer(model, optimizer=None):
+    return types.SimpleNamespace(model=model, optimizer=optimizer, epoch=0, main=True, log=lambda *a: None,
+                                 resume_ckpt=None)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_pruned_weights_stay_exactly_zero_with_momentum_and_weight_decay(optimizer):
+    torch.manual_seed(3)
+    model = Convs()
+    masks = magnitude_prune(dict(model.named_parameters()), Masks.ones(conv_weights(model)), 0.6, "global")
+    plugin = MaskPlugin(masks)
+    opt = build_optimizer([model], optimizer, 0.05, 0.937, 0.05)  # weight decay far above the usual 5e-4
+    trainer = fake_trainer(model, opt)
+    plugin.setup(trainer)  # the engine builds the EMA after the plug-ins' setup
+    ema = ModelEMA(model, decay=0.9, tau=1)
+    params = dict(model.named_parameters())
+    assert masks.violations(model) == 0 and masks.violations(ema.ema) == 0
+    x = torch.randn(4, 3, 12, 12)
+    for _ in range(6):  # the engine's order: backward, step, zero_grad, after_step, EMA update
+        loss = (model(x) ** 2).mean()
+        loss.backward()
+        for n, m in masks.items():
+            assert not params[n].grad[~m].any(), "gradients of pruned weights reach the optimiser"
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        plugin.after_step(trainer)
+        ema.update(model)
+        for n, m in masks.items():
+            w = params[n].detach()
+            assert torch.equal(w[~m], torch.zeros_like(w[~m])) and not torch.signbit(w[~m]).any()
+            assert w[m].abs().sum() > 0
+            for v in opt.state[params[n]].values():
+                if isinstance(v, torch.Tensor) and v.shape == w.shape:
+                    assert not v[~m].any(), "optimiser state of pruned weights is not zero"
+        assert masks.violations(ema.ema) == 0
+    plugin.close()
+    # without the plug-in the same optimiser revives pruned weights at once (so the test above is not vacuous)
+    (model(x) ** 2).mean().backward()
+    opt.step()
+    assert masks.violations(model) > 0
+
+
+def test_rewind_restores_survivors_bit_for_bit():
+    torch.manual_seed(4)
+    model = Convs()
+    theta_k = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():  # "training" after the rewind point changes every parameter and buffer
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        model.bn.running_mean.add_(1.0)
+    masks = magnitude_prune(model.state_dict(), Masks.ones(conv_weights(model)), 0.5, "local")
+    model = model.to(memory_format=torch.channels_last)  # as the engine trains under autocast
+    rewind(model, theta_k, masks)
+    state = model.state_dict()
+    for k, v in theta_k.items():
+        got = state[k]
+        if k in masks:
+            m = masks[k]
+            assert torch.equal(got[m].view(torch.int32), v[m].view(torch.int32))  # bit for bit, sign included
+            assert torch.equal(got[~m], torch.zeros_like(got[~m]))
+        elif v.dtype.is_floating_point:
+            assert torch.equal(got.view(torch.int32), v.view(torch.int32))
+        else:
+            assert torch.equal(got, v)
+
+
+def test_masks_round_trip_through_a_checkpoint():
+    masks = magnitude_prune(dict(Convs().named_parameters()), Masks.ones(conv_weights(Convs())), 0.3, "global")
+    buf = io.BytesIO()
+    torch.save({"masks": masks.state_dict()}, buf)
+    buf.seek(0)
+    back = Masks.from_state_dict(torch.load(buf, weights_only=True)["masks"])
+    assert back.names() == masks.names() and all(torch.equal(back[n], masks[n]) for n in masks)
+    assert back.sparsity() == masks.sparsity() == pytest.approx(0.3, abs=1 / masks.numel())
+    assert "all prunable" in masks.report()
+
+
+def test_rewind_plugin_captures_once_at_the_given_iteration():
+    model = Convs()
+    trainer = fake_trainer(model)
+    plugin = RewindPlugin(epoch=5, iteration=3)
+    plugin.setup(trainer)
+    assert plugin.checkpoint_entries(trainer) == {}
+    for step in range(1, 7):
+        with torch.no_grad():
+            model.a.weight.fill_(float(step))
+        plugin.after_step(trainer)
+        plugin.after_epoch(trainer, step, {})  # the iteration wins over the epoch
+    snap = plugin.checkpoint_entries(trainer)["rewind"]
+    assert snap["step"] == 3 and torch.equal(snap["model"]["a.weight"], torch.full_like(model.a.weight, 3.0))
+    initial = RewindPlugin(epoch=0)
+    initial.setup(trainer)  # epoch 0: the initial weights, taken at setup
+    assert initial.checkpoint_entries(trainer)["rewind"]["step"] == 0

@@ -1,0 +1,729 @@
+"""Unstructured pruning: binary masks, Lottery Ticket magnitude pruning with late rewinding, and the round runner.
+
+Lottery Ticket with late rewinding (iterative magnitude pruning, IMP), after Frankle, Dziugaite, Roy & Carbin,
+"Stabilizing the Lottery Ticket Hypothesis" (2019, arXiv 1903.01611), section 3 and Algorithm 1 with rewinding
+to iteration k ("late resetting"):
+
+1. Train the dense network f(x; θ_0) to θ_T, saving θ_k at an early iteration (or epoch) k.
+2. Prune: with m ∈ {0, 1}^|θ| the current mask, remove the fraction p of the surviving weights (m = 1) with the
+   smallest |θ_T|, over all prunable layers at once (``global``) or the same fraction in every layer (``local``).
+3. Rewind: θ ← m ⊙ θ_k  (survivors take their values at iteration k; pruned weights are 0).
+4. Retrain m ⊙ θ from θ_k with the original optimiser and schedule, and repeat from 2.
+
+After r rounds the pruned fraction of the prunable weights is 1 − (1 − p)^r. Here the counts are exact: a round
+removes ceil(p · alive) weights (so floor((1 − p) · alive) survive; p is read as the decimal it is written as, so
+0.2 of 100 is 20, not 21 by a float rounding), and ties in |θ| are broken by position, so pruning is deterministic.
+
+The pieces, each used by ``prune.py``:
+
+- ``Masks``: per prunable tensor a boolean mask (True = alive). Chosen over ``torch.nn.utils.prune``
+  (``custom_from_mask``), which re-parametrises ``weight`` as ``weight_orig * weight_mask`` in a forward pre-hook:
+  that changes the state-dict keys (``weight_orig``/``weight_mask``), so every consumer of checkpoints
+  (``test.py``, Darknet ``.weights``, the EMA, export, sparse storage) would have to know about it; the optimiser
+  keeps updating ``weight_orig`` at pruned positions (weight decay and momentum move the hidden value, so only the
+  recomputed product is zero); and it costs a multiplication in every forward. A plain mask applied in place to
+  the real parameter (in the style of open_lth's ``Mask``) keeps state dicts ordinary and makes the weights
+  themselves exactly zero, so ``model_summary`` can count them and sparse storage can pack them. Continuous
+  Sparsification (Savarese et al. 2019, arXiv 1912.04427) uses a soft parametrisation only during its search and
+  ends with the same binary ``Masks`` for its ticket.
+- ``MaskPlugin``: the engine plug-in that keeps pruned weights at exactly 0. It masks the weights at setup (before
+  the engine builds the EMA, so the EMA starts sparse), masks their gradients as they are computed (so momentum,
+  weight decay and gradient clipping never see pruned entries), and after every optimiser step zeroes the pruned
+  weights and their optimiser state (momentum buffer, Adam moments) again; the engine updates the EMA after that.
+- ``RewindPlugin``: takes the snapshot θ_k once, in the dense run, after ``--rewind-epoch`` epochs or
+  ``--rewind-iter`` optimiser steps, and writes it into every checkpoint of the run as the top-level ``rewind``
+  entry ``{'model': state_dict, 'epoch': ..., 'step': ...}`` (the original project re-took it in every round, so its
+  rewind point drifted).
+- ``magnitude_prune`` and ``rewind``: steps 2 and 3.
+- ``PruneRun`` + ``Strategy``: the run folder ``runs/prune/<name>/`` (``round_<r>/`` per round, ``rounds.csv``,
+  ``rounds.png``) and the prune/rewind/retrain loop with resume; ``LotteryTicket`` is the LTH strategy. Another
+  strategy (Continuous Sparsification) subclasses ``Strategy`` and reuses the runner, masks and rewind capture.
+"""
+import argparse
+import csv
+import math
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+import yaml
+
+from utils.checkpoint import load_checkpoint
+from utils.engine import Plugin, Trainer
+from utils.errors import UserError
+from utils.general import increment_path, init_seeds
+from utils.my_utils import save_args, scope_type
+from utils.torch_utils import de_parallel
+
+
+# ------------------------------------------------------------------------------------------------------ masks
+class Masks:
+    """Boolean masks of prunable tensors: ``{parameter name: bool tensor}``, True where the weight is alive.
+
+    Names are those of ``model.named_parameters()`` (without a DDP ``module.`` prefix), so a mask applies to any
+    network built from the same cfg. The checkpoint's top-level ``masks`` entry is ``state_dict()``.
+    """
+
+    def __init__(self, masks):
+        self.masks = {}
+        for name, m in dict(masks).items():
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+                raise TypeError(f"mask {name!r} must be a bool tensor")
+            self.masks[name] = m
+
+    @classmethod
+    def ones(cls, named_parameters):
+        """Everything alive, for ``[(name, parameter)]`` (e.g. ``models.prunable_parameters(model)``)."""
+        return cls({n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in named_parameters})
+
+    @classmethod
+    def from_model(cls, model, include_output=False, skip_first=False):
+        """All-alive masks over ``models.prunable_parameters`` of ``model``."""
+        from models import prunable_parameters
+
+        return cls.ones(prunable_parameters(model, include_output=include_output, skip_first=skip_first))
+
+    # -- a small mapping ------------------------------------------------------------------------------
+    def __getitem__(self, name):
+        return self.masks[name]
+
+    def __contains__(self, name):
+        return name in self.masks
+
+    def __iter__(self):
+        return iter(self.masks)
+
+    def __len__(self):
+        return len(self.masks)
+
+    def items(self):
+        return self.masks.items()
+
+    def names(self):
+        return list(self.masks)
+
+    def to(self, device):
+        return Masks({n: m.to(device) for n, m in self.masks.items()})
+
+    def state_dict(self):
+        """``{name: bool tensor}`` on the CPU, contiguous: what checkpoints store under ``masks``."""
+        return {n: m.detach().cpu().contiguous().clone() for n, m in self.masks.items()}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls({n: torch.as_tensor(m).bool() for n, m in state.items()})
+
+    def merged(self, other):
+        """These masks with ``other``'s entries (``Masks`` or dict) replacing or added to them."""
+        out = dict(self.masks)
+        out.update(other.masks if isinstance(other, Masks) else other)
+        return Masks(out)
+
+    # -- counts ---------------------------------------------------------------------------------------
+    def numel(self):
+        return sum(m.numel() for m in self.masks.values())
+
+    def alive(self):
+        return sum(int(torch.count_nonzero(m)) for m in self.masks.values())
+
+    def pruned(self):
+        return self.numel() - self.alive()
+
+    def sparsity(self):
+        """Pruned fraction of the masked (prunable) weights."""
+        n = self.numel()
+        return self.pruned() / n if n else 0.0
+
+    def layer_stats(self):
+        """``[{'name', 'numel', 'alive', 'sparsity'}]`` per masked tensor, in order."""
+        rows = []
+        for n, m in self.masks.items():
+            alive = int(torch.count_nonzero(m))
+            rows.append({"name": n, "numel": m.numel(), "alive": alive, "sparsity": 1 - alive / max(m.numel(), 1)})
+        return rows
+
+    def report(self):
+        """Per-layer table and the overall line, as text."""
+        lines = [f"{'tensor':<40} {'weights':>12} {'alive':>12} {'sparsity':>9}"]
+        for r in self.layer_stats():
+            lines.append(f"{r['name']:<40} {r['numel']:>12,} {r['alive']:>12,} {r['sparsity']:>9.2%}")
+        lines.append(f"{'all prunable':<40} {self.numel():>12,} {self.alive():>12,} {self.sparsity():>9.2%}")
+        return "\n".join(lines)
+
+    # -- applying -------------------------------------------------------------------------------------
+    def bind(self, model):
+        """``[(parameter, mask)]`` of ``model`` (DDP unwrapped); a missing name or another shape is an error."""
+        params = dict(de_parallel(model).named_parameters())
+        pairs = []
+        for n, m in self.masks.items():
+            if n not in params:
+                raise UserError(f"mask for '{n}' has no parameter of that name in the network")
+            if params[n].shape != m.shape:
+                raise UserError(f"mask for '{n}' is {tuple(m.shape)}, the parameter is {tuple(params[n].shape)}")
+            pairs.append((params[n], m.to(params[n].device)))
+        return pairs
+
+    @torch.no_grad()
+    def apply(self, model):
+        """Set every pruned weight of ``model`` to exactly +0.0."""
+        for p, m in self.bind(model):
+            p.masked_fill_(~m, 0.0)
+
+    def violations(self, model):
+        """How many pruned positions of ``model`` hold a non-zero weight (0 when the invariant holds)."""
+        return sum(int(torch.count_nonzero(p.detach()[~m])) for p, m in self.bind(model))
+
+
+# --------------------------------------------------------------------------------------------- pruning, rewind
+def prune_count(alive, rate):
+    """Weights removed from ``alive`` at ``rate``: ceil(rate · alive), with ``rate`` read as its decimal literal."""
+    return math.ceil(alive * Fraction(repr(float(rate))))
+
+
+def expected_alive(n, rate, rounds):
+    """Survivors of ``n`` weights after ``rounds`` rounds at ``rate`` under ``prune_count``'s rounding."""
+    for _ in range(rounds):
+        n -= prune_count(n, rate)
+    return n
+
+
+def expected_sparsity(rate, rounds, start=0.0):
+    """1 − (1 − start)(1 − p)^r: the sparsity the formula gives after ``rounds`` rounds (Frankle et al. 2019)."""
+    return 1 - (1 - start) * (1 - rate) ** rounds
+
+
+def check_rate(rate):
+    if rate is None or not 0 < float(rate) < 1:
+        raise UserError(f"--prune-rate must be in (0, 1), not {rate}")
+    return float(rate)
+
+
+def smallest(values, k):
+    """Bool tensor marking the ``k`` smallest entries of the 1-D ``values``; ties go to the lowest positions."""
+    out = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
+    if k <= 0:
+        return out
+    if k >= values.numel():
+        return out.fill_(True)
+    kth = torch.kthvalue(values, k).values
+    out |= values < kth
+    need = k - int(out.sum())
+    out[torch.nonzero(values == kth).flatten()[:need]] = True
+    return out
+
+
+def magnitude_prune(weights, masks, rate, scope="global"):
+    """Step 2 of IMP: new ``Masks`` with the fraction ``rate`` of the alive weights of smallest |w| removed.
+
+    ``weights``: ``{name: tensor}`` holding (at least) every masked tensor, e.g. a checkpoint's ``model`` entry or
+    ``dict(model.named_parameters())``. ``scope``: ``global`` ranks all alive weights together (one threshold),
+    ``local`` prunes each tensor by the same fraction. Exactly ``prune_count(alive, rate)`` weights go (per tensor
+    for ``local``); among equal magnitudes the earlier position (tensor order, then row-major index) goes first.
+    Already-pruned weights stay pruned. ``masks`` is not modified.
+    """
+    rate, scope = check_rate(rate), scope_type(scope)
+    names = masks.names()
+    keys, alive = [], []
+    for n in names:
+        if n not in weights:
+            raise UserError(f"no weights for the masked tensor '{n}'")
+        w, m = weights[n].detach(), masks[n]
+        if w.shape != m.shape:
+            raise UserError(f"weights '{n}' are {tuple(w.shape)}, the mask {tuple(m.shape)}")
+        # the sort key: |w| for alive weights, -1 for pruned ones (they rank first and are dropped again)
+        key = w.float().abs().flatten().cpu().masked_fill_(~m.flatten().cpu(), -1.0)
+        if key.numel() and not math.isfinite(float(key.max())):  # NaN and inf propagate to the max
+            raise UserError(f"'{n}' holds non-finite weights: they cannot be ranked by magnitude")
+        keys.append(key)
+        alive.append(int(torch.count_nonzero(m)))
+    if scope == "global":
+        k = sum(k.numel() for k in keys) - sum(alive) + prune_count(sum(alive), rate)
+        drops = smallest(torch.cat(keys), k).split([k.numel() for k in keys])
+    else:
+        drops = [smallest(key, key.numel() - a + prune_count(a, rate)) for key, a in zip(keys, alive)]
+    return Masks({n: ~d.view(masks[n].shape) for n, d in zip(names, drops)})
+
+
+@torch.no_grad()
+def rewind(model, rewind_state, masks):
+    """Step 3 of IMP: every parameter and buffer ← θ_k (``rewind_state``), then pruned weights ← 0 (bit for bit)."""
+    de_parallel(model).load_state_dict(rewind_state)
+    masks.apply(model)
+
+
+# ---------------------------------------------------------------------------------------------------- plug-ins
+class MaskPlugin(Plugin):
+    """Keeps the pruned weights of the trained model at exactly 0 through training (see the module docstring).
+
+    Adds the ``masks`` entry to every checkpoint and a ``sparsity`` column to results.csv, writes the per-layer
+    sparsity table to ``masks.txt`` in the run folder, and after each epoch checks that no pruned weight is
+    non-zero (a ``RuntimeError`` if one is: that would be a bug).
+    """
+
+    name = "masks"
+
+    def __init__(self, masks):
+        self.masks = masks
+        self.pairs, self.handles = [], []
+
+    def setup(self, trainer):
+        model = de_parallel(trainer.model)
+        self.pairs = self.masks.bind(model)
+        self.masks = Masks({n: m for n, (_, m) in zip(self.masks.names(), self.pairs)})
+        self.apply_to_weights()
+        self.close()
+        if getattr(trainer, "main", False) and getattr(trainer, "save_dir", None) is not None:
+            (Path(trainer.save_dir) / "masks.txt").write_text(self.masks.report() + "\n")
+        for p, m in self.pairs:
+            self.handles.append(p.register_hook(lambda g, m=m: g.masked_fill(~m, 0)))
+
+    @torch.no_grad()
+    def apply_to_weights(self, optimizer=None):
+        for p, m in self.pairs:
+            p.masked_fill_(~m, 0.0)
+            state = optimizer.state.get(p, {}) if optimizer is not None else {}
+            for v in state.values():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                    v.masked_fill_(~m, 0.0)
+
+    def after_step(self, trainer):
+        self.apply_to_weights(trainer.optimizer)
+
+    def after_epoch(self, trainer, epoch, metrics):
+        bad = self.masks.violations(trainer.model)
+        if bad:
+            raise RuntimeError(f"{bad} pruned weights are non-zero after epoch {epoch + 1}")
+        return {"sparsity": self.masks.sparsity()}
+
+    def checkpoint_entries(self, trainer):
+        return {"masks": self.masks.state_dict()}
+
+    def close(self):
+        """Remove the gradient hooks (the runner calls it when the round's training ends)."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+class RewindPlugin(Plugin):
+    """Captures θ_k once (after ``epoch`` epochs, or after ``iteration`` optimiser steps when that is given) and
+    writes it, once captured or when given as ``snapshot``, into every checkpoint as the ``rewind`` entry.
+
+    ``epoch=0`` (and no ``iteration``) captures the initial weights, which is the original Lottery Ticket rewind
+    (Frankle & Carbin 2019). The snapshot is the raw (not EMA) model state: parameters and buffers.
+    """
+
+    name = "rewind"
+
+    def __init__(self, epoch=None, iteration=None, snapshot=None):
+        self.epoch = epoch
+        self.iteration = iteration
+        self.snapshot = snapshot
+        self.steps = 0
+
+    def capture(self, trainer, epoch):
+        state = de_parallel(trainer.model).state_dict()
+        self.snapshot = {"model": {k: v.detach().cpu().clone() for k, v in state.items()},
+                         "epoch": epoch, "step": self.steps}
+        if trainer.main:
+            trainer.log(f"rewind point captured: {self.describe()}")
+
+    def describe(self):
+        if self.snapshot is None:
+            return "not captured"
+        return f"optimiser step {self.snapshot['step']} ({self.snapshot['epoch']} epochs completed)"
+
+    def setup(self, trainer):
+        if self.snapshot is None and trainer.resume_ckpt is None and self.iteration in (None, 0) and not self.epoch:
+            self.capture(trainer, 0)
+
+    def after_step(self, trainer):
+        self.steps += 1
+        if self.snapshot is None and self.iteration and self.steps == self.iteration:
+            self.capture(trainer, trainer.epoch)
+
+    def after_epoch(self, trainer, epoch, metrics):
+        if self.snapshot is None and not self.iteration and self.epoch and epoch + 1 == self.epoch:
+            self.capture(trainer, epoch + 1)
+        return {}
+
+    def checkpoint_entries(self, trainer):
+        return {"rewind": self.snapshot} if self.snapshot is not None else {}
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = int(state.get("steps", 0))
+
+
+# ------------------------------------------------------------------------------------------------- run folder
+ROUND_COLUMNS = ("round", "kind", "sparsity", "expected_sparsity", "alive_params", "params", "dense_macs",
+                 "sparse_macs", "map50", "map", "best_epoch", "seconds")
+
+
+class PruneRun:
+    """A prune.py run folder: ``args.yaml`` (the run's resolved arguments), ``round_<r>/`` (a Trainer save dir
+    each: weights/last.pt, best.pt, results.csv), ``rounds.csv`` and ``rounds.png``.
+
+    A round is finished exactly when rounds.csv has its row; rows are written after the round's last.pt, so a
+    killed run redoes at most the row-writing of a round whose training had ended.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.csv = self.path / "rounds.csv"
+        self.png = self.path / "rounds.png"
+
+    @classmethod
+    def create(cls, args):
+        path = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
+        path.mkdir(parents=True, exist_ok=True)
+        save_args(args, path / "args.yaml")
+        return cls(path)
+
+    @staticmethod
+    def is_run(path):
+        """A run folder holds args.yaml and round folders (a round folder holds args.yaml but no rounds)."""
+        return (path / "args.yaml").is_file() and any(p.is_dir() for p in path.glob("round_*"))
+
+    @classmethod
+    def find(cls, resume, project):
+        """The run folder of ``--resume`` (True: the most recent run below ``project``; or a path inside a run)."""
+        if resume is True or resume == "True":
+            runs = [p for p in Path(project).glob("*") if p.is_dir() and cls.is_run(p)]
+            if not runs:
+                raise UserError(f"{project}: no prune run to resume")
+            return cls(max(runs, key=lambda p: max(f.stat().st_mtime for f in p.rglob("*"))))
+        path = Path(resume).resolve()
+        for candidate in [path, *path.parents]:
+            if cls.is_run(candidate):
+                return cls(candidate)
+        raise UserError(f"{resume}: not inside a prune run folder (one with args.yaml and round_<r>/ folders)")
+
+    def load_args(self):
+        values = yaml.safe_load((self.path / "args.yaml").read_text()) or {}
+        return argparse.Namespace(**values)
+
+    def round_dir(self, r):
+        return self.path / f"round_{r}"
+
+    def rows(self):
+        if not self.csv.is_file():
+            return []
+        with open(self.csv, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def finished(self, r):
+        return any(int(row["round"]) == r for row in self.rows())
+
+    def record(self, row):
+        """Add (or replace) the row of ``row['round']``, rewrite rounds.csv atomically and redraw rounds.png."""
+        rows = [x for x in self.rows() if int(x["round"]) != row["round"]] + [row]
+        rows.sort(key=lambda x: int(x["round"]))
+        tmp = self.csv.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(ROUND_COLUMNS), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.csv)
+        plot_rounds(self.csv)
+
+
+def plot_rounds(csv_path):
+    """rounds.png: mAP@0.5 and AP@[.5:.95] of each round against its sparsity, rounds annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("map50") not in ("", None)]
+    if not rows:
+        return
+    x = [100 * float(r["sparsity"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, [float(r["map50"]) for r in rows], "o-", label="mAP@0.5")
+    ax.plot(x, [float(r["map"]) for r in rows], "s--", label="AP@[.5:.95]")
+    for xi, r in zip(x, rows):
+        ax.annotate(r["round"], (xi, float(r["map50"])), textcoords="offset points", xytext=(0, 5), fontsize=7,
+                    ha="center")
+    ax.set_xlabel("sparsity of the prunable weights (%)")
+    ax.set_ylabel("mAP")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{Path(csv_path).parent.name}: accuracy per round")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(Path(csv_path).with_suffix(".png"), dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------- strategies
+def build_model(ckpt, args):
+    """A ``Darknet`` of a checkpoint's cfg text and class count, holding its inference weights."""
+    from models import Darknet
+
+    model = Darknet.from_text(ckpt["cfg"], name=ckpt.get("cfg_name", "cfg"), img_size=args.img_size, nc=ckpt["nc"])
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def checkpoint_masks(ckpt):
+    return Masks.from_state_dict(ckpt["masks"]) if ckpt.get("masks") else None
+
+
+class Strategy:
+    """A pruning technique as a sequence of rounds, each one ``Trainer`` run in ``round_<r>/``.
+
+    Subclasses say how a round starts fresh (``begin_round``) or from its own ``last.pt`` (``resume_round``):
+    both return ``(model, plugins)``. ``trained(r)`` may say that a round needs no training (e.g. a given dense
+    checkpoint); ``external_row(r)`` then describes it. ``kind(r)`` names a round in rounds.csv.
+    """
+
+    name = "strategy"
+
+    def __init__(self, args, run):
+        self.args, self.run = args, run
+        self.main = int(os.environ.get("RANK", -1)) in (-1, 0)
+
+    def num_rounds(self):
+        raise NotImplementedError
+
+    def kind(self, r):
+        return "dense" if r == 0 else "pruned"
+
+    def trained(self, r):
+        return True
+
+    def begin_round(self, r):
+        raise NotImplementedError
+
+    def resume_round(self, r, ckpt):
+        raise NotImplementedError
+
+    def end_round(self, r, trainer):
+        """After a round's training: checks (e.g. that the rewind point was reached)."""
+
+    def expected_sparsity(self, r):
+        return ""
+
+    def external_row(self, r):
+        raise NotImplementedError
+
+    def describe_start(self, r):
+        return f"round {r}/{self.num_rounds() - 1} ({self.kind(r)})"
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def run_all(self, log=print):
+        """Run (or continue) every round not yet in rounds.csv; returns the final round's best.pt path."""
+        for r in range(self.num_rounds()):
+            if self.run.finished(r):
+                continue
+            if not self.trained(r):
+                row = self.external_row(r)
+            else:
+                row = self.train_round(r, log)
+            if self.main:
+                self.run.record(row)
+                log(self.progress_line(row))
+        last = self.num_rounds() - 1
+        if not self.trained(last):
+            return Path(self.args.weights)
+        final = self.run.round_dir(last) / "weights"
+        return final / "best.pt" if (final / "best.pt").is_file() else final / "last.pt"
+
+    def train_round(self, r, log):
+        save_dir = self.run.round_dir(r)
+        last = save_dir / "weights" / "last.pt"
+        ckpt = load_checkpoint(last) if last.is_file() else None
+        if ckpt is not None and "train_state" in ckpt:
+            model, plugins = self.resume_round(r, ckpt)
+            log(f"{self.describe_start(r)}: resuming {save_dir}")
+        else:
+            ckpt = None
+            model, plugins = self.begin_round(r)
+            log(f"{self.describe_start(r)}: training {self.args.epochs} epochs in {save_dir}")
+        trainer = Trainer(self.args, model, save_dir, plugins=plugins, resume_ckpt=ckpt, log=log)
+        try:
+            trainer.fit()
+        finally:
+            for p in plugins:
+                if hasattr(p, "close"):
+                    p.close()
+        self.end_round(r, trainer)
+        return self.trained_row(r, trainer)
+
+    def trained_row(self, r, trainer):
+        """The rounds.csv row of a trained round: best.pt's epoch and metrics (from results.csv), its weights'
+        sparsity and MACs, and the round's wall time (sum of its epochs, across resumes)."""
+        wdir = self.run.round_dir(r) / "weights"
+        path = wdir / "best.pt" if (wdir / "best.pt").is_file() else wdir / "last.pt"
+        ckpt = load_checkpoint(path)
+        epoch = ckpt["epoch"] + 1
+        metrics = next((row for row in trainer.rows if int(row["epoch"]) == epoch), {})
+        row = self.weights_row(r, ckpt)
+        row.update(map50=metrics.get("metrics/map50", ""), map=metrics.get("metrics/map", ""), best_epoch=epoch,
+                   seconds=round(sum(float(x.get("seconds", 0)) for x in trainer.rows), 1))
+        return row
+
+    def weights_row(self, r, ckpt):
+        """Sparsity, parameter and MAC columns for a checkpoint (masks when it has them, else zero counts)."""
+        from models import model_summary
+
+        model = build_model(ckpt, self.args)
+        summary = model_summary(model, img_size=self.args.img_size)
+        masks = checkpoint_masks(ckpt)
+        if masks is not None:
+            sparsity, alive = masks.sparsity(), summary["params"] - masks.pruned()
+        else:
+            sparsity, alive = summary["sparsity"], summary["nonzero_params"]
+        return {"round": r, "kind": self.kind(r), "sparsity": round(sparsity, 6),
+                "expected_sparsity": self.expected_sparsity(r), "alive_params": alive,
+                "params": summary["params"], "dense_macs": int(summary["macs"]), "sparse_macs": summary["sparse_macs"]}
+
+    def progress_line(self, row):
+        n = self.num_rounds() - 1
+        r = int(row["round"])
+        target = f" (target {float(row['expected_sparsity']):.2%})" if row.get("expected_sparsity") != "" else ""
+        score = (f"mAP@0.5 {float(row['map50']):.4f}, AP {float(row['map']):.4f}" if row.get("map50") != ""
+                 else "not evaluated")
+        left = f"{n - r} round{'s' * (n - r != 1)} to go" if r < n else "done"
+        return (f"round {r}/{n} ({row['kind']}): sparsity {float(row['sparsity']):.2%}{target}, "
+                f"{int(row['alive_params']):,}/{int(row['params']):,} params alive, MACs {int(row['sparse_macs']):,} "
+                f"sparse / {int(row['dense_macs']):,} dense, {score}, {float(row['seconds'] or 0):.0f}s; {left} "
+                f"[{self.run.csv}]")
+
+
+class LotteryTicket(Strategy):
+    """Iterative magnitude pruning with late rewinding (Frankle et al. 2019, arXiv 1903.01611, Algorithm 1).
+
+    Round 0 trains the dense network and captures θ_k (``RewindPlugin``), or takes ``--weights DENSE.pt`` that
+    holds a ``rewind`` entry (then round 0 is not trained, only evaluated; a ``masks`` entry there is kept, so a
+    pruned checkpoint can be pruned further). Round r ≥ 1 prunes the final weights of round r − 1 (its last.pt's
+    ``model``: the EMA when the run uses one, the weights that were evaluated) by ``--prune-rate`` with
+    ``--scope``, rewinds the survivors to θ_k and retrains for ``--epochs`` with a fresh optimiser and schedule.
+    """
+
+    name = "lth"
+
+    def __init__(self, args, run):
+        super().__init__(args, run)
+        self.rate = check_rate(args.prune_rate)
+        self.scope = scope_type(args.scope or "global")
+        if args.rounds is None or args.rounds < 0:
+            raise UserError(f"--rounds must be 0 or more, not {args.rounds}")
+        self.rewind_iter = args.rewind_iter or None
+        self.rewind_epoch = 0 if args.rewind_epoch is None else int(args.rewind_epoch)
+        self.given = None
+        weights = str(args.weights or "")
+        if weights.endswith(".pt"):
+            ckpt = load_checkpoint(weights)
+            if ckpt.get("rewind"):
+                self.given = ckpt  # a trained round: its rewind point is already taken
+        if self.given is None and self.rewind_iter is None and not 0 <= self.rewind_epoch <= args.epochs:
+            raise UserError(f"--rewind-epoch {self.rewind_epoch} is outside the dense run's {args.epochs} epochs")
+        self._start_sparsity = None
+
+    def num_rounds(self):
+        return self.args.rounds + 1
+
+    def trained(self, r):
+        return not (r == 0 and self.given is not None)
+
+    def kind(self, r):
+        if r == 0:
+            return "given" if self.given is not None else "dense"
+        return f"lth-{self.scope}"
+
+    def describe_start(self, r):
+        if r == 0:
+            where = (f"{self.rewind_iter} optimiser steps" if self.rewind_iter else f"epoch {self.rewind_epoch}")
+            return f"round 0/{self.args.rounds} (dense; rewind point after {where})"
+        return (f"round {r}/{self.args.rounds}: pruned {self.rate:g} of the surviving weights ({self.scope}), "
+                f"rewound")
+
+    # -- the state each round starts from ------------------------------------------------------------
+    def previous(self, r):
+        """The checkpoint round ``r`` starts from: round r − 1's last.pt (or the given dense checkpoint)."""
+        if r == 1 and self.given is not None:
+            return self.given
+        return load_checkpoint(self.run.round_dir(r - 1) / "weights" / "last.pt")
+
+    def start_masks(self, model):
+        """All-alive masks over the prunable set (``--prune-output``, ``--keep-first-dense``), merged with those
+        of a given checkpoint."""
+        masks = Masks.from_model(model, include_output=self.args.prune_output, skip_first=self.args.keep_first_dense)
+        if self.given is not None and self.given.get("masks"):
+            masks = masks.merged(checkpoint_masks(self.given))
+        return masks
+
+    def expected_sparsity(self, r):
+        if self._start_sparsity is None:
+            self._start_sparsity = 0.0
+            if self.given is not None and self.given.get("masks"):
+                from models import Darknet
+
+                model = Darknet.from_text(self.given["cfg"], name=self.given.get("cfg_name", "cfg"),
+                                          img_size=self.args.img_size, nc=self.given["nc"])
+                self._start_sparsity = self.start_masks(model).sparsity()
+        return round(expected_sparsity(self.rate, r, self._start_sparsity), 6)
+
+    # -- rounds ----------------------------------------------------------------------------------------
+    def begin_round(self, r):
+        from utils.engine import model_from_args
+
+        if r == 0:
+            init_seeds(self.args.seed, self.args.deterministic)  # the dense initialisation is reproducible
+            from utils.datasets import parse_data_cfg
+
+            model, _ = model_from_args(self.args, parse_data_cfg(self.args.data)["classes"])
+            return model, [RewindPlugin(self.rewind_epoch, self.rewind_iter)]
+        prev = self.previous(r)
+        model = build_model(prev, self.args)
+        masks = checkpoint_masks(prev) if r > 1 else self.start_masks(model)
+        new = magnitude_prune(prev["model"], masks, self.rate, self.scope)
+        rewind(model, prev["rewind"]["model"], new)
+        return model, [MaskPlugin(new), RewindPlugin(snapshot=prev["rewind"])]
+
+    def resume_round(self, r, ckpt):
+        model = build_model(ckpt, self.args)
+        plugins = [RewindPlugin(self.rewind_epoch, self.rewind_iter, snapshot=ckpt.get("rewind"))]
+        masks = checkpoint_masks(ckpt)
+        if r > 0:
+            if masks is None:
+                raise UserError(f"{self.run.round_dir(r)}: last.pt of a pruned round holds no masks")
+            plugins.insert(0, MaskPlugin(masks))
+        return model, plugins
+
+    def end_round(self, r, trainer):
+        if r == 0 and not load_checkpoint(trainer.wdir / "last.pt").get("rewind"):
+            where = (f"optimiser step {self.rewind_iter}" if self.rewind_iter else f"epoch {self.rewind_epoch}")
+            raise UserError(f"{trainer.wdir / 'last.pt'}: the rewind point ({where}) was not reached in the dense "
+                            f"run ({self.args.epochs} epochs); lower --rewind-iter/--rewind-epoch")
+
+    def external_row(self, r):
+        """Round 0 from ``--weights``: evaluate the given checkpoint on the validation set."""
+        row = self.weights_row(r, self.given)
+        row.update(evaluate_checkpoint(self.given, self.args), best_epoch="", seconds=0.0)
+        return row
+
+
+def evaluate_checkpoint(ckpt, args):
+    """``{'map50', 'map'}`` of a checkpoint's inference weights on ``args.data``'s validation set."""
+    from test import evaluate
+    from utils.datasets import create_dataloader, parse_data_cfg
+    from utils.general import select_device
+    from utils.my_utils import hyp_from_args
+
+    data = parse_data_cfg(args.data)
+    model = build_model(ckpt, args).to(select_device(args.device))
+    stride = int(max(model.module_list[i].stride for i in model.yolo_layers))
+    loader, _ = create_dataloader(data["valid"], args.img_size, args.batch_size * 2, stride, hyp=hyp_from_args(args),
+                                  augment=False, rect=True, workers=args.workers, shuffle=False, nc=data["classes"])
+    metrics = evaluate(model, loader, half=not args.no_amp, names=data["names"])
+    return {"map50": metrics["map50"], "map": metrics["map"]}
+
+
+STRATEGIES = {"lth": LotteryTicket}
