@@ -57,7 +57,8 @@ ACTIVATIONS = {
 
 REQUIRED = object()  # marks a key without a default
 ANY = "*"  # a section that accepts any key ([net])
-ALIASES = {"conv": "convolutional", "network": "net", "max": "maxpool", "avg": "avgpool"}
+ALIASES = {"conv": "convolutional", "network": "net", "max": "maxpool", "avg": "avgpool",
+           "inverted_residual": "bottleneck", "bneck": "bottleneck"}
 
 
 def ints(s):
@@ -256,7 +257,7 @@ class SqueezeExcite(nn.Module):
 
 
 class Block(nn.Sequential):
-    """A composite section (``[ep]``, ``[pep]``, ``[inverted_residual]``): its children in order, plus the input
+    """A composite section (``[ep]``, ``[pep]``, ``[bottleneck]``): its children in order, plus the input
     when ``residual``. Children are ``ConvBlock``s, an optional ``SqueezeExcite`` and activations, so ``.weights``
     I/O, pruning and thop see them like any other conv or linear layer."""
 
@@ -476,6 +477,7 @@ def build_se(d, ctx):
 
 
 def check_positive(d, ctx, *keys):
+    """Each of ``keys`` must be at least 1."""
     for key in keys:
         if d[key] < 1:
             raise ctx.error(d, f"{key}={d[key]} must be at least 1", key)
@@ -507,12 +509,12 @@ def build_pep(d, ctx):
     return block, d["filters"], scaled(ctx.s, d["stride"])
 
 
-@section("inverted_residual", filters=(int, REQUIRED), size=(int, 3), stride=(int, 1), expand=(float, 1.0),
+@section("bottleneck", filters=(int, REQUIRED), size=(int, 3), stride=(int, 1), expand=(float, 1.0),
          se=(int, 0), se_gate=(str, "logistic"), activation=(str, "relu"))
-def build_inverted_residual(d, ctx):
-    """MobileNetV2/V3 bottleneck: [1x1 expand + act], kxk depthwise (stride) + act, [SE], 1x1 linear.
+def build_bottleneck(d, ctx):
+    """MobileNetV2/V3 inverted residual (V3's "bneck"; aliases ``[inverted_residual]``, ``[bneck]``).
 
-    Hidden width ``make_divisible(in * expand)``; no expand conv when it equals the input width; SE squeezes to
+    [1x1 expand + act], kxk depthwise (stride) + act, [SE], 1x1 linear. Hidden width ``make_divisible(in * expand)``; no expand conv when it equals the input width; SE squeezes to
     ``make_divisible(hidden / 4)`` with biases, ReLU and the ``se_gate``; residual when stride 1 and in = out.
     """
     check_positive(d, ctx, "filters", "size", "stride")
@@ -818,6 +820,10 @@ def model_summary(model, img_size=416, path=None, verbose=False):
     ``sparsity``: zero fraction of the prunable conv kernels (``prunable_parameters`` defaults); ``macs``: thop,
     dense, batch 1 at ``img_size``; ``sparse_macs``: the same with each conv's MACs scaled by its kernel's non-zero
     fraction; ``size_mb``: bytes of ``path`` on disk, or without a path the fp32 ``.weights`` size, in MiB (2**20).
+    With a ``path`` (the file the model came from) also: ``file_bytes`` (its bytes on disk), ``sparse_bytes`` and
+    ``sparse_half_bytes`` (bytes of its sparse export, ``export.py --include sparse [--half]``, computed in memory),
+    ``zero_channels`` (conv output channels whose kernel is all zero) and ``zero_channels_per_layer``
+    (``{layer: count}``, layers with any). The per-layer table shows that count in its ``empty`` column.
     """
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
@@ -828,23 +834,33 @@ def model_summary(model, img_size=416, path=None, verbose=False):
     sparse_macs = macs - sum(ops.get(n, 0) * (1 - int(torch.count_nonzero(m.weight)) / m.weight.numel())
                              for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
     size = os.path.getsize(path) if path else darknet_file_bytes(model)
+    from utils.sparse import export_bytes, zero_output_channels
+
+    empty = zero_output_channels(model)
     if verbose:
-        print_layer_table(model, ops, shapes)
-    return {"layers": len(model.module_list), "params": params, "nonzero_params": nonzero,
-            "sparsity": zeros / n_prunable if n_prunable else 0.0, "macs": macs, "sparse_macs": round(sparse_macs),
-            "size_mb": size / 2 ** 20}
+        print_layer_table(model, ops, shapes, empty=empty)
+    summary = {"layers": len(model.module_list), "params": params, "nonzero_params": nonzero,
+               "sparsity": zeros / n_prunable if n_prunable else 0.0, "macs": macs, "sparse_macs": round(sparse_macs),
+               "size_mb": size / 2 ** 20}
+    if path:
+        summary.update(file_bytes=size, sparse_bytes=export_bytes(model), sparse_half_bytes=export_bytes(model, True),
+                       zero_channels=sum(empty.values()),
+                       zero_channels_per_layer={str(i): n for i, n in sorted(empty.items()) if n})
+    return summary
 
 
-def print_layer_table(model, ops, shapes, file=None):
-    """Print index, type, sources, output shape (C, H, W), parameters and MACs of every layer."""
+def print_layer_table(model, ops, shapes, file=None, empty=None):
+    """Print index, type, sources, output shape (C, H, W), parameters, MACs and (``empty``, ``{layer: count}``) the
+    conv output channels whose kernel is all zero, of every layer."""
     file = file or sys.stdout
-    print(f"{'layer':>5}  {'type':<15} {'from':<14} {'output':<18} {'params':>12} {'MACs':>15}", file=file)
+    empty = empty or {}
+    print(f"{'layer':>5}  {'type':<15} {'from':<14} {'output':<18} {'params':>12} {'MACs':>15} {'empty':>6}", file=file)
     for i, (d, m) in enumerate(zip(model.module_defs, model.module_list)):
         src = ",".join(str(j) for j in getattr(m, "sources", ())) or "-1"
         shape = "x".join(str(v) for v in shapes[i]) if shapes[i] else "-"
         n = sum(p.numel() for p in m.parameters())
-        print(f"{i:>5}  {d['type']:<15} {src:<14} {shape:<18} {n:>12,} {int(ops.get(f'module_list.{i}', 0)):>15,}",
-              file=file)
+        print(f"{i:>5}  {d['type']:<15} {src:<14} {shape:<18} {n:>12,} {int(ops.get(f'module_list.{i}', 0)):>15,} "
+              f"{empty.get(i, '-'):>6}", file=file)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

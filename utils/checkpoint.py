@@ -2,11 +2,8 @@
 
 The layout of a checkpoint dict is documented in ``docs/architecture.md``.
 """
-import io
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -57,9 +54,15 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError, io.UnsupportedOperation) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # noqa: BLE001 -- garbage makes the weights-only unpickler raise almost anything
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
+        if not isinstance(e, (RuntimeError, OSError, EOFError)) or not first:
+            first = f"{type(e).__name__}: {first}" if first else type(e).__name__
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first}") from None
+    from utils import sparse
+
+    if sparse.is_export(ckpt):  # export.py --include sparse: decode it to a plain checkpoint dict
+        ckpt = sparse.decode(ckpt, path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "cfg" not in ckpt:
         raise UserError(f"{path}: not a yolo-compression checkpoint (no 'model' and 'cfg' entries)")
     return ckpt
@@ -70,6 +73,7 @@ def load_model(weights, cfg=None, nc=None, device="cpu"):
 
     - a checkpoint ``.pt`` (see docs/architecture.md): the network comes from its ``cfg`` text (or from ``cfg`` when
       given), with its ``nc``; ``model`` is loaded strictly and ``masks`` (if any) are applied; ``ckpt`` is the dict.
+    - a sparse export (``export.py --include sparse``): loaded like the checkpoint it came from.
     - a Darknet ``.weights`` file: needs ``cfg`` (and ``nc`` when the file was trained with another class count);
       ``ckpt`` is ``None``.
     """
