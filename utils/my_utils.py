@@ -27,6 +27,20 @@ HYP_KEYS = (
     "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud", "fliplr", "mosaic",
 )
 
+HYP_HELP = {
+    "lr0": "initial learning rate", "lrf": "final learning rate as a fraction of lr0 (cosine)",
+    "momentum": "SGD momentum / Adam beta1", "weight_decay": "L2 on conv and linear weights",
+    "warmup_epochs": "linear warm-up length", "warmup_momentum": "momentum at the start of warm-up",
+    "warmup_bias_lr": "bias learning rate at the start of warm-up", "box": "GIoU box loss gain",
+    "obj": "objectness loss gain", "cls": "class loss gain", "cls_pw": "class BCE positive weight",
+    "obj_pw": "objectness BCE positive weight", "anchor_t": "anchor-matching ratio threshold",
+    "label_smoothing": "class label smoothing epsilon", "hsv_h": "hue jitter (fraction)",
+    "hsv_s": "saturation jitter (fraction)", "hsv_v": "value jitter (fraction)", "degrees": "rotation (+- deg)",
+    "translate": "translation (+- fraction)", "scale": "scale gain (+- fraction)", "shear": "shear (+- deg)",
+    "perspective": "perspective (+- fraction)", "flipud": "vertical flip probability",
+    "fliplr": "horizontal flip probability", "mosaic": "4-image mosaic probability",
+}
+
 
 def flag(group, name, *more, **kwargs):
     """``group.add_argument`` that also registers the underscore spelling of a dashed flag."""
@@ -61,13 +75,13 @@ def add_optim_args(p):
     flag(g, "--epochs", type=int, default=None)
     flag(g, "--optimizer", choices=("sgd", "adam"), default=None, help="SGD with nesterov momentum, or Adam")
     for key in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr"):
-        flag(g, "--" + key.replace("_", "-"), type=float, default=None)
+        flag(g, "--" + key.replace("_", "-"), type=float, default=None, help=HYP_HELP[key])
     flag(g, "--nominal-batch-size", type=int, default=None, help="gradients are accumulated to this batch size")
     flag(g, "--multi-scale", action="store_true", help="vary the image size +-50%% per batch")
     flag(g, "--no-ema", action="store_true", help="evaluate and save the raw weights instead of their EMA")
     flag(g, "--grad-clip", type=float, default=10.0, help="clip the gradient norm (0 disables)")
     for key in ("box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t", "label_smoothing"):
-        flag(g, "--" + key.replace("_", "-"), type=float, default=None, help="loss hyperparameter")
+        flag(g, "--" + key.replace("_", "-"), type=float, default=None, help=HYP_HELP[key])
     return g
 
 
@@ -75,7 +89,7 @@ def add_aug_args(p):
     g = p.add_argument_group("augmentation (defaults in params/default.yaml)")
     for key in ("hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud",
                 "fliplr", "mosaic"):
-        flag(g, "--" + key.replace("_", "-"), type=float, default=None)
+        flag(g, "--" + key.replace("_", "-"), type=float, default=None, help=HYP_HELP[key])
     flag(g, "--rect", action="store_true", help="rectangular training batches (no mosaic)")
     return g
 
@@ -118,7 +132,20 @@ def train_parser(description="Train a Darknet-cfg YOLO detector.", params=DEFAUL
     add_aug_args(p)
     add_output_args(p, project)
     add_device_args(p)
-    return p
+    return show_yaml_defaults(p, params)
+
+
+def show_yaml_defaults(parser, params):
+    """Let ``--help`` show the values the YAML files give (``parse_args`` applies them the same way)."""
+    values = load_params(DEFAULT_PARAMS)
+    if params and Path(params).resolve() != DEFAULT_PARAMS.resolve() and Path(params).is_file():
+        values.update(load_params(params))
+    actions = {a.dest: a for a in parser._actions}
+    for key, (value, _) in values.items():
+        key = YAML_ALIASES.get(key, key)
+        if key in actions and key != "params":
+            actions[key].default = value
+    return parser
 
 
 # ----------------------------------------------------------------------------------------------- YAML
@@ -240,7 +267,7 @@ def prune_parser():
     p = train_parser("Prune a YOLO detector: Lottery Ticket (--lth) or Continuous Sparsification (--cs).",
                      params=None, project="runs/prune")
     add_prune_args(p)
-    return p
+    return show_yaml_defaults(p, None)
 
 
 def add_kd_args(p):
@@ -281,7 +308,7 @@ def kd_parser():
     p = train_parser("Distil a teacher into a student (Chen et al. 2017).", params=ROOT / "params" / "KD.yaml",
                      project="runs/kd")
     add_kd_args(p)
-    return p
+    return show_yaml_defaults(p, ROOT / "params" / "KD.yaml")
 
 
 def gan_parser():
@@ -290,4 +317,4 @@ def gan_parser():
                      params=ROOT / "params" / "KD_GAN.yaml", project="runs/kd_gan")
     add_kd_args(p)
     add_gan_args(p)
-    return p
+    return show_yaml_defaults(p, ROOT / "params" / "KD_GAN.yaml")
