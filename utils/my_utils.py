@@ -295,7 +295,8 @@ def add_gan_args(p):
     flag(g, "--d-lr", type=float, default=None, help="discriminator learning rate")
     flag(g, "--d-momentum", type=float, default=None, help="discriminator SGD momentum")
     flag(g, "--adv-weight", type=float, default=None, help="weight of the adversarial term in the student loss")
-    flag(g, "--second-stage", type=int, default=None, help="epoch at which stage 2 (detection loss only) starts")
+    flag(g, "--second-stage", type=float, default=None,
+         help="epoch at which stage 2 (detection loss only) starts; a value below 1 is a fraction of --epochs")
     flag(g, "--stage1-det-scale", type=float, default=None, help="scale of the detection loss in stage 1")
     flag(g, "--soft-labels", type=lambda s: str(s).lower() in ("1", "true", "yes"), default=None,
          help="real labels U(0.7,1), fake U(0,0.3) instead of 1/0")
