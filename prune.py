@@ -1,20 +1,25 @@
-"""Prune a YOLO detector: Lottery Ticket with late rewinding (--lth); Continuous Sparsification (--cs) to come.
+"""Prune a YOLO detector: Lottery Ticket with late rewinding (--lth) or Continuous Sparsification (--cs).
 
     python prune.py --lth                                         # yolov3-tiny on shapes, params/IMP.yaml
     python prune.py --lth --scope global --rounds 10 --prune-rate 0.2 --rewind-epoch 2 --epochs 20
     python prune.py --lth --weights runs/prune/exp/round_0/weights/last.pt --scope local   # reuse a dense run
     python prune.py --lth --weights runs/prune/exp/round_10/weights/last.pt --rounds 3     # prune further
+    python prune.py --cs                                          # yolov3-tiny on shapes, params/CS.yaml
+    python prune.py --cs --rounds 3 --epochs 10 --rewind-epoch 2 --ticket-epochs 30 --cs-lambda 1e-8
     python prune.py --resume runs/prune/exp                       # continue at the round and epoch where it stopped
 
 Writes runs/prune/<name>/: args.yaml, round_<r>/ (a training run each: weights/last.pt and best.pt with the
-``masks`` and ``rewind`` entries, results.csv, masks.txt), rounds.csv and rounds.png. Round 0 is the dense network
-(trained here, or the ``--weights`` checkpoint when it holds a ``rewind`` entry). ``--params`` defaults to
-params/IMP.yaml for --lth. The technique lives in utils/pruning.py (``LotteryTicket``); another technique is one
-more ``Strategy`` subclass in ``STRATEGIES``.
+``masks`` and ``rewind`` entries, results.csv, masks.txt), rounds.csv and rounds.png. With --lth, round 0 is the
+dense network (trained here, or the ``--weights`` checkpoint when it holds a ``rewind`` entry). With --cs, rounds
+0 .. R-1 are search rounds (soft masks; results.csv logs beta and the soft and hard sparsity per epoch) and round R
+retrains the ticket. ``--params`` defaults to params/IMP.yaml for --lth and params/CS.yaml for --cs. The techniques
+live in utils/pruning.py (``LotteryTicket``) and utils/cs.py (``ContinuousSparsification``); another technique is
+one more ``Strategy`` subclass in ``STRATEGIES``.
 """
 from utils.errors import UserError, cli
 from utils.general import ROOT
 from utils.my_utils import parse_args, prune_parser
+import utils.cs  # noqa: F401  (registers STRATEGIES["cs"])
 from utils.pruning import STRATEGIES, PruneRun
 
 PARAMS = {"lth": ROOT / "params" / "IMP.yaml", "cs": ROOT / "params" / "CS.yaml"}

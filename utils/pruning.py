@@ -515,6 +515,15 @@ class Strategy:
     def describe_start(self, r):
         return f"round {r}/{self.num_rounds() - 1} ({self.kind(r)})"
 
+    def round_args(self, r):
+        """The arguments round ``r`` trains with (a strategy may change e.g. its epochs)."""
+        return self.args
+
+    def row_checkpoint(self, r):
+        """The checkpoint a trained round's rounds.csv row describes: best.pt, else last.pt."""
+        wdir = self.run.round_dir(r) / "weights"
+        return wdir / "best.pt" if (wdir / "best.pt").is_file() else wdir / "last.pt"
+
     # -- the loop --------------------------------------------------------------------------------------
     def run_all(self, log=print):
         """Run (or continue) every round not yet in rounds.csv; returns the final round's best.pt path."""
@@ -544,8 +553,8 @@ class Strategy:
         else:
             ckpt = None
             model, plugins = self.begin_round(r)
-            log(f"{self.describe_start(r)}: training {self.args.epochs} epochs in {save_dir}")
-        trainer = Trainer(self.args, model, save_dir, plugins=plugins, resume_ckpt=ckpt, log=log)
+            log(f"{self.describe_start(r)}: training {self.round_args(r).epochs} epochs in {save_dir}")
+        trainer = Trainer(self.round_args(r), model, save_dir, plugins=plugins, resume_ckpt=ckpt, log=log)
         try:
             trainer.fit()
         finally:
@@ -556,11 +565,9 @@ class Strategy:
         return self.trained_row(r, trainer)
 
     def trained_row(self, r, trainer):
-        """The rounds.csv row of a trained round: best.pt's epoch and metrics (from results.csv), its weights'
-        sparsity and MACs, and the round's wall time (sum of its epochs, across resumes)."""
-        wdir = self.run.round_dir(r) / "weights"
-        path = wdir / "best.pt" if (wdir / "best.pt").is_file() else wdir / "last.pt"
-        ckpt = load_checkpoint(path)
+        """The rounds.csv row of a trained round: ``row_checkpoint``'s (best.pt's) epoch and metrics (from
+        results.csv), its weights' sparsity and MACs, and the round's wall time (sum of its epochs, across resumes)."""
+        ckpt = load_checkpoint(self.row_checkpoint(r))
         epoch = ckpt["epoch"] + 1
         metrics = next((row for row in trainer.rows if int(row["epoch"]) == epoch), {})
         row = self.weights_row(r, ckpt)

@@ -1,0 +1,538 @@
+"""Continuous Sparsification (``prune.py --cs``): soft masks learnt by gradient descent, then a rewound ticket.
+
+After Savarese, Silva & Maire, "Winning the Lottery with Continuous Sparsification" (NeurIPS 2020,
+arXiv 1912.04427), section 3 and Algorithm 1 ("ticket search"). Notation of the paper and of this module:
+
+- every prunable conv kernel w (``models.prunable_parameters``, as for LTH) gets a logit tensor s of its shape,
+  initialised to s₀ (``--mask-init``); the network computes with the soft-masked kernel
+
+      w ⊙ m(s, β),   m(s, β) = σ(β·s) / σ(s₀)                                      (eq. 5 with the scale 1/σ(s₀))
+
+  so at β = 1 and s = s₀ every gate is exactly 1 (σ(s₀)/σ(s₀)) and the network starts as the dense one;
+- the objective is  L_det(w ⊙ m) + λ · ‖σ(β·s)‖₁ = L_det + λ · Σ σ(β·s)            (eq. 6, λ = ``--cs-lambda``),
+  the L1 term depending on the logits only;
+- within a search round of E epochs the temperature grows geometrically, β_e = β_T^(e/(E−1)) (β_T =
+  ``--final-temperature``), so σ(β·s) tends to the step 1[s > 0]: a weight survives where training pushed its
+  logit above 0;
+- at the end of a search round ("iteration") s ← min(β_T·s, s₀) and β ← 1 (Algorithm 1, line 8): kept weights
+  restart at s₀, removed ones stay below it; the weights are **not** rewound between search rounds;
+- the ticket: after the last search round m = 1[s > 0] is frozen, the weights are rewound to θ_k (the weights after
+  ``--rewind-epoch`` epochs of the first search round, Frankle et al.'s late rewinding) and the masked network is
+  retrained (Algorithm 1, lines 10-11).
+
+How it is built here:
+
+- ``SoftMasks``: the logits (plain leaf tensors owned by the plug-in, never ``nn.Parameter``s of the network), β
+  and s₀. It applies m to the network with a forward pre-hook (and a forward hook) on each masked ``nn.Conv2d``:
+  the pre-hook puts the tensor w ⊙ m in the place of the module's ``weight`` parameter for the duration of the
+  call (as ``torch.func.functional_call`` does) and the hook puts the parameter back. So ``models.py``'s forward
+  is unchanged, and — unlike ``torch.nn.utils.parametrize``, which renames the weight
+  ``parametrizations.weight.original`` — the state dict keeps its plain keys and raw values, the main optimiser
+  sees the ordinary ``weight`` parameters (and never the logits), and resume, rewind capture and the EMA work on
+  plain state dicts. In training mode the pre-hook uses the soft gate σ(β·s)/σ(s₀); in eval mode the hard gate
+  1[s > 0]/σ(s₀) (the network one would get by stopping here).
+- ``CSPlugin``: the engine plug-in of a search round. ``extra_loss`` returns λ·Σσ(β·s) as a per-image term (the
+  engine multiplies it by the batch size exactly as it does the detection loss, which is the per-image mean loss
+  times the batch size: so λ weighs the L1 term against the mean detection loss as in the paper's objective).
+  The logits have their own SGD (``--mask-lr``, ``--mask-momentum``, nesterov, no weight decay), stepped in
+  ``after_step`` after each step of the main optimiser, with its learning rate following the main cosine schedule
+  (as the authors' code drops both learning rates together); ``before_epoch`` sets β_e; ``after_epoch`` adds
+  the results.csv columns ``cs/beta``, ``cs/soft_sparsity`` (1 − mean σ(β·s), the normalised L1 term; at the
+  start of a round it is 1 − σ(s₀)) and ``cs/hard_sparsity`` (fraction of s ≤ 0).
+- The EMA and the checkpoints. The engine deep-copies the model for its EMA after the plug-ins' setup; the hooks
+  come along (they share the one ``SoftMasks``), so the EMA averages the raw weights only (not the logits: the mask
+  is a decision, not a weight) and is evaluated in eval mode with the *current* hard gates: each epoch's mAP is that
+  of  EMA(w) ⊙ 1[s > 0]/σ(s₀). A checkpoint's ``model`` entry is exactly that network with the gate folded into
+  the weights (plain keys, plain values, exact zeros where s ≤ 0), and ``masks`` is 1[s > 0], so ``test.py``,
+  ``models.py --weights``, sparse storage and export read a search round's checkpoint like an LTH one and score
+  what the engine scored. The raw EMA weights of the masked tensors, the logits and the logit optimiser go into
+  the plug-in's training state (``last.pt`` only), from which resume restores them bit for bit; a top-level ``cs``
+  entry records β, s₀, β_T and the two sparsities.
+- ``ContinuousSparsification``: the ``Strategy`` (utils/pruning.py): rounds 0 … R−1 are search rounds (round 0
+  captures θ_k with ``RewindPlugin``; round r ≥ 1 continues from round r − 1's last raw weights, BN statistics and
+  logits after the reset), round R is the ticket, retrained with the LTH ``MaskPlugin`` for ``--ticket-epochs``
+  (default ``--epochs``) and saved in the LTH format (plain weights + ``masks`` + ``rewind``). The ticket's
+  weights are θ_k ⊙ 1[s > 0]/σ(s₀): the frozen hard gate of the search network, scale included (the authors' code
+  and the original project keep the factor 1/σ(s₀) ≈ 2.1 in the frozen mask; folding it into the rewound weights
+  gives the same network with a plain 0/1 mask). rounds.csv rows: search rounds describe their last.pt (the state
+  the next round and the ticket derive from), the ticket its best.pt.
+"""
+import copy
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from utils.checkpoint import load_checkpoint
+from utils.engine import Plugin
+from utils.errors import UserError
+from utils.general import init_seeds
+from utils.pruning import STRATEGIES, Masks, MaskPlugin, RewindPlugin, Strategy, build_model, rewind
+from utils.torch_utils import de_parallel
+
+# The original project's params/CS.yaml values, used when an argument is missing (params/CS.yaml sets them all).
+DEFAULTS = {"mask_init": -0.1, "cs_lambda": 1e-8, "final_temperature": 200.0, "mask_lr": 0.1, "mask_momentum": 0.9}
+
+
+def temperature(epoch, epochs, final):
+    """β_e = β_T^(e/(E−1)) for epoch ``epoch`` (0-based) of ``epochs``: 1 at the first epoch, β_T at the last."""
+    if epochs < 2:
+        return 1.0
+    return float(final) ** (epoch / (epochs - 1))
+
+
+def reset_logits(s, final_temperature, mask_init):
+    """The end-of-round rule s ← min(β_T·s, s₀) (Savarese et al. 2019, Algorithm 1), as a new tensor."""
+    return torch.clamp(s * float(final_temperature), max=float(mask_init))
+
+
+# ------------------------------------------------------------------------------------------------ soft masks
+class SoftMasks:
+    """Mask logits ``{parameter name: float32 tensor}``, the temperature β and s₀; applies m = σ(β·s)/σ(s₀).
+
+    The logits are leaf tensors with ``requires_grad``; they are not registered in any module, so neither the main
+    optimiser, the EMA nor a state dict ever holds them. ``attach(model)`` hooks the masked convs (see the module
+    docstring); a deep copy of the hooked model (the engine's EMA) shares this object, so it sees the same logits.
+    """
+
+    def __init__(self, logits, mask_init, beta=1.0):
+        self.mask_init = float(mask_init)
+        self.beta = float(beta)
+        self.logits = {}
+        for name, s in dict(logits).items():
+            if not isinstance(s, torch.Tensor) or not s.is_floating_point():
+                raise TypeError(f"logits {name!r} must be a float tensor")
+            self.logits[name] = s.detach().float().clone().requires_grad_(True)
+        self._sig0 = {}
+        self._held = {}  # id(module) -> its weight parameter, while the module's forward runs
+        self.handles = []
+
+    def __deepcopy__(self, memo):
+        return self  # a copied model (the EMA) keeps using the one set of logits
+
+    @classmethod
+    def init(cls, named_parameters, mask_init):
+        """Logits s₀ for every ``(name, parameter)`` (e.g. ``models.prunable_parameters(model)``)."""
+        return cls({n: torch.full(p.shape, float(mask_init), dtype=torch.float32, device=p.device)
+                    for n, p in named_parameters}, mask_init)
+
+    # -- a small mapping ------------------------------------------------------------------------------
+    def names(self):
+        return list(self.logits)
+
+    def __len__(self):
+        return len(self.logits)
+
+    def numel(self):
+        return sum(s.numel() for s in self.logits.values())
+
+    def to(self, device):
+        """Move the logits (keeping them leaf tensors)."""
+        for n, s in self.logits.items():
+            if s.device != torch.device(device):
+                self.logits[n] = s.detach().to(device).requires_grad_(True)
+        self._sig0 = {}
+        return self
+
+    # -- the gates ------------------------------------------------------------------------------------
+    def sig0(self, device):
+        """σ(s₀) as the float32 value torch computes on ``device`` (so σ(1·s₀)/σ(s₀) is exactly 1 there)."""
+        key = str(device)
+        if key not in self._sig0:
+            self._sig0[key] = float(torch.sigmoid(torch.tensor([self.mask_init], dtype=torch.float32, device=device)))
+        return self._sig0[key]
+
+    def soft_gate(self, name):
+        """σ(β·s)/σ(s₀) of one tensor (differentiable in s)."""
+        s = self.logits[name]
+        return torch.sigmoid(self.beta * s) / self.sig0(s.device)
+
+    @torch.no_grad()
+    def hard_gate(self, name):
+        """1[s > 0]/σ(s₀) of one tensor: the soft gate's limit for β → ∞."""
+        s = self.logits[name]
+        return (s > 0).to(s.dtype) / self.sig0(s.device)
+
+    def hard_weight(self, name, w):
+        """w ⊙ 1[s > 0]/σ(s₀) with the removed entries at exactly +0.0 (w · 0 would leave −0.0 for negative w,
+        which sparse storage keeps as a value)."""
+        s = self.logits[name].detach()
+        return (w * self.hard_gate(name)).masked_fill(s <= 0, 0.0)
+
+    def l1(self):
+        """Σ σ(β·s) over every logit (the paper's ‖σ(βs)‖₁; differentiable)."""
+        return sum(torch.sigmoid(self.beta * s).sum() for s in self.logits.values())
+
+    @torch.no_grad()
+    def soft_sparsity(self):
+        """1 − mean σ(β·s): the L1 term normalised; tends to the hard sparsity as β grows."""
+        n = self.numel()
+        return 1.0 - float(self.l1()) / n if n else 0.0
+
+    def hard_masks(self):
+        """The binary ``Masks`` 1[s > 0] (True = alive)."""
+        return Masks({n: (s.detach() > 0) for n, s in self.logits.items()})
+
+    def hard_sparsity(self):
+        return self.hard_masks().sparsity()
+
+    @torch.no_grad()
+    def reset(self, final_temperature):
+        """End of a search round: s ← min(β_T·s, s₀) and β ← 1, in place."""
+        for s in self.logits.values():
+            s.copy_(reset_logits(s, final_temperature, self.mask_init))
+        self.beta = 1.0
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def owners(self, model):
+        """``[(name, conv module)]`` of ``model`` (DDP unwrapped); a missing name or another shape is an error."""
+        model = de_parallel(model)
+        params = dict(model.named_parameters())
+        pairs = []
+        for n, s in self.logits.items():
+            if n not in params:
+                raise UserError(f"mask logits for '{n}' have no parameter of that name in the network")
+            if params[n].shape != s.shape:
+                raise UserError(f"mask logits for '{n}' are {tuple(s.shape)}, the parameter {tuple(params[n].shape)}")
+            path, _, attr = n.rpartition(".")
+            if attr != "weight":
+                raise UserError(f"'{n}': only conv kernels ('weight') can carry soft masks")
+            pairs.append((n, model.get_submodule(path)))
+        return pairs
+
+    def attach(self, model):
+        """Hook every masked conv of ``model``: training mode computes with w ⊙ σ(β·s)/σ(s₀), eval mode with
+        w ⊙ 1[s > 0]/σ(s₀). Returns the hook handles (also kept in ``self.handles``)."""
+        handles = []
+        for name, module in self.owners(model):
+            handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
+            handles.append(module.register_forward_hook(self._post_hook(), always_call=True))
+        self.handles += handles
+        return handles
+
+    def _pre_hook(self, name):
+        bank = self
+
+        def apply_mask(module, args):
+            weight = module._parameters["weight"]
+            bank._held[id(module)] = weight
+            if module.training:
+                module._parameters["weight"] = weight * bank.soft_gate(name)
+            else:
+                module._parameters["weight"] = bank.hard_weight(name, weight)
+
+        return apply_mask
+
+    def _post_hook(self):
+        bank = self
+
+        def restore(module, args, output):
+            weight = bank._held.pop(id(module), None)
+            if weight is not None:
+                module._parameters["weight"] = weight
+
+        return restore
+
+    def detach(self, *models):
+        """Remove the hooks from the model they were attached to and from copies of it (e.g. the EMA)."""
+        ids = [h.id for h in self.handles]
+        for h in self.handles:
+            h.remove()
+        for model in models:
+            for m in de_parallel(model).modules():
+                for hooks in (m._forward_pre_hooks, m._forward_hooks, getattr(m, "_forward_hooks_always_called", {})):
+                    for i in ids:
+                        hooks.pop(i, None)
+        self.handles = []
+
+    # -- the checkpoint -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold(self, state):
+        """A copy of the state dict ``state`` (raw weights) with every masked tensor replaced by ``hard_weight``:
+        the weights of the network that eval mode computes, as a plain state dict (+0.0 where s ≤ 0)."""
+        out = dict(state)
+        for n in self.logits:
+            out[n] = self.hard_weight(n, state[n].detach().float())
+        return out
+
+    def state_dict(self):
+        return {"logits": {n: s.detach().cpu().clone() for n, s in self.logits.items()}, "beta": self.beta,
+                "mask_init": self.mask_init}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(state["logits"], state["mask_init"], state.get("beta", 1.0))
+
+    @torch.no_grad()
+    def load_state_dict(self, state):
+        for n, s in self.logits.items():
+            s.copy_(state["logits"][n])
+        self.beta = float(state.get("beta", 1.0))
+
+
+# ---------------------------------------------------------------------------------------------------- plug-in
+class CSPlugin(Plugin):
+    """One search round of Continuous Sparsification in the training engine (see the module docstring).
+
+    ``after_step`` also does for the logits what the engine does for the weights: under DistributedDataParallel it
+    averages their gradients over the processes (DDP only reduces the model's parameters), and with the fp16 grad
+    scaler on CUDA it unscales them by the scale of the backward pass (read in ``extra_loss``) and skips the step
+    when they are not finite, as the scaler skips the weights' step.
+    """
+
+    name = "cs"
+
+    def __init__(self, soft_masks, cs_lambda=1e-8, mask_lr=0.1, mask_momentum=0.9, final_temperature=200.0):
+        self.masks = soft_masks
+        self.cs_lambda = float(cs_lambda)
+        self.mask_lr, self.mask_momentum = float(mask_lr), float(mask_momentum)
+        self.final_temperature = float(final_temperature)
+        self.trainer = None
+        self.optimizer = None
+        self.grad_scale = 1.0
+
+    def setup(self, trainer):
+        self.trainer = trainer
+        model = de_parallel(trainer.model)
+        device = next(model.parameters()).device
+        self.masks.to(device)
+        self.masks.attach(model)
+        momentum = self.mask_momentum
+        self.optimizer = torch.optim.SGD(list(self.masks.logits.values()), lr=self.mask_lr, momentum=momentum,
+                                         nesterov=momentum > 0, weight_decay=0.0)
+        if getattr(trainer, "main", False) and getattr(trainer, "save_dir", None) is not None:
+            trainer.log(f"continuous sparsification: {len(self.masks)} soft-masked tensors, "
+                        f"{self.masks.numel():,} logits at s0={self.masks.mask_init:g}, lambda={self.cs_lambda:g}, "
+                        f"beta 1 -> {self.final_temperature:g}")
+
+    def before_epoch(self, trainer, epoch):
+        self.masks.beta = temperature(epoch, trainer.epochs, self.final_temperature)
+        factor = trainer.lf(epoch) if hasattr(trainer, "lf") else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.mask_lr * factor
+
+    def extra_loss(self, trainer, imgs, targets, outputs, features):
+        scaler = getattr(trainer, "scaler", None)
+        self.grad_scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        if self.cs_lambda == 0:
+            return {}
+        return {"cs_l1": self.cs_lambda * self.masks.l1()}
+
+    @torch.no_grad()
+    def after_step(self, trainer):
+        logits = list(self.masks.logits.values())
+        world = getattr(trainer, "world", 1)
+        if world > 1 and dist.is_initialized():  # DDP averages the weights' gradients, not these
+            for s in logits:
+                if s.grad is None:
+                    s.grad = torch.zeros_like(s)
+                dist.all_reduce(s.grad)
+                s.grad.div_(world)
+        if self.grad_scale != 1.0:  # fp16 on CUDA: the backward ran on the scaled loss
+            grads = [s.grad for s in logits if s.grad is not None]
+            for g in grads:
+                g.div_(self.grad_scale)
+            if not all(bool(torch.isfinite(g).all()) for g in grads):  # the scaler skipped this step too
+                self.optimizer.zero_grad(set_to_none=True)
+                return
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def after_epoch(self, trainer, epoch, metrics):
+        if getattr(trainer, "main", False) and getattr(trainer, "save_dir", None) is not None:
+            (Path(trainer.save_dir) / "masks.txt").write_text(
+                f"hard masks 1[s > 0] after epoch {epoch + 1} (beta {self.masks.beta:g})\n"
+                + self.masks.hard_masks().report() + "\n")
+        return {"cs/beta": self.masks.beta, "cs/soft_sparsity": self.masks.soft_sparsity(),
+                "cs/hard_sparsity": self.masks.hard_sparsity()}
+
+    def checkpoint_entries(self, trainer):
+        """``model``: the evaluated network (EMA or raw weights ⊙ hard gate, see the module docstring) replacing
+        the engine's raw entry; ``masks``: 1[s > 0]; ``cs``: β, s₀, β_T and the sparsities."""
+        state = trainer.eval_model().state_dict()
+        model = {k: v.detach().float().cpu() if v.dtype.is_floating_point else v.cpu() for k, v in state.items()}
+        model.update({n: v.cpu() for n, v in self.masks.fold({n: state[n] for n in self.masks.names()}).items()})
+        return {"model": model, "masks": self.masks.hard_masks().state_dict(),
+                "cs": {"beta": self.masks.beta, "mask_init": self.masks.mask_init,
+                       "final_temperature": self.final_temperature, "cs_lambda": self.cs_lambda,
+                       "soft_sparsity": self.masks.soft_sparsity(), "hard_sparsity": self.masks.hard_sparsity()}}
+
+    def state_dict(self):
+        state = {"masks": self.masks.state_dict(), "optimizer": self.optimizer.state_dict()}
+        ema = getattr(self.trainer, "ema", None)
+        if ema is not None:  # the checkpoint's model entry holds folded weights: keep the raw EMA for resume
+            ema_state = ema.ema.state_dict()
+            state["ema"] = {n: ema_state[n].detach().cpu().clone() for n in self.masks.names()}
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state):
+        if not state:
+            return
+        self.masks.load_state_dict(state["masks"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        ema = getattr(self.trainer, "ema", None)
+        if ema is not None:
+            if "ema" not in state:
+                raise UserError("last.pt of a CS search round holds no raw EMA weights; cannot resume it")
+            ema_state = ema.ema.state_dict()
+            for n, v in state["ema"].items():
+                ema_state[n].copy_(v)
+
+    def close(self):
+        """Remove the hooks (from the trained model and the engine's EMA copy)."""
+        models = []
+        if self.trainer is not None:
+            models.append(self.trainer.model)
+            if getattr(self.trainer, "ema", None) is not None:
+                models.append(self.trainer.ema.ema)
+        self.masks.detach(*models)
+
+
+# --------------------------------------------------------------------------------------------------- strategy
+def _arg(args, key):
+    value = getattr(args, key, None)
+    return DEFAULTS[key] if value is None else value
+
+
+class ContinuousSparsification(Strategy):
+    """Continuous Sparsification ticket search (Savarese et al. 2019, arXiv 1912.04427, Algorithm 1).
+
+    Rounds 0 … R−1 (R = ``--rounds``, the original's "iterations") are search rounds of ``--epochs`` each;
+    round R trains the ticket for ``--ticket-epochs``. See the module docstring.
+    """
+
+    name = "cs"
+
+    def __init__(self, args, run):
+        super().__init__(args, run)
+        if args.rounds is None or args.rounds < 1:
+            raise UserError(f"--rounds (CS search rounds) must be 1 or more, not {args.rounds}")
+        if args.epochs is None or args.epochs < 2:
+            raise UserError(f"--epochs {args.epochs}: a CS search round needs at least 2 epochs (beta grows from 1 "
+                            f"to --final-temperature over its epochs)")
+        self.search_rounds = int(args.rounds)
+        self.mask_init = float(_arg(args, "mask_init"))
+        self.cs_lambda = float(_arg(args, "cs_lambda"))
+        self.final_temperature = float(_arg(args, "final_temperature"))
+        self.mask_lr = float(_arg(args, "mask_lr"))
+        self.mask_momentum = float(_arg(args, "mask_momentum"))
+        if not math.isfinite(self.mask_init):
+            raise UserError(f"--mask-init must be finite, not {self.mask_init}")
+        if self.cs_lambda < 0:
+            raise UserError(f"--cs-lambda must be 0 or more, not {self.cs_lambda}")
+        if not self.final_temperature >= 1:
+            raise UserError(f"--final-temperature must be at least 1, not {self.final_temperature}")
+        if not self.mask_lr > 0 or not 0 <= self.mask_momentum < 1:
+            raise UserError(f"--mask-lr must be > 0 and --mask-momentum in [0, 1) "
+                            f"(got {self.mask_lr}, {self.mask_momentum})")
+        self.ticket_epochs = int(getattr(args, "ticket_epochs", None) or args.epochs)
+        if self.ticket_epochs < 1:
+            raise UserError(f"--ticket-epochs must be 1 or more, not {self.ticket_epochs}")
+        self.rewind_iter = getattr(args, "rewind_iter", None) or None
+        self.rewind_epoch = 0 if args.rewind_epoch is None else int(args.rewind_epoch)
+        if self.rewind_iter is None and not 0 <= self.rewind_epoch <= args.epochs:
+            raise UserError(f"--rewind-epoch {self.rewind_epoch} is outside the first search round's "
+                            f"{args.epochs} epochs")
+
+    def num_rounds(self):
+        return self.search_rounds + 1
+
+    def is_ticket(self, r):
+        return r == self.search_rounds
+
+    def kind(self, r):
+        return "cs-ticket" if self.is_ticket(r) else "cs-search"
+
+    def round_args(self, r):
+        if not self.is_ticket(r):
+            return self.args
+        args = copy.copy(self.args)
+        args.epochs = self.ticket_epochs
+        return args
+
+    def describe_start(self, r):
+        n = self.num_rounds() - 1
+        if self.is_ticket(r):
+            return (f"round {r}/{n} (ticket: m = 1[s > 0] frozen, weights rewound to the first search round's "
+                    f"rewind point)")
+        where = f"{self.rewind_iter} optimiser steps" if self.rewind_iter else f"epoch {self.rewind_epoch}"
+        extra = f"; rewind point after {where}" if r == 0 else "; s <- min(beta_T s, s0), weights not rewound"
+        return (f"round {r}/{n} (CS search {r + 1}/{self.search_rounds}: beta 1 -> {self.final_temperature:g}, "
+                f"lambda {self.cs_lambda:g}{extra})")
+
+    # -- plug-ins and the state each round starts from -----------------------------------------------
+    def plugin(self, soft_masks):
+        return CSPlugin(soft_masks, self.cs_lambda, self.mask_lr, self.mask_momentum, self.final_temperature)
+
+    def last(self, r):
+        return load_checkpoint(self.run.round_dir(r) / "weights" / "last.pt")
+
+    @staticmethod
+    def search_state(ckpt, where):
+        try:
+            return ckpt["train_state"]["plugins"]["cs"]["masks"]
+        except (KeyError, TypeError):
+            raise UserError(f"{where}: holds no CS logits (not the last.pt of a CS search round)") from None
+
+    def ticket_model(self, prev):
+        """The ticket from the last search round's last.pt: θ_k ⊙ 1[s > 0]/σ(s₀), and its binary ``Masks``."""
+        soft = SoftMasks.from_state_dict(self.search_state(prev, "last search round"))
+        masks = soft.hard_masks()
+        model = build_model(prev, self.args)
+        rewind(model, prev["rewind"]["model"], masks)  # θ_k with the pruned weights at exactly +0.0
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for n in masks:
+                params[n].mul_(soft.hard_gate(n).to(params[n].device))
+        return model, masks
+
+    def begin_round(self, r):
+        from models import prunable_parameters
+        from utils.datasets import parse_data_cfg
+        from utils.engine import model_from_args
+
+        if r == 0:
+            init_seeds(self.args.seed, self.args.deterministic)  # the initial network is reproducible
+            model, _ = model_from_args(self.args, parse_data_cfg(self.args.data)["classes"])
+            named = prunable_parameters(model, include_output=self.args.prune_output,
+                                        skip_first=self.args.keep_first_dense)
+            soft = SoftMasks.init(named, self.mask_init)
+            return model, [self.plugin(soft), RewindPlugin(self.rewind_epoch, self.rewind_iter)]
+        prev = self.last(r - 1)
+        if self.is_ticket(r):
+            model, masks = self.ticket_model(prev)
+            return model, [MaskPlugin(masks), RewindPlugin(snapshot=prev["rewind"])]
+        model = build_model(prev, self.args)
+        de_parallel(model).load_state_dict(prev["train_state"]["model"])  # raw weights, not rewound
+        soft = SoftMasks.from_state_dict(self.search_state(prev, self.run.round_dir(r - 1)))
+        soft.reset(self.final_temperature)
+        return model, [self.plugin(soft), RewindPlugin(snapshot=prev["rewind"])]
+
+    def resume_round(self, r, ckpt):
+        model = build_model(ckpt, self.args)  # the engine then loads the raw weights of train_state
+        if self.is_ticket(r):
+            if not ckpt.get("masks"):
+                raise UserError(f"{self.run.round_dir(r)}: last.pt of the ticket round holds no masks")
+            masks = Masks.from_state_dict(ckpt["masks"])
+            return model, [MaskPlugin(masks), RewindPlugin(snapshot=ckpt.get("rewind"))]
+        soft = SoftMasks.from_state_dict(self.search_state(ckpt, self.run.round_dir(r)))
+        return model, [self.plugin(soft), RewindPlugin(self.rewind_epoch, self.rewind_iter,
+                                                       snapshot=ckpt.get("rewind"))]
+
+    def end_round(self, r, trainer):
+        if r == 0 and not load_checkpoint(trainer.wdir / "last.pt").get("rewind"):
+            where = f"optimiser step {self.rewind_iter}" if self.rewind_iter else f"epoch {self.rewind_epoch}"
+            raise UserError(f"{trainer.wdir / 'last.pt'}: the rewind point ({where}) was not reached in the first "
+                            f"search round ({self.args.epochs} epochs); lower --rewind-iter/--rewind-epoch")
+
+    def row_checkpoint(self, r):
+        """Search rounds: last.pt (the state the next round starts from); the ticket: best.pt."""
+        wdir = self.run.round_dir(r) / "weights"
+        if self.is_ticket(r) and (wdir / "best.pt").is_file():
+            return wdir / "best.pt"
+        return wdir / "last.pt"
+
+
+STRATEGIES["cs"] = ContinuousSparsification
