@@ -15,6 +15,8 @@ Choices worth knowing (see also docs/architecture.md):
   itself averages its statistics with .01 per batch and divides by sqrt(var) + 1e-6, so a model read from ``.weights``
   holds Darknet's numbers exactly and its outputs differ from Darknet's only by that epsilon.
 - A conv has a bias only without BN, unless ``bias=0/1`` says otherwise (our extension, for SE / FCA blocks).
+- Compact-model sections ``[ep]``, ``[pep]`` (YOLO Nano), ``[bottleneck]`` (MobileNetV2/V3) and ``[se]``
+  (squeeze-excite / FCA) are stacks of ConvBlocks and nn.Linear layers: see docs/models.md.
 - ``[maxpool]`` pads like Darknet: ``size - 1`` cells in all, ``(size - 1) // 2`` of them before, where an out-of-range
   cell never wins the max; output size ``(w - 1) // stride + 1``.
 - Keys only Darknet's trainer reads (``jitter``, ``ignore_thresh``, ``scale_x_y``, ...) are accepted and ignored,
@@ -514,8 +516,9 @@ def build_pep(d, ctx):
 def build_bottleneck(d, ctx):
     """MobileNetV2/V3 inverted residual (V3's "bneck"; aliases ``[inverted_residual]``, ``[bneck]``).
 
-    [1x1 expand + act], kxk depthwise (stride) + act, [SE], 1x1 linear. Hidden width ``make_divisible(in * expand)``; no expand conv when it equals the input width; SE squeezes to
-    ``make_divisible(hidden / 4)`` with biases, ReLU and the ``se_gate``; residual when stride 1 and in = out.
+    [1x1 expand + act], kxk depthwise (stride) + act, [SE], 1x1 linear. Hidden width ``make_divisible(in * expand)``;
+    no expand conv when it equals the input width; SE squeezes to ``make_divisible(hidden / 4)`` with biases, ReLU
+    and the ``se_gate``; residual when stride 1 and in = out.
     """
     check_positive(d, ctx, "filters", "size", "stride")
     if d["expand"] <= 0:

@@ -1,0 +1,189 @@
+"""Compact models against yolov3-tiny on the shapes set, for the same training time: mAP, params, MACs, CPU latency.
+
+    python benchmarks/bench_compact.py        # full: data/shapes.data (1000/200) at 256 px, yolov3-tiny 30 epochs
+    python benchmarks/bench_compact.py --n-train 128 --n-val 32 --img-size 128 --epochs 10 \
+        --train-args "--nominal-batch-size 16" --out runs/bench_compact_small       # reduced, for a loaded CPU
+
+Steps (subprocesses of the real entry script, with the default recipe of params/default.yaml):
+1. the data: ``data/shapes.data`` (generated on first use), or with ``--n-train/--n-val`` a smaller shapes set
+   written under ``--out``;
+2. ``train.py --cfg cfg/yolov3-tiny.cfg --epochs E``: the reference and its time budget;
+3. the same time for each compact cfg: the training-step throughput of every cfg is measured in this process
+   (``bench_train.step_rate``: random images at ``--img-size``, bf16 autocast + channels_last like the engine,
+   fp32 with ``--no-amp``; best of ``--rate-rounds`` interleaved rounds), and a cfg that trains at ``r`` times
+   tiny's speed gets ``max(1, round(E * r))`` epochs. The table shows the wall time each run really took, so
+   the budget can be checked;
+4. ``train.py --cfg X --epochs E_X`` for each cfg of ``--cfgs``;
+5. a markdown table (also ``OUT/results.md``): epochs, training wall time (sum of the epochs' seconds in
+   results.csv, evaluation included), mAP@0.5 and AP@[.5:.95] of best.pt (the best-fitness epoch of
+   results.csv), parameters, MACs at 416 and at ``--img-size`` (thop, dense), and CPU ms/image of best.pt
+   (batch 1, fp32, eval, no grad, median of ``--latency-runs`` at ``--img-size``, with the threads it shows).
+
+A run folder that already holds a finished run (its results.csv has all epochs) is reused, so an interrupted
+benchmark continues where it stopped (an unfinished run is trained again from scratch).
+"""
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+REFERENCE = "cfg/yolov3-tiny.cfg"
+COMPACT = ("cfg/yolo-nano.cfg", "cfg/yolo-nano_leaky.cfg", "cfg/yolov3-mobile.cfg", "cfg/yolov3-mobile_leaky.cfg",
+           "cfg/mobilenetv3-yolo.cfg", "cfg/mobilenetv3-yolo_leaky.cfg")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cfgs", default=",".join(COMPACT), help="compact cfgs, comma-separated")
+    ap.add_argument("--data", default="data/shapes.data")
+    ap.add_argument("--n-train", type=int, default=None, help="a smaller shapes set: training images")
+    ap.add_argument("--n-val", type=int, default=None, help="a smaller shapes set: validation images")
+    ap.add_argument("--img-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=30, help="yolov3-tiny's epochs; the others get the same time")
+    ap.add_argument("--rate-steps", type=int, default=4, help="training steps timed per cfg and round")
+    ap.add_argument("--rate-rounds", type=int, default=3, help="interleaved timing rounds (the best counts)")
+    ap.add_argument("--latency-runs", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-amp", action="store_true", help="train in fp32 (passed on to train.py)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads of every measurement and training run (OMP_NUM_THREADS; default: torch's)")
+    ap.add_argument("--train-args", default="", help="extra train.py flags, one string")
+    ap.add_argument("--out", default="runs/bench_compact")
+    return ap.parse_args(argv)
+
+
+def data_path(a, out):
+    if a.n_train is None and a.n_val is None:
+        return a.data
+    from utils.shapes import make_shapes
+
+    n_train, n_val = a.n_train or 128, a.n_val or 32
+    return str(make_shapes(out / f"shapes_{n_train}_{n_val}", n_train=n_train, n_val=n_val, img_size=320, seed=0))
+
+
+def read_rows(run):
+    path = run / "results.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train(a, out, data, cfg, epochs):
+    """``train.py`` into OUT/<cfg stem> unless a finished run is there; returns the run folder."""
+    name = Path(cfg).stem
+    run = out / name
+    if len(read_rows(run)) >= epochs and (run / "weights" / "best.pt").is_file():
+        print(f"{run}: finished run found, reused", flush=True)
+        return run
+    cmd = [sys.executable, "train.py", "--cfg", cfg, "--data", data, "--img-size", str(a.img_size),
+           "--batch-size", str(a.batch_size), "--epochs", str(epochs), "--workers", str(a.workers),
+           "--seed", str(a.seed), "--project", str(out), "--name", name, "--exist-ok", *a.train_args.split()]
+    if a.no_amp:
+        cmd.append("--no-amp")
+    print("$", " ".join(cmd), flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads)) if a.threads else None
+    subprocess.run(cmd, cwd=ROOT, check=True, env=env)
+    return run
+
+
+def train_rates(a, cfgs):
+    """Training images per second of each cfg (random data, the engine's precision): the best of ``--rate-rounds``
+    interleaved rounds, so that a burst of load from other processes does not decide a cfg's budget."""
+    from bench_train import step_rate
+
+    rates = {cfg: 0.0 for cfg in cfgs}
+    for _ in range(a.rate_rounds):
+        for cfg in cfgs:
+            rates[cfg] = max(rates[cfg], step_rate(str(ROOT / cfg), a.img_size, a.batch_size, not a.no_amp,
+                                                   a.rate_steps))
+    return rates
+
+
+def best_row(rows):
+    """The epoch best.pt holds: the highest fitness 0.1 * mAP@0.5 + 0.9 * AP@[.5:.95] (the engine's)."""
+    def fitness(r):
+        return 0.1 * float(r.get("metrics/map50") or 0) + 0.9 * float(r.get("metrics/map") or 0)
+    return max(rows, key=fitness)
+
+
+def latency_ms(weights, img_size, runs):
+    """Median CPU milliseconds per image of a checkpoint: batch 1, fp32, eval mode, no grad."""
+    from utils.checkpoint import load_model
+
+    model, _ = load_model(weights)
+    model.float().eval()
+    x = torch.rand(1, 3, img_size, img_size)
+    times = []
+    with torch.no_grad():
+        for i in range(runs + 3):
+            t = time.perf_counter()
+            model(x)
+            if i >= 3:
+                times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def figures(run, img_size):
+    from models import model_summary
+    from utils.checkpoint import load_model
+
+    model, _ = load_model(run / "weights" / "best.pt")
+    at_size = model_summary(model, img_size)
+    return at_size["params"], model_summary(model, 416)["macs"], at_size["macs"]
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = (ROOT / a.out) if not Path(a.out).is_absolute() else Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = data_path(a, out)
+    cfgs = [c.strip() for c in a.cfgs.split(",") if c.strip()]
+    print(f"timing {a.rate_rounds} x {a.rate_steps} training steps of each cfg at {a.img_size} px ...", flush=True)
+    rates = train_rates(a, [REFERENCE] + cfgs)
+    epochs = {REFERENCE: a.epochs}
+    epochs.update({c: max(1, round(a.epochs * rates[c] / rates[REFERENCE])) for c in cfgs})
+    print("epochs for the same time: " + ", ".join(f"{Path(c).stem} {e} ({rates[c]:.1f} img/s)"
+                                                    for c, e in epochs.items()), flush=True)
+    runs = {c: train(a, out, data, c, epochs[c]) for c in [REFERENCE] + cfgs}
+
+    lines = ["| network | epochs | train time | mAP@0.5 | AP@[.5:.95] | vs tiny mAP@0.5 | params | MACs @416 | "
+             f"MACs @{a.img_size} | CPU ms/img @{a.img_size} |", "|---|---|---|---|---|---|---|---|---|---|"]
+    ref_map50 = None
+    for cfg in [REFERENCE] + cfgs:
+        rows = read_rows(runs[cfg])
+        best = best_row(rows)
+        seconds = sum(float(r["seconds"]) for r in rows)
+        map50, map_ = float(best["metrics/map50"]), float(best["metrics/map"])
+        ref_map50 = map50 if cfg == REFERENCE else ref_map50
+        params, macs416, macs = figures(runs[cfg], a.img_size)
+        ms = latency_ms(runs[cfg] / "weights" / "best.pt", a.img_size, a.latency_runs)
+        share = f"{map50 / ref_map50:.0%}" if ref_map50 else "-"
+        lines.append(f"| {Path(cfg).stem} | {len(rows)} | {seconds:.0f} s | {map50:.4f} | {map_:.4f} | {share} | "
+                     f"{params:,} | {macs416 / 1e9:.2f} G | {macs / 1e9:.2f} G | {ms:.1f} |")
+    text = "\n".join(lines)
+    setup = (f"{data}, {a.img_size} px, batch {a.batch_size}, {'fp32' if a.no_amp else 'bf16 autocast'}, "
+             f"yolov3-tiny {a.epochs} epochs, the others the epochs that take the same time at their measured "
+             f"training speed; seed {a.seed}; extra train.py flags: {a.train_args or 'none'}; "
+             f"CPU latency with {torch.get_num_threads()} threads")
+    (out / "results.md").write_text(setup + "\n\n" + text + "\n")
+    print(setup)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
