@@ -65,3 +65,9 @@ def test_yaml_values_are_checked_like_flags_and_original_keys_accepted(tmp_path)
     bad = write(tmp_path / "bad.yaml", "optimizer: rmsprop\n")
     with pytest.raises(UserError, match=r"bad\.yaml: optimizer: 'rmsprop' is not one of sgd, adam"):
         parse_args(train_parser(), ["--params", str(bad)])
+
+
+def test_checkpoint_weights_bring_their_own_cfg():
+    assert parse_args(train_parser(), ["--weights", "a.pt"]).cfg is None
+    assert parse_args(train_parser(), ["--weights", "a.pt", "--cfg", "cfg/yolov3.cfg"]).cfg == "cfg/yolov3.cfg"
+    assert parse_args(train_parser(), ["--weights", "a.weights"]).cfg == "cfg/yolov3-tiny.cfg"

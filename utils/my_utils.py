@@ -186,6 +186,8 @@ def parse_args(parser, argv=None):
             raise UserError(f"{source}: unknown key '{key}' (not a flag of this script)")
         if key not in typed:
             setattr(args, key, yaml_value(actions[key], value, source))
+    if str(getattr(args, "weights", "") or "").endswith(".pt") and "cfg" not in typed:
+        args.cfg = None  # a checkpoint carries its own cfg; the YAML's cfg is for runs from scratch
     return args
 
 

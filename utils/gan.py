@@ -1,0 +1,507 @@
+"""GAN knowledge distillation for YOLO: per-pair discriminators and the adversarial plug-in of ``my_kd_gan.py``.
+
+After Wang, Wei, Zhang, Lu & Zhang 2020, "GAN-Knowledge Distillation for One-Stage Object Detection" (IEEE Access
+8), with the minimax objective of Goodfellow et al. 2014, "Generative Adversarial Nets" (NeurIPS). The student plays
+the generator of feature maps; for each feature pair (by default the raw prediction maps, the output conv before
+every ``[yolo]`` layer, paired by stride) a discriminator ``D`` learns to tell the teacher's map ("real") from the
+student's ("fake"):
+
+    L_D = BCE(D(F_t), y_real) + BCE(D(F_s.detach()), y_fake)             (D's own SGD, its parameters only)
+    L_student = s * L_det + adv_weight * mean_pairs BCE(D(F_s), 1) [+ hint_weight * L_hint]
+
+- **Gradient through D.** The adversarial term is the non-saturating generator loss ``-log D(F_s)`` (Goodfellow et
+  al. 2014, sec. 3) and its gradient flows through ``D`` into the student (and its adaptation layers). The original
+  project detached the student's maps here, so no adversarial gradient ever reached the student. ``D``'s
+  parameters have ``requires_grad=False`` while the term is built, so the student's loss never gives ``D`` a
+  gradient; ``D``'s optimiser holds ``D``'s parameters only, the main optimiser the student's (+ adaptation layers).
+- **When D steps.** In ``extra_loss``, once per batch, *before* the generator term: one step of ``D`` on this
+  batch's teacher maps and (detached) student maps, then the generator term against the updated ``D`` - the
+  alternation of Goodfellow et al.'s Algorithm 1 with k = 1. (``after_step`` would run once per accumulated
+  optimiser step only, and without the maps.) With gradient accumulation ``D`` therefore steps every batch, the
+  student every ``nominal_batch_size / batch_size`` batches.
+- **Batch normalisation.** ``D`` always sees one batch holding the teacher's and the student's maps together, in
+  train mode, so its BN statistics cannot normalise a difference between the two away (with separate batches a
+  shift or scale of the whole student map would be invisible to ``D``). The generator term runs ``D`` the same way
+  on ``[teacher maps (detached); student maps]`` and scores the student half: the very function ``D`` was trained
+  as. (Eval mode with running statistics is not that function: they lag behind ``D``'s weights, and on a toy pair
+  a ``D`` with 100% train-mode accuracy scored 50% in eval mode.) ``D``'s running statistics are never used.
+- **Labels.** Real 1, fake 0; with ``soft_labels`` real ~ U(0.7, 1) and fake ~ U(0, 0.3) per sample (Salimans et
+  al. 2016's one-sided smoothing, as in the original, on both sides); each label is flipped (``1 - y``) with
+  probability ``label_flip`` (0.05). The generator's target is always a hard 1. The noise comes from a generator
+  seeded by (seed, epoch, rank), so a resumed run draws the same labels.
+- **Two stages** (the original's ``second_stage``). Epochs ``0 .. second_stage - 1`` (0-based): stage 1, the
+  adversarial game, with the detection loss scaled by ``stage1_det_scale`` (0.05). From ``second_stage`` on:
+  stage 2, the detection loss alone at full scale, as in the original: the teacher and ``D`` do not run and ``D``
+  is frozen where it stood. ``second_stage`` below 1 is a fraction of the epochs (``params/KD_GAN.yaml``: 2/3, the
+  original's 200 of 300); ``second_stage >= epochs`` keeps the game running to the end.
+- **Precision.** ``D`` runs under the engine's autocast (bf16 on CPU, fp16 on CUDA, with its own ``GradScaler``)
+  with the autocast weight cache off (``D`` changes inside the engine's autocast region); its losses are fp32.
+- **Monitoring.** Each batch adds ``D_loss``, ``D_real`` and ``D_fake`` (D's accuracy on the teacher's maps and
+  on the student's, at probability 0.5, against the true labels) to the engine's terms: they show in the progress bar and as
+  ``train/...`` columns of results.csv. They are constants (no gradient), so adding them to the student's total
+  changes no gradient. ``adv`` is the weighted adversarial term. A discriminator that collapsed for a whole epoch
+  (accuracy 1 on every batch: the game is lost; or accuracy 0 on every batch on the real or on the fake side: ``D``
+  answers one class whatever it sees) is reported as a warning and in the ``gan/collapsed`` column.
+- **Where channels differ** the student's map goes through a Chen et al. adaptation layer (``utils.distill``),
+  trained by the main optimiser; pairs of equal channels (the raw prediction maps of the same class count) are
+  compared directly. An optional hint term (``hint_weight``, ``utils.distill.hint_loss``) pulls the (adapted)
+  student map towards the teacher's in stage 1.
+- **Resume.** ``state_dict()`` holds the discriminators, their optimiser and grad scaler (and the adaptation
+  layers), so ``--resume`` continues the game where it stood; none of it is in the exported student.
+- **Distributed.** Under DDP each discriminator's step goes through its own ``DistributedDataParallel`` wrapper
+  (gradients averaged over processes, BN buffers broadcast from rank 0); the generator term uses the bare module.
+"""
+import copy
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils.distill import AdaptationLayer, TeacherPlugin, _darknet, _fmt, hint_loss, match_heads
+from utils.errors import UserError
+
+DEFAULT_WIDTHS = (256, 512, 256, 128, 64)
+REAL_RANGE, FAKE_RANGE = (0.7, 1.0), (0.0, 0.3)
+
+
+# ------------------------------------------------------------------------------------------------ discriminator
+class Discriminator(nn.Module):
+    """Wang et al. 2020's discriminator of one feature pair: five conv + BN + leaky ReLU layers
+    ``C -> 256 -> 512 -> 256 -> 128 -> 64`` (kernel ``kernel``, stride 1, "same" padding), adaptive average pooling to
+    ``pool x pool`` and a small MLP ``64 pool^2 -> hidden -> 1``. ``forward(x (bs, C, H, W)) -> (bs,)`` logits.
+
+    Leaky slope 0.2 (Radford et al. 2016's choice for discriminators). At ``C = 75``, kernel 1: 456,065 parameters (kernel 3: 3,034,497).
+    """
+
+    def __init__(self, channels, kernel=1, widths=DEFAULT_WIDTHS, pool=4, hidden=128, slope=0.2):
+        super().__init__()
+        kernel = int(kernel)
+        if kernel < 1 or kernel % 2 == 0:
+            raise UserError(f"--d-kernel-size {kernel}: use an odd kernel size (1, 3, 5, ...)")
+        layers, c = [], int(channels)
+        for w in widths:
+            layers += [nn.Conv2d(c, w, kernel, 1, kernel // 2, bias=False), nn.BatchNorm2d(w),
+                       nn.LeakyReLU(slope, inplace=True)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(pool)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * pool * pool, hidden), nn.LeakyReLU(slope, inplace=True),
+                                  nn.Linear(hidden, 1))
+        self.channels, self.kernel = int(channels), kernel
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x))).squeeze(1)
+
+
+class Discriminators(nn.Module):
+    """One ``Discriminator`` per pair; ``forward(list of maps) -> list of (bs,) logits``."""
+
+    def __init__(self, channels, kernels):
+        super().__init__()
+        self.nets = nn.ModuleList(Discriminator(c, k) for c, k in zip(channels, kernels))
+
+    def forward(self, maps):
+        return [d(x) for d, x in zip(self.nets, maps)]
+
+
+class PassThrough(nn.Identity):
+    """The "adaptation" of a pair whose channels already match: the student's map itself (no parameters)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.in_channels = self.out_channels = int(channels)
+
+
+class PairAdapters(nn.Module):
+    """Per pair: an ``AdaptationLayer`` where student and teacher channels differ, else ``PassThrough``."""
+
+    def __init__(self, student_channels, teacher_channels, kernel=1):
+        super().__init__()
+        self.layers = nn.ModuleList(PassThrough(cs) if cs == ct else AdaptationLayer(cs, ct, kernel)
+                                    for cs, ct in zip(student_channels, teacher_channels))
+
+    def forward(self, feats):
+        return [m(f) for m, f in zip(self.layers, feats)]
+
+
+def output_feature_pairs(student, teacher):
+    """The raw prediction maps, paired by stride: the conv before each student ``[yolo]`` with the conv before the
+    teacher's ``[yolo]`` of the same stride (``utils.distill.match_heads``); scales the teacher lacks are skipped.
+
+    yolov3 -> YOLO Nano: ``([40, 44, 48], [105, 93, 81])``; yolov3-tiny -> YOLO Nano: ``([44, 48], [22, 15])``.
+    """
+    s_net, t_net = _darknet(student), _darknet(teacher)
+    out_s, out_t = [], []
+    for i, pair in zip(s_net.yolo_layers, match_heads(s_net, t_net)):
+        if pair is not None:
+            out_s.append(i - 1)
+            out_t.append(t_net.yolo_layers[pair[0]] - 1)
+    if not out_s:
+        raise UserError("the teacher has no YOLO scale of the student's strides: give --student-features and "
+                        "--teacher-features (layers of the same resolution)")
+    return out_s, out_t
+
+
+def _autocast_like_caller(device_type):
+    """The caller's autocast (dtype, on/off) with the weight cache off: D's weights change inside the region."""
+    enabled = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type)
+    return torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=False)
+
+
+# ------------------------------------------------------------------------------------------------------ plug-in
+class GANPlugin(TeacherPlugin):
+    """Wang et al. 2020 GAN distillation as an engine plug-in (module docstring).
+
+    ``teacher``: a ``Teacher`` or Darknet; ``student_features``/``teacher_features``: one layer per pair (``None``:
+    ``output_feature_pairs``); ``d_kernel_size``: an int or one per pair; ``d_lr``, ``d_momentum``: D's SGD;
+    ``adv_weight``: weight of the adversarial term; ``second_stage``: epoch (0-based) where stage 2 starts, or a
+    fraction (< 1) of ``epochs``; ``stage1_det_scale``: detection-loss scale in stage 1; ``soft_labels``,
+    ``label_flip``: D's label noise; ``hint_weight``/``hint_kind``: the optional hint term; ``seed``: label noise.
+
+    API used by tests and the engine: ``check(student, img_size)``, ``setup(trainer)``, ``losses(imgs, features)``
+    (the terms of one stage-1 batch; steps D), ``discriminator_step(real, fake) -> stats``,
+    ``generator_loss(fake, real) -> tensor``, ``stage(epoch) -> 1 | 2``, ``state_dict()/load_state_dict()``.
+    """
+
+    name = "gan"
+
+    def __init__(self, teacher, student_features=None, teacher_features=None, adapt_kernel=1, img_size=416,
+                 d_kernel_size=1, d_lr=0.01, d_momentum=0.937, adv_weight=1.0, second_stage=2 / 3, epochs=None,
+                 stage1_det_scale=0.05, soft_labels=True, label_flip=0.05, hint_weight=0.0, hint_kind="l2", seed=0):
+        super().__init__(teacher, student_features, teacher_features, adapt_kernel, img_size, use_features=True)
+        for flag_name, v in (("--d-lr", d_lr), ("--adv-weight", adv_weight), ("--stage1-det-scale", stage1_det_scale),
+                             ("--hint-weight", hint_weight)):
+            if v is None or not math.isfinite(float(v)) or v < 0:
+                raise UserError(f"{flag_name} {v}: must be a number >= 0")
+        if d_momentum is None or not 0.0 <= d_momentum < 1.0:
+            raise UserError(f"--d-momentum {d_momentum}: must lie in [0, 1)")
+        if label_flip is None or not 0.0 <= label_flip < 0.5:
+            raise UserError(f"--label-flip {label_flip}: a probability in [0, 0.5)")
+        if second_stage is None or second_stage <= 0:
+            raise UserError(f"--second-stage {second_stage}: the adversarial stage would never run (give an epoch "
+                            f">= 1, or a fraction of the epochs in (0, 1)); train.py trains without a teacher")
+        if hint_kind not in ("l1", "l2"):
+            raise UserError(f"--hint-loss {hint_kind}: use l2 or l1")
+        kernels = [d_kernel_size] if isinstance(d_kernel_size, int) else list(d_kernel_size or [1])
+        self.d_kernels = [int(k) for k in kernels]
+        self.d_lr, self.d_momentum = float(d_lr), float(d_momentum)
+        self.adv_weight, self.stage1_det_scale = float(adv_weight), float(stage1_det_scale)
+        self.second_stage, self.epochs = second_stage, epochs
+        self.soft_labels, self.label_flip = bool(soft_labels), float(label_flip)
+        self.hint_weight, self.hint_kind = float(hint_weight), hint_kind
+        self.seed = int(seed)
+        self.discriminators = None
+        self.d_optimizer = None
+        self.d_scaler = torch.amp.GradScaler("cuda", enabled=False)
+        self._ddp_d = None
+        self.device = torch.device("cpu")
+        self.rank = 0
+        self.rng = torch.Generator().manual_seed(self.seed)
+        self.d_steps = 0
+        self.d_skipped = 0
+        self._reset_epoch_stats()
+
+    @classmethod
+    def from_args(cls, args, teacher=None):
+        """The plug-in ``my_kd_gan.py`` builds from its resolved arguments (teacher loaded on the CPU if not given)."""
+        from utils.distill import load_teacher
+
+        for flag_name, key in (("--soft-weight", "soft_weight"), ("--bound-weight", "bound_weight")):
+            if getattr(args, key, None):
+                raise UserError(f"{flag_name} {getattr(args, key)}: my_kd_gan.py adds the adversarial and (optional) "
+                                f"hint terms only; soft targets and bounded regression are my_kd.py's")
+        teacher = teacher or load_teacher(args.teacher_cfg, args.teacher_weights)
+        return cls(teacher, args.student_features, args.teacher_features, args.adapt_kernel or 1, args.img_size,
+                   d_kernel_size=args.d_kernel_size if args.d_kernel_size is not None else 1,
+                   d_lr=args.d_lr, d_momentum=args.d_momentum, adv_weight=args.adv_weight,
+                   second_stage=args.second_stage, epochs=args.epochs, stage1_det_scale=args.stage1_det_scale,
+                   soft_labels=True if args.soft_labels is None else args.soft_labels,
+                   label_flip=0.0 if args.label_flip is None else args.label_flip,
+                   hint_weight=args.hint_weight or 0.0, hint_kind=args.hint_loss or "l2", seed=args.seed)
+
+    # -- validation, before training -------------------------------------------------------------------
+    def check(self, student, img_size=None):
+        """Validate against ``student`` (one-line errors); build adaptation layers and discriminators; ``self``."""
+        if self.student_features is None and self.teacher_features is None:
+            self.student_features, self.teacher_features = output_feature_pairs(student, self.teacher)
+        super().check(student, img_size)
+        if not self.pair_shapes:
+            raise UserError("GAN distillation needs at least one feature pair (--student-features/--teacher-features)")
+        s_ch = [s[0] for s, _ in self.pair_shapes]
+        t_ch = [t[0] for _, t in self.pair_shapes]
+        if not isinstance(self.adapters, PairAdapters) or \
+                [m.in_channels for m in self.adapters.layers] != s_ch or \
+                [m.out_channels for m in self.adapters.layers] != t_ch:
+            self.adapters = PairAdapters(s_ch, t_ch, self.adapt_kernel)
+        n = len(self.pair_shapes)
+        if len(self.d_kernels) == 1:
+            self.d_kernels = self.d_kernels * n
+        if len(self.d_kernels) != n:
+            raise UserError(f"--d-kernel-size has {len(self.d_kernels)} values for {n} feature pairs: give one, "
+                            f"or one per pair")
+        if self.discriminators is None or [d.channels for d in self.discriminators.nets] != t_ch or \
+                [d.kernel for d in self.discriminators.nets] != self.d_kernels:
+            self.discriminators = Discriminators(t_ch, self.d_kernels).to(self.device)
+            self.d_optimizer = torch.optim.SGD(self.discriminators.parameters(), lr=self.d_lr,
+                                               momentum=self.d_momentum)
+        return self
+
+    def stage2_epoch(self, epochs=None):
+        """The 0-based epoch where stage 2 (detection loss only) begins."""
+        epochs = epochs or self.epochs
+        if self.second_stage < 1:
+            if not epochs:
+                raise UserError(f"--second-stage {self.second_stage}: a fraction needs --epochs")
+            return max(1, round(self.second_stage * epochs))
+        return int(self.second_stage)
+
+    def stage(self, epoch):
+        """1 (adversarial game, scaled detection loss) or 2 (detection loss only) for a 0-based epoch."""
+        return 1 if epoch < self.stage2_epoch() else 2
+
+    def describe(self):
+        lines = []
+        for i, j, (ss, ts), a, d in zip(self.student_features, self.teacher_features, self.pair_shapes,
+                                        self.adapters.layers, self.discriminators.nets):
+            how = "directly" if isinstance(a, PassThrough) else f"via {self.adapt_kernel}x{self.adapt_kernel} adaptation"
+            n = sum(p.numel() for p in d.parameters())
+            lines.append(f"GAN pair: student {i} ({_fmt(ss)}) vs teacher {j} ({_fmt(ts)}) {how}; discriminator "
+                         f"{d.kernel}x{d.kernel}, {n:,} parameters")
+        s2 = self.stage2_epoch()
+        epochs = self.epochs or s2
+        lines.append(f"stage 1 (adversarial, adv weight {self.adv_weight:g}, detection loss x{self.stage1_det_scale:g}"
+                     f"{f', hint x{self.hint_weight:g}' if self.hint_weight else ''}): epochs 1-{min(s2, epochs)}; "
+                     + (f"stage 2 (detection loss only): epochs {s2 + 1}-{epochs}" if s2 < epochs
+                        else "no stage 2 (--second-stage >= --epochs)"))
+        lines.append(f"discriminator: SGD lr {self.d_lr:g} momentum {self.d_momentum:g}, "
+                     f"{'soft labels' if self.soft_labels else 'hard labels'}, {self.label_flip:.0%} label flips")
+        return lines
+
+    # -- engine hooks ---------------------------------------------------------------------------------
+    def setup(self, trainer):
+        if not self.checked:
+            self.check(trainer.model, trainer.args.img_size)
+        self.epochs = trainer.epochs
+        self.device = trainer.device
+        self.rank = max(getattr(trainer, "rank", -1), 0)
+        self.teacher.to(trainer.device).to(memory_format=trainer.fmt)
+        self.teacher.eval()
+        self.adapters.to(trainer.device).to(memory_format=trainer.fmt)
+        self.discriminators.to(trainer.device).to(memory_format=trainer.fmt)
+        _optimizer_to(self.d_optimizer, trainer.device)
+        fp16 = trainer.amp and trainer.device.type == "cuda"
+        if fp16 != self.d_scaler.is_enabled():
+            self.d_scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        self._ddp_adapters = self._ddp_d = None
+        if dist.is_available() and dist.is_initialized():
+            ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+            if any(p.requires_grad for p in self.adapters.parameters()):
+                self._ddp_adapters = nn.parallel.DistributedDataParallel(self.adapters, device_ids=ids)
+            self._ddp_d = nn.parallel.DistributedDataParallel(self.discriminators, device_ids=ids)
+        if trainer.main:
+            for line in self.describe():
+                trainer.log(line)
+
+    def modules(self):
+        """The adaptation layers with parameters (main optimiser); never the discriminators (they have their own)."""
+        return [self.adapters] if self.adapters is not None and any(True for _ in self.adapters.parameters()) else []
+
+    def detection_loss_scale(self, trainer):
+        return self.stage1_det_scale if self.stage(trainer.epoch) == 1 else 1.0
+
+    def before_epoch(self, trainer, epoch):
+        self.teacher.eval()
+        seed = trainer.args.seed if getattr(trainer, "args", None) is not None else self.seed
+        self.reseed(seed, epoch)
+        self._reset_epoch_stats()
+
+    def reseed(self, seed, epoch):
+        """Label noise of epoch ``epoch`` depends on (seed, epoch, rank) alone: a resumed run draws the same."""
+        self.rng.manual_seed((int(seed) * 1_000_003 + (epoch + 1) * 7919 + self.rank * 104_729) % (2**63))
+
+    def extra_loss(self, trainer, imgs, targets, outputs, features):
+        if self.stage(trainer.epoch) != 1:
+            return {}
+        return self.losses(imgs, features)
+
+    def losses(self, imgs, features):
+        """One stage-1 batch: a discriminator step, then the student's terms.
+
+        Returns ``{'adv': weighted adversarial term (gradient into the student), ['hint'], 'D_loss', 'D_real',
+        'D_fake'}``; the last three are constants for the progress bar and results.csv.
+        """
+        _, t_feats = self.run_teacher(imgs)
+        real = [t_feats[j] for j in self.teacher_features]
+        fake = self.adapt(features)
+        stats = self.discriminator_step(real, fake)
+        terms = {"adv": self.adv_weight * self.generator_loss(fake, real)}
+        if self.hint_weight:
+            with torch.autocast(imgs.device.type, enabled=False):
+                h = [hint_loss(a, r, self.hint_kind) for a, r in zip(fake, real)]
+                terms["hint"] = self.hint_weight * torch.stack(h).mean()
+        for k, v in stats.items():
+            terms[k] = torch.tensor(v, device=imgs.device)  # a constant: shown, never back-propagated
+        return terms
+
+    # -- the game -------------------------------------------------------------------------------------
+    def labels(self, n, real, device):
+        """Targets of ``n`` real (or fake) samples: hard 1/0 or soft U(0.7, 1)/U(0, 0.3), flipped with ``label_flip``."""
+        if self.soft_labels:
+            lo, hi = REAL_RANGE if real else FAKE_RANGE
+            y = lo + (hi - lo) * torch.rand(n, generator=self.rng)
+        else:
+            y = torch.full((n,), 1.0 if real else 0.0)
+        if self.label_flip:
+            flip = torch.rand(n, generator=self.rng) < self.label_flip
+            y = torch.where(flip, 1.0 - y, y)
+        return y.to(device)
+
+    def discriminator_step(self, real, fake):
+        """One SGD step of every discriminator on teacher maps ``real`` vs (detached) student maps ``fake``.
+
+        Each ``D`` sees one batch holding both (train-mode BN over the mixed batch); loss per pair
+        ``BCE(D(x), y)`` averaged over the 2n samples, summed over the pairs (each ``D`` its own gradient).
+        Returns floats ``{'D_loss' (mean over pairs), 'D_real', 'D_fake'}``; a non-finite loss skips the step.
+        """
+        real = [r.detach() for r in real]
+        fake = [f.detach().to(r.dtype) for f, r in zip(fake, real)]
+        n = real[0].shape[0]
+        device = real[0].device
+        net = self.discriminators
+        net.train()
+        for p in net.parameters():
+            p.requires_grad_(True)
+        self.d_optimizer.zero_grad(set_to_none=True)  # nothing of the student's loss may reach D's step
+        with _autocast_like_caller(device.type):
+            logits = (self._ddp_d or net)([torch.cat((r, f)) for r, f in zip(real, fake)])
+        with torch.autocast(device.type, enabled=False):
+            logits = [lg.float() for lg in logits]
+            targets = [torch.cat((self.labels(n, True, device), self.labels(n, False, device))) for _ in logits]
+            losses = [F.binary_cross_entropy_with_logits(lg, y) for lg, y in zip(logits, targets)]
+            loss = torch.stack(losses).sum()
+            if torch.isfinite(loss):
+                self.d_scaler.scale(loss).backward()
+                self.d_scaler.step(self.d_optimizer)
+                self.d_scaler.update()
+                self.d_steps += 1
+            else:
+                self.d_skipped += 1
+            self.d_optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            acc_real = torch.stack([(lg[:n] > 0).float().mean() for lg in logits]).mean().item()
+            acc_fake = torch.stack([(lg[n:] < 0).float().mean() for lg in logits]).mean().item()
+        stats = {"D_loss": loss.item() / len(losses), "D_real": acc_real, "D_fake": acc_fake}
+        self._record(stats)
+        return stats
+
+    def generator_loss(self, fake, real):
+        """The student's adversarial term ``mean_pairs BCE(D(F_s), 1)``, gradient through ``D`` into ``fake``.
+
+        Each ``D`` runs as in its own step (train mode, one batch ``[real (detached); fake]``) and the student half
+        is scored. ``D``'s parameters have ``requires_grad=False`` meanwhile, so the term's backward reaches the
+        student (and adaptation layers) and never ``D``.
+        """
+        net = self.discriminators
+        flags = [p.requires_grad for p in net.parameters()]
+        net.train()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        try:
+            n = fake[0].shape[0]
+            device = fake[0].device
+            with _autocast_like_caller(device.type):
+                logits = net([torch.cat((r.detach(), f.to(r.dtype))) for r, f in zip(real, fake)])
+            with torch.autocast(device.type, enabled=False):
+                losses = [F.binary_cross_entropy_with_logits(lg[n:].float(), torch.ones(n, device=device))
+                          for lg in logits]
+                return torch.stack(losses).mean()
+        finally:
+            for p, f in zip(net.parameters(), flags):
+                p.requires_grad_(f)
+
+    # -- monitoring -----------------------------------------------------------------------------------
+    def _reset_epoch_stats(self):
+        self._epoch = {"n": 0, "min_acc": math.inf, "max_real": -math.inf, "max_fake": -math.inf}
+
+    def _record(self, stats):
+        e = self._epoch
+        e["n"] += 1
+        e["min_acc"] = min(e["min_acc"], stats["D_real"], stats["D_fake"])
+        e["max_real"] = max(e["max_real"], stats["D_real"])
+        e["max_fake"] = max(e["max_fake"], stats["D_fake"])
+
+    def collapse(self):
+        """Why the discriminator looks collapsed over this epoch's batches (``''`` when it does not)."""
+        e = self._epoch
+        if not e["n"]:
+            return ""
+        if e["min_acc"] >= 1.0:
+            return ("discriminator accuracy was 1 on every batch: it separates teacher and student perfectly and "
+                    "the student's adversarial signal saturates (lower --d-lr, raise --adv-weight or --label-flip)")
+        if e["max_real"] <= 0.0 or e["max_fake"] <= 0.0:
+            side = "teacher (real)" if e["max_real"] <= 0.0 else "student (fake)"
+            return (f"discriminator accuracy on the {side} maps was 0 on every batch: it answers one class whatever "
+                    f"it sees (raise --d-lr, or check the feature pairs)")
+        return ""
+
+    def after_epoch(self, trainer, epoch, metrics):
+        stage = self.stage(epoch)
+        row = {"gan/stage": stage}
+        if stage == 1:
+            why = self.collapse()
+            row["gan/collapsed"] = int(bool(why))
+            if why and trainer.main:
+                trainer.log(f"warning: epoch {epoch + 1}: {why}")
+        return row
+
+    # -- resume ---------------------------------------------------------------------------------------
+    def state_dict(self):
+        state = super().state_dict()
+        state.update({
+            "discriminators": {k: v.detach().cpu() for k, v in self.discriminators.state_dict().items()},
+            "d_optimizer": _to_cpu(self.d_optimizer.state_dict()),
+            "d_scaler": self.d_scaler.state_dict(),
+            "d_kernel_size": list(self.d_kernels),
+            "d_steps": self.d_steps,
+            "d_skipped": self.d_skipped,
+        })
+        return state
+
+    def load_state_dict(self, state):
+        if not state:
+            return
+        super().load_state_dict(state)
+        if list(state.get("d_kernel_size", [])) != list(self.d_kernels):
+            raise UserError(f"resume: the run's discriminators have kernels {state.get('d_kernel_size')}, "
+                            f"not {self.d_kernels}")
+        self.discriminators.load_state_dict(state["discriminators"])
+        self.d_optimizer.load_state_dict(state["d_optimizer"])
+        _optimizer_to(self.d_optimizer, self.device)
+        if state.get("d_scaler"):
+            self.d_scaler.load_state_dict(state["d_scaler"])
+        self.d_steps = int(state.get("d_steps", 0))
+        self.d_skipped = int(state.get("d_skipped", 0))
+
+
+def _to_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return copy.copy(obj)
+
+
+def _optimizer_to(optimizer, device):
+    """Move an optimiser's state tensors (momentum buffers) to ``device``."""
+    for st in optimizer.state.values():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.device != torch.device(device):
+                st[k] = v.to(device)
+
+
+__all__ = ["Discriminator", "Discriminators", "PassThrough", "PairAdapters", "output_feature_pairs", "GANPlugin"]
