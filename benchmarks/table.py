@@ -1,0 +1,961 @@
+"""The results table: every model and compression technique, mean ± std over seeds, in one resumable command.
+
+    python benchmarks/table.py --data data/shapes.data --seeds 3                     # the full table on shapes
+    python benchmarks/table.py --data data/coco128.data --seeds 1 --readme README.md # and the README block
+    python benchmarks/table.py --data data/shapes.data --seeds 1 --epochs 1 --rows tiny nano 'kd-*'   # a subset
+    python benchmarks/table.py --data data/voc.data --hyp params/voc.yaml --device 0 --lth-rounds 10 \
+        --prune-rate 0.2                                                              # the paper setting (GPU)
+    python benchmarks/table.py --data data/shapes.data --list-rows                   # the rows and their runs
+    python benchmarks/table.py --data data/shapes.data --dry-run                     # the commands, run nothing
+
+For each seed k in 0 .. --seeds-1 the real entry scripts run as subprocesses, each in a fixed folder
+``OUT/<data stem>/<run id>/seed<k>/`` (``--out``, default runs/table), all with ``--seed k``:
+
+| row | script | what it trains |
+|---|---|---|
+| ``tiny``, ``big`` | train.py, prune.py --lth --rounds 0 | baselines yolov3-tiny, yolov3 (``--big-cfg/-width``) |
+| ``nano``, ``nano-leaky``, ``mnv3``, ``mnv3-leaky`` | train.py | the compact students (``--student NAME=CFG``) |
+| ``lth-local``, ``lth-global`` | prune.py --lth --weights DENSE | Lottery Ticket on the big model, from its dense run |
+| ``cs1``, ``cs3`` | prune.py --cs | Continuous Sparsification, 1 and 3 search rounds (``--cs-rounds``) |
+| ``kd-<student>`` | my_kd.py | classical KD (Chen et al. 2017) from the big model of the same seed |
+| ``gan-<student>`` | my_kd_gan.py | GAN KD (Wang et al. 2020) from the same teacher |
+| ``lth-<c>`` | prune.py --lth --weights DENSE | LTH on the composition student ``c`` (``--compose-student``) |
+| ``lth+kd`` | my_kd.py --weights PRUNED | distillation into the pruned student ``lth-<c>``, its mask held fixed |
+| ``kd+lth`` | prune.py --lth --weights DISTILLED | LTH of the distilled student ``kd-<c>`` |
+
+The big model and the composition student are trained once per seed by ``prune.py --lth --rounds 0`` (the same
+training as train.py, plus the capture of the rewind weights): that run is their baseline row, the KD teacher
+(big model) and round 0 of both LTH rows; the other baselines are train.py runs. LTH runs ``--lth-rounds`` rounds
+at ``--prune-rate`` (local: per layer; global: one threshold); ``kd+lth`` rewinds to the distilled weights
+(``--rewind-epoch 0``). CS search rounds last ``max(2, --epochs)`` epochs, its ticket ``--epochs``.
+
+After a run its final checkpoint is exported (``export.py --include sparse`` -> ``export/best.sparse.pt``, the
+shipped artefact: a bitmask + non-zero values for pruned networks, plain fp32 tensors otherwise) and that artefact
+is scored by ``test.py`` (``test/metrics.json``: mAP, parameters, non-zero parameters, dense and sparse MACs, bytes
+on disk). Then ``table_done.json`` marks the folder complete. A rerun reuses complete folders (never re-running
+them), continues an interrupted run with the script's own ``--resume``, and refuses a folder made with other
+arguments (``table_spec.json``): change ``--out`` or delete it. ``OUT/<stem>/table.log`` records every run
+started, finished, reused or failed (JSON lines); each run's output goes to ``OUT/<stem>/logs/``.
+
+Outputs in ``OUT/<stem>/``: ``table.md`` and ``table.csv`` (one row per technique: mean ± sample std over the
+seeds, parsed back from the run folders), ``seeds.csv`` (one line per row and seed), ``table.json`` (everything,
+plus command, machine and date), ``table.png`` (mAP@0.5 against storage, log x). ``--readme README.md`` rewrites
+the block between ``<!-- table:start -->`` and ``<!-- table:end -->`` with the tables of every data set under
+``--out`` (images copied to ``--readme-images``).
+"""
+import argparse
+import contextlib
+import csv
+import fnmatch
+import importlib
+import json
+import os
+import platform
+import queue
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from utils.errors import UserError, cli  # noqa: E402
+
+START, END = "<!-- table:start -->", "<!-- table:end -->"
+
+# The markdown table's columns (the README test checks them).
+COLUMNS = ("model", "training", "mAP@0.5", "AP@[.5:.95]", "params", "non-zero params", "dense MACs", "sparse MACs",
+           "storage MiB", "artefact", "wall time", "runs")
+
+# table.csv's columns: one line per row, means and sample standard deviations over the seeds.
+CSV_COLUMNS = ("row", "model", "training", "seeds", "map50_mean", "map50_std", "map_mean", "map_std", "params_mean",
+               "params_std", "nonzero_params_mean", "nonzero_params_std", "sparsity_mean", "sparsity_std",
+               "macs_mean", "macs_std", "sparse_macs_mean", "sparse_macs_std", "storage_bytes_mean",
+               "storage_bytes_std", "artefact", "wall_s_mean", "wall_s_std", "runs")
+
+# seeds.csv's columns: one line per row and seed.
+SEED_COLUMNS = ("row", "seed", "run", "map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs",
+                "storage_bytes", "artefact", "artefact_path", "checkpoint_bytes", "wall_s")
+
+METRICS = ("map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs", "storage_bytes", "wall_s")
+
+MODEL_NAMES = {"yolov3-tiny": "YOLOv3-Tiny", "yolov3": "YOLOv3", "yolov3-spp": "YOLOv3-SPP",
+               "yolo-nano": "YOLO Nano", "yolo-nano_leaky": "YOLO Nano leaky",
+               "mobilenetv3-yolo": "MobileNetV3-YOLO", "mobilenetv3-yolo_leaky": "MobileNetV3-YOLO leaky",
+               "yolov3-mobile": "YOLOv3-Mobile", "yolov3-mobile_leaky": "YOLOv3-Mobile leaky"}
+
+DEFAULT_STUDENTS = ("nano=cfg/yolo-nano.cfg", "nano-leaky=cfg/yolo-nano_leaky.cfg",
+                    "mnv3=cfg/mobilenetv3-yolo.cfg", "mnv3-leaky=cfg/mobilenetv3-yolo_leaky.cfg")
+
+# training flags every run script shares (train.py's parser); --hyp keys outside it are refused
+RUN_KEYS_SKIPPED = ("cfg", "data", "weights", "params", "project", "name", "exist_ok", "resume", "seed")
+
+
+# ----------------------------------------------------------------------------------------------------- options
+def build_parser():
+    p = argparse.ArgumentParser(prog="benchmarks/table.py", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset .data file")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per row")
+    g = p.add_argument_group("training settings of every run (default: --hyp, else params/default.yaml)")
+    g.add_argument("--img-size", type=int, default=None, help="train and test image size")
+    g.add_argument("--epochs", type=int, default=None, help="epochs of every training run (and LTH round)")
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--nominal-batch-size", type=int, default=None)
+    g.add_argument("--hyp", default=None,
+                   help="YAML of training hyperparameters (e.g. params/voc.yaml) passed to every run as flags")
+    g.add_argument("--workers", type=int, default=2, help="data loader workers of every run")
+    g.add_argument("--device", default="",
+                   help="device of every run (cpu, 0, ...); several, e.g. 0,1,2,3: one run per device at a time")
+    g.add_argument("--extra-args", default="", help="more flags for every training run, one quoted string")
+    g = p.add_argument_group("models")
+    g.add_argument("--tiny-cfg", default="cfg/yolov3-tiny.cfg", help="the small baseline")
+    g.add_argument("--big-cfg", default="cfg/yolov3.cfg",
+                   help="the big baseline: pruned by LTH and CS, teacher of every KD row")
+    g.add_argument("--big-width", type=float, default=1.0,
+                   help="scale the big cfg's conv widths (e.g. 0.25 where time forbids the full yolov3)")
+    g.add_argument("--student", action="append", default=None, metavar="NAME=CFG",
+                   help=f"a KD student (repeat; default: {' '.join(DEFAULT_STUDENTS)})")
+    g.add_argument("--compose-student", default="nano-leaky", help="the student of the LTH + KD / KD + LTH rows")
+    g = p.add_argument_group("techniques")
+    g.add_argument("--lth-rounds", type=int, default=3, help="LTH prune-rewind-retrain rounds")
+    g.add_argument("--prune-rate", type=float, default=0.5, help="LTH: fraction of the surviving weights per round")
+    g.add_argument("--rewind-epoch", type=int, default=None,
+                   help="LTH/CS rewind epoch (default: round(epochs / 30), the original's 10 of 300)")
+    g.add_argument("--cs-rounds", type=int, nargs="+", default=[1, 3], help="CS search rounds, one row each")
+    g.add_argument("--cs-epochs", type=int, default=None, help="epochs of a CS search round (default max(2, epochs))")
+    g.add_argument("--prune-args", default="", help="more prune.py flags, one quoted string")
+    g.add_argument("--kd-args", default="", help="more my_kd.py flags, one quoted string")
+    g.add_argument("--gan-args", default="", help="more my_kd_gan.py flags, one quoted string")
+    g = p.add_argument_group("what to run and where")
+    g.add_argument("--rows", nargs="+", default=None, help="row names or patterns (default: all; see --list-rows)")
+    g.add_argument("--out", default="runs/table", help="run folders and tables go to OUT/<data stem>/")
+    g.add_argument("--readme", default=None, help="rewrite this README's block between the table markers")
+    g.add_argument("--readme-images", default="docs/results",
+                   help="folder (relative to the README) that receives the table_<stem>.png images")
+    g.add_argument("--jobs", type=int, default=1, help="runs at once (subprocess runner; independent runs only)")
+    g.add_argument("--runner", choices=("subprocess", "inprocess"), default="subprocess",
+                   help="inprocess: call each script's main() in this process (no start-up cost; for tests)")
+    g.add_argument("--list-rows", action="store_true", help="print the rows and the runs they need, then stop")
+    g.add_argument("--dry-run", action="store_true", help="print the commands of the runs to do, then stop")
+    return p
+
+
+def resolve_settings(a):
+    """img_size, epochs, batch sizes and the --hyp flags: table flag > --hyp file > params/default.yaml."""
+    from utils.my_utils import DEFAULT_PARAMS, load_params, train_parser
+
+    base = {k: v for k, (v, _) in load_params(DEFAULT_PARAMS).items()}
+    hyp = {k: v for k, (v, _) in load_params(a.hyp).items()} if a.hyp else {}
+    actions = {x.dest: x for x in train_parser()._actions}
+    flags = []
+    for key, value in hyp.items():
+        if key in RUN_KEYS_SKIPPED or key in ("img_size", "epochs", "batch_size", "nominal_batch_size"):
+            continue
+        if key not in actions:
+            raise UserError(f"{a.hyp}: unknown key '{key}' (not a training flag)")
+        if key in base and base[key] == value:
+            continue  # what every script's YAML already gives
+        option = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [option] if value else []
+        else:
+            flags += [option, str(value)]
+    pick = lambda k: getattr(a, k) if getattr(a, k) is not None else hyp.get(k, base.get(k))  # noqa: E731
+    a.img_size, a.epochs, a.batch_size = pick("img_size"), pick("epochs"), pick("batch_size")
+    a.nominal_batch_size = pick("nominal_batch_size")
+    if not a.epochs or a.epochs < 1:
+        raise UserError(f"--epochs must be 1 or more, not {a.epochs}")
+    if a.seeds < 1:
+        raise UserError(f"--seeds must be 1 or more, not {a.seeds}")
+    if a.rewind_epoch is None:
+        a.rewind_epoch = min(a.epochs, round(a.epochs / 30))
+    a.cs_epochs = a.cs_epochs or max(2, a.epochs)
+    if a.jobs < 1:
+        raise UserError(f"--jobs must be 1 or more, not {a.jobs}")
+    a.devices = [d.strip() for d in str(a.device).split(",") if d.strip()] or [""]
+    if len(a.devices) > 1 and a.jobs == 1:
+        a.jobs = len(a.devices)
+    if a.runner == "inprocess" and a.jobs > 1:
+        raise UserError("--runner inprocess runs one script at a time: drop --jobs")
+    a.hyp_flags = flags
+    return a
+
+
+# ----------------------------------------------------------------------------------------------------- the plan
+@dataclass
+class Job:
+    """One run of an entry script for one seed, in its own folder."""
+
+    id: str                      # folder name below OUT/<stem>/, e.g. "lth-local-yolov3"
+    seed: int
+    folder: Path
+    script: str                  # train.py, prune.py, my_kd.py, my_kd_gan.py
+    argv: list                   # without --project/--name/--exist-ok
+    deps: list = field(default_factory=list)   # keys of the jobs whose outputs argv names
+    final_round: int = None      # prune.py runs: the round whose best.pt is the result
+    pruned: bool = False         # the result holds masks: shipped as a sparse export
+
+    @property
+    def key(self):
+        return (self.id, self.seed)
+
+    def final(self):
+        """The run's result checkpoint: best.pt (else last.pt) of the run, or of its last round."""
+        wdir = self.folder / (f"round_{self.final_round}/weights" if self.final_round is not None else "weights")
+        return wdir / "best.pt" if (wdir / "best.pt").is_file() else wdir / "last.pt"
+
+    def weights(self, name="best.pt"):
+        """Path of a checkpoint the run will write (for the argv of the runs that depend on it)."""
+        if self.final_round is not None:
+            return self.folder / f"round_{self.final_round}" / "weights" / name
+        return self.folder / "weights" / name
+
+    def command(self):
+        return [self.script, *self.argv, "--project", str(self.folder.parent), "--name", self.folder.name,
+                "--exist-ok"]
+
+
+@dataclass
+class Row:
+    name: str
+    model: str
+    training: str
+    job: str                     # the Job id whose result the row describes
+    family: str                  # baseline, pruning, distillation, composition
+
+
+def model_label(cfg):
+    stem = Path(cfg).stem
+    m = re.fullmatch(r"(.+)-w([0-9.]+)", stem)
+    if m and m.group(1) in MODEL_NAMES:
+        return f"{MODEL_NAMES[m.group(1)]} (width x{m.group(2)})"
+    return MODEL_NAMES.get(stem, stem)
+
+
+def scale_cfg(src, width, dst):
+    """Write ``src`` with every conv's filters scaled by ``width`` (rounded to a multiple of 8, at least 8), except
+    the output convs before ``[yolo]`` layers (their filters follow the class count)."""
+    text = Path(src).read_text()
+    sections = re.split(r"(?m)^(?=\[)", text)
+    out = []
+    for i, sec in enumerate(sections):
+        head = sec.strip().splitlines()[0].strip() if sec.strip() else ""
+        nxt = next((s.strip().splitlines()[0].strip() for s in sections[i + 1:] if s.strip()), "")
+        if head == "[convolutional]" and nxt != "[yolo]":
+            sec = re.sub(r"(?m)^(\s*filters\s*=\s*)(\d+)",
+                         lambda m: m.group(1) + str(max(8, int(round(int(m.group(2)) * width / 8)) * 8)), sec)
+        out.append(sec)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(out)
+    if not dst.is_file() or dst.read_text() != text:
+        dst.write_text(text)
+    return dst
+
+
+def existing_cfg(path, what):
+    p = Path(path)
+    if not p.is_absolute():
+        p = (Path.cwd() / p) if (Path.cwd() / p).is_file() else ROOT / p
+    if not p.is_file():
+        raise UserError(f"{path}: {what} cfg not found")
+    return p.resolve()
+
+
+def parse_students(specs):
+    out = {}
+    for spec in specs:
+        name, sep, cfg = spec.partition("=")
+        if not sep or not name or not cfg or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise UserError(f"--student {spec!r}: expected NAME=CFG (NAME of letters, digits, '-', '_', '.')")
+        out[name] = existing_cfg(cfg, f"student {name}")
+    return out
+
+
+def build_plan(a, base):
+    """``(rows, jobs)``: every row of the table and, per seed, the runs (``{key: Job}``, dependencies first)."""
+    data = str(Path(a.data).resolve())
+    tiny = existing_cfg(a.tiny_cfg, "--tiny-cfg")
+    big = existing_cfg(a.big_cfg, "--big-cfg")
+    if a.big_width != 1.0:
+        if not 0 < a.big_width < 1:
+            raise UserError(f"--big-width must be in (0, 1], not {a.big_width}")
+        big = scale_cfg(big, a.big_width, base.parent / "cfg" / f"{big.stem}-w{a.big_width:g}.cfg")
+    students = parse_students(a.student or DEFAULT_STUDENTS)
+    if a.compose_student not in students:
+        raise UserError(f"--compose-student {a.compose_student}: not one of the students ({', '.join(students)})")
+    common = ["--data", data, "--img-size", str(a.img_size), "--batch-size", str(a.batch_size), "--workers",
+              str(a.workers)]
+    if a.nominal_batch_size:
+        common += ["--nominal-batch-size", str(a.nominal_batch_size)]
+    common += a.hyp_flags + shlex.split(a.extra_args)
+    common_cs = ["--epochs", str(a.cs_epochs), *common]
+    common = ["--epochs", str(a.epochs), *common]
+    prune_extra, kd_extra, gan_extra = (shlex.split(s) for s in (a.prune_args, a.kd_args, a.gan_args))
+    lth = ["--rounds", str(a.lth_rounds), "--prune-rate", f"{a.prune_rate:g}"]
+    lth_label = f"{a.lth_rounds} round{'s' * (a.lth_rounds != 1)} at {a.prune_rate:g}"
+    compose_cfg = students[a.compose_student]
+    dense_cfgs = {big, compose_cfg}  # trained by prune.py --lth --rounds 0: baseline, teacher and LTH round 0
+
+    rows, specs = [], {}  # specs: job id -> (script, argv(seed, jobs), deps, final_round, pruned)
+
+    def job(jid, script, argv, deps=(), final_round=None, pruned=False):
+        specs.setdefault(jid, (script, argv, list(deps), final_round, pruned))
+        return jid
+
+    def baseline(cfg):
+        stem = cfg.stem
+        if cfg in dense_cfgs:
+            return job(f"dense-{stem}", "prune.py",
+                       lambda s, J: ["--lth", "--cfg", str(cfg), "--rounds", "0", "--rewind-epoch",
+                                     str(a.rewind_epoch), *common, "--seed", str(s), *prune_extra], final_round=0)
+        return job(f"train-{stem}", "train.py", lambda s, J: ["--cfg", str(cfg), *common, "--seed", str(s)])
+
+    def add(name, cfg, training, jid, family):
+        rows.append(Row(name, model_label(cfg), training, jid, family))
+
+    def lth_job(cfg, scope):
+        dense = baseline(cfg)
+        return job(f"lth-{scope}-{cfg.stem}", "prune.py",
+                   lambda s, J: ["--lth", "--cfg", str(cfg), "--weights",
+                                 str(J[dense].folder / "round_0/weights/last.pt"), "--scope", scope, *lth, *common,
+                                 "--seed", str(s), *prune_extra],
+                   deps=[dense], final_round=a.lth_rounds, pruned=True)
+
+    big_label = model_label(big)
+    add("tiny", tiny, "default", baseline(tiny), "baseline")
+    add("big", big, "default", baseline(big), "baseline")
+    for name, cfg in students.items():
+        add(name, cfg, "default", baseline(cfg), "baseline")
+    add("lth-local", big, f"LTH local, {lth_label}", lth_job(big, "local"), "pruning")
+    add("lth-global", big, f"LTH global, {lth_label}", lth_job(big, "global"), "pruning")
+    for n in a.cs_rounds:
+        if n < 1:
+            raise UserError(f"--cs-rounds {n}: a CS run needs 1 search round or more")
+        jid = job(f"cs{n}-{big.stem}", "prune.py",
+                  lambda s, J, n=n: ["--cs", "--cfg", str(big), "--rounds", str(n), *common_cs,
+                                     "--ticket-epochs", str(a.epochs), "--rewind-epoch",
+                                     str(min(a.rewind_epoch, a.cs_epochs)), "--seed", str(s), *prune_extra],
+                  final_round=n, pruned=True)
+        add(f"cs{n}", big, f"CS {n} round{'s' * (n != 1)}", jid, "pruning")
+    teacher = baseline(big)
+    teacher_weights = lambda J: str(J[teacher].weights("best.pt"))  # noqa: E731
+    for name, cfg in students.items():
+        jid = job(f"kd-{cfg.stem}", "my_kd.py",
+                  lambda s, J, cfg=cfg: ["--cfg", str(cfg), "--teacher-weights", teacher_weights(J), *common,
+                                         "--seed", str(s), *kd_extra], deps=[teacher])
+        add(f"kd-{name}", cfg, f"KD from {big_label}", jid, "distillation")
+    for name, cfg in students.items():
+        jid = job(f"gan-{cfg.stem}", "my_kd_gan.py",
+                  lambda s, J, cfg=cfg: ["--cfg", str(cfg), "--teacher-weights", teacher_weights(J), *common,
+                                         "--seed", str(s), *gan_extra], deps=[teacher])
+        add(f"gan-{name}", cfg, f"KD GAN from {big_label}", jid, "distillation")
+    c = compose_cfg
+    pruned_student = lth_job(c, "local")
+    add(f"lth-{a.compose_student}", c, f"LTH local, {lth_label}", pruned_student, "pruning")
+    jid = job(f"lthkd-{c.stem}", "my_kd.py",
+              lambda s, J: ["--cfg", str(c), "--weights", str(J[pruned_student].weights("best.pt")),
+                            "--teacher-weights", teacher_weights(J), *common, "--seed", str(s), *kd_extra],
+              deps=[pruned_student, teacher], pruned=True)
+    add("lth+kd", c, f"LTH + KD (LTH local {lth_label}, mask held)", jid, "composition")
+    distilled = f"kd-{c.stem}"
+    jid = job(f"kdlth-{c.stem}", "prune.py",
+              lambda s, J: ["--lth", "--cfg", str(c), "--weights", str(J[distilled].weights("best.pt")), "--scope",
+                            "local", *lth, "--rewind-epoch", "0", *common, "--seed", str(s), *prune_extra],
+              deps=[distilled], final_round=a.lth_rounds, pruned=True)
+    add("kd+lth", c, f"KD + LTH (LTH local {lth_label})", jid, "composition")
+
+    # one row per run: a row whose run another row already shows (e.g. --big-cfg = --tiny-cfg) is dropped
+    seen, unique = set(), []
+    for r in rows:
+        if r.job not in seen and r.name not in {u.name for u in unique}:
+            seen.add(r.job)
+            unique.append(r)
+    rows = select_rows(unique, a.rows)
+
+    needed, order = set(), []
+
+    def visit(jid):
+        if jid in needed:
+            return
+        for d in specs[jid][2]:
+            visit(d)
+        needed.add(jid)
+        order.append(jid)
+
+    for r in rows:
+        visit(r.job)
+    jobs = {}
+    for s in range(a.seeds):
+        J = {}
+        for jid in order:
+            script, argv, deps, final_round, pruned = specs[jid]
+            J[jid] = Job(jid, s, base / jid / f"seed{s}", script, [], [(d, s) for d in deps], final_round, pruned)
+            J[jid].argv = argv(s, J)
+            jobs[(jid, s)] = J[jid]
+    missing = sorted({j.script for j in jobs.values() if not (ROOT / j.script).is_file()})
+    if missing:
+        raise UserError(f"{', '.join(missing)} not found in {ROOT}: leave its rows out with --rows")
+    return rows, jobs
+
+
+def select_rows(rows, patterns):
+    if not patterns:
+        return rows
+    names = [r.name for r in rows]
+    chosen = set()
+    for p in patterns:
+        hit = [n for n in names if fnmatch.fnmatchcase(n, p)]
+        if not hit:
+            raise UserError(f"--rows {p}: no such row (rows: {' '.join(names)})")
+        chosen.update(hit)
+    return [r for r in rows if r.name in chosen]
+
+
+# ----------------------------------------------------------------------------------------------------- runners
+def _die_with_parent():
+    """Child processes end when the table process dies (Linux), so a killed table leaves no orphan run behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def run_subprocess(script, argv, log_path, env=None):
+    """Run ``python SCRIPT ARGV`` from the repository root, its output appended to ``log_path``; returns the status."""
+    with open(log_path, "a") as f:
+        f.write(f"$ {shlex.join(['python', script, *argv])}\n")
+        f.flush()
+        proc = subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=ROOT, stdout=f,
+                              stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    return proc.returncode
+
+
+def run_inprocess(script, argv, log_path, env=None):
+    """Call ``SCRIPT.main(argv)`` in this process (output to ``log_path``); 0, 2 for a UserError, 1 for a crash."""
+    import torch
+
+    module = importlib.import_module(Path(script).stem)
+    cwd = os.getcwd()
+    with open(log_path, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        print(f"$ {shlex.join(['python', script, *argv])}  (in process)", flush=True)
+        grad = torch.no_grad() if script in ("export.py", "test.py") else contextlib.nullcontext()
+        try:
+            os.chdir(ROOT)
+            with grad:
+                module.main(argv)
+            return 0
+        except UserError as e:
+            print(f"error: {e}")
+            return 2
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 1
+        except Exception:
+            traceback.print_exc()
+            return 1
+        finally:
+            os.chdir(cwd)
+
+
+RUNNERS = {"subprocess": run_subprocess, "inprocess": run_inprocess}
+
+
+# ----------------------------------------------------------------------------------------------------- execution
+class Table:
+    """Runs the jobs (reusing finished ones) and collects their numbers."""
+
+    def __init__(self, a, base, rows, jobs, runner=None, out=print):
+        self.a, self.base, self.rows, self.jobs = a, base, rows, jobs
+        self.runner = runner or RUNNERS[a.runner]
+        self.out = out
+        self.log_path = base / "table.log"
+        self.lock = threading.Lock()
+        self.env = dict(os.environ)
+        if a.jobs > 1 and "OMP_NUM_THREADS" not in self.env:
+            self.env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // a.jobs))
+        self.status = {}
+        self.devices = queue.Queue()  # a run takes a device for its duration (several with --device 0,1,...)
+        for i in range(a.jobs):
+            self.devices.put(a.devices[i % len(a.devices)])
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+    def event(self, kind, job, **extra):
+        rec = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "event": kind, "run": job.id,
+               "seed": job.seed, **extra}
+        with self.lock:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def spec(self, job):
+        """What makes a run: script and arguments, with the table folder and the repository as placeholders."""
+        def norm(x):
+            return str(x).replace(str(self.base), "{OUT}").replace(str(ROOT), "{ROOT}")
+
+        return {"script": job.script, "argv": [norm(x) for x in job.argv]}
+
+    def check_specs(self):
+        """Refuse folders made by other arguments before anything runs."""
+        for job in self.jobs.values():
+            for name in ("table_done.json", "table_spec.json"):
+                path = job.folder / name
+                if name == "table_spec.json" and not self.resume_argv(job):
+                    continue  # nothing trained there yet (e.g. a set-up error): it starts afresh
+                saved = json.loads(path.read_text()).get("spec") if path.is_file() else None
+                if saved is not None and saved != self.spec(job):
+                    raise UserError(f"{job.folder}: made by other arguments than this table's ({path.name}: "
+                                    f"{spec_difference(saved, self.spec(job))}); delete the folder or choose "
+                                    f"another --out")
+
+    def done(self, job):
+        marker = job.folder / "table_done.json"
+        return marker.is_file() and json.loads(marker.read_text()).get("spec") == self.spec(job)
+
+    def resume_argv(self, job):
+        """The script's own --resume for an interrupted run folder, else None (start afresh)."""
+        if job.script == "prune.py":
+            started = (job.folder / "args.yaml").is_file() and any(p.is_dir() for p in job.folder.glob("round_*"))
+        else:
+            started = (job.folder / "weights" / "last.pt").is_file()
+        return ["--resume", str(job.folder)] if started else None
+
+    # -- running -------------------------------------------------------------------------------------
+    def run_all(self):
+        self.check_specs()
+        order = list(self.jobs.values())
+        if self.a.dry_run:
+            for job in order:
+                state = "reuse" if self.done(job) else ("resume" if self.resume_argv(job) else "run")
+                self.out(f"# {job.id} seed {job.seed}: {state}")
+                if state != "reuse":
+                    cmd = [job.script, *self.resume_argv(job)] if state == "resume" else job.command()
+                    self.out("python " + shlex.join(cmd).replace(f"{ROOT}/", ""))  # paths from the repository root
+            return {}
+        (self.base / "logs").mkdir(parents=True, exist_ok=True)
+        n = len(order)
+        if self.a.jobs == 1:
+            for i, job in enumerate(order, 1):
+                self.status[job.key] = self.attempt(job, i, n)
+        else:
+            self.run_parallel(order)
+        return self.status
+
+    def run_parallel(self, order):
+        pending, running, counter = list(order), {}, iter(range(1, len(order) + 1))
+        with ThreadPoolExecutor(self.a.jobs) as pool:
+            while pending or running:
+                for job in list(pending):
+                    if any(self.status.get(d) is False for d in job.deps):
+                        pending.remove(job)
+                        self.status[job.key] = self.attempt(job, next(counter), len(order))  # logs the skip
+                    elif all(self.status.get(d) is True for d in job.deps) and len(running) < self.a.jobs:
+                        pending.remove(job)
+                        running[pool.submit(self.attempt, job, next(counter), len(order))] = job
+                if running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        job = running.pop(fut)
+                        try:
+                            self.status[job.key] = fut.result()
+                        except Exception as e:  # a bug in the table itself: report it with the run
+                            self.out(f"{job.id} seed {job.seed}: {type(e).__name__}: {e}")
+                            self.status[job.key] = False
+
+    def attempt(self, job, i, n):
+        """Run one job unless it is finished; True when its folder is complete."""
+        tag = f"[{i}/{n}] {job.id} seed {job.seed}"
+        if self.done(job):
+            self.event("reuse", job)
+            self.out(f"{tag}: finished earlier, reused ({job.folder})")
+            return True
+        failed = [d for d in job.deps if self.status.get(d) is not True]
+        if failed:
+            self.event("skip", job, because=[f"{d[0]} seed {d[1]}" for d in failed])
+            self.out(f"{tag}: skipped (needs {', '.join(f'{d[0]} seed {d[1]}' for d in failed)})")
+            return False
+        device = self.devices.get()
+        try:
+            return self.execute(job, tag, device)
+        finally:
+            self.devices.put(device)
+
+    def execute(self, job, tag, device):
+        """The run (fresh, or the script's --resume), its sparse export and test.py on it; then the marker."""
+        log = self.base / "logs" / f"{job.id}-seed{job.seed}.log"
+        job.folder.mkdir(parents=True, exist_ok=True)
+        (job.folder / "table_spec.json").write_text(json.dumps({"spec": self.spec(job)}, indent=1) + "\n")
+        resume = self.resume_argv(job)  # a resumed run keeps the device it started on (its saved arguments)
+        cmd = [job.script, *resume] if resume else job.command() + (["--device", device] if device else [])
+        self.event("start", job, resume=bool(resume), command=cmd, device=device)
+        self.out(f"{tag}: {'resuming' if resume else 'running'} python {shlex.join(cmd)}  (log: {log})")
+        t0 = time.time()
+        steps = [("run", cmd[0], cmd[1:])]
+        rc = self.runner(cmd[0], cmd[1:], log, self.env)
+        if rc == 0 and not job.final().is_file():
+            rc = f"no {job.final()} after the run"
+        if rc == 0:
+            final = job.final()
+            export_dir = job.folder / "export"
+            steps.append(("export", "export.py", ["--weights", str(final), "--include", "sparse", "--out",
+                                                  str(export_dir)]))
+            rc = self.runner("export.py", steps[-1][2], log, self.env)
+            artefact = export_dir / (final.name[:-3] + ".sparse.pt")
+            if rc == 0 and not artefact.is_file():
+                rc = f"no {artefact} after export.py"
+        if rc == 0:
+            test_argv = ["--weights", str(artefact), "--data", str(Path(self.a.data).resolve()), "--img-size",
+                         str(self.a.img_size), "--batch-size", str(self.a.batch_size), "--workers",
+                         str(self.a.workers), "--project", str(job.folder), "--name", "test", "--exist-ok"]
+            test_argv += ["--device", device] if device else []
+            steps.append(("test", "test.py", test_argv))
+            rc = self.runner("test.py", test_argv, log, self.env)
+            if rc == 0 and not (job.folder / "test" / "metrics.json").is_file():
+                rc = "no test/metrics.json after test.py"
+        seconds = round(time.time() - t0, 1)
+        if rc != 0:
+            self.event("fail", job, status=rc, step=steps[-1][0], log=str(log))
+            self.out(f"{tag}: FAILED in {steps[-1][0]} ({rc}); see {log}")
+            return False
+        marker = {"spec": self.spec(job), "final": str(final), "artefact": str(artefact),
+                  "pruned": job.pruned, "seconds_this_attempt": seconds,
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "commands": [[s, *argv] for _, s, argv in steps]}
+        (job.folder / "table_done.json").write_text(json.dumps(marker, indent=1) + "\n")
+        self.event("done", job, seconds=seconds)
+        self.out(f"{tag}: done in {seconds:.0f}s")
+        return True
+
+    # -- numbers -------------------------------------------------------------------------------------
+    def numbers(self, job):
+        """The figures of a finished job, parsed back from its folder; None when it is not finished."""
+        if not self.done(job):
+            return None
+        marker = json.loads((job.folder / "table_done.json").read_text())
+        metrics = json.loads((job.folder / "test" / "metrics.json").read_text())
+        s = metrics.get("summary") or {}
+        artefact = Path(marker["artefact"])
+        final = Path(marker["final"])
+        return {"map50": float(metrics["map50"]), "map": float(metrics["map"]), "params": int(s["params"]),
+                "nonzero_params": int(s["nonzero_params"]), "sparsity": float(s["sparsity"]),
+                "macs": float(s["macs"]), "sparse_macs": float(s["sparse_macs"]),
+                "storage_bytes": int(s.get("file_bytes") or artefact.stat().st_size),
+                "artefact": "sparse" if marker.get("pruned") else "fp32", "artefact_path": str(artefact),
+                "checkpoint_bytes": final.stat().st_size if final.is_file() else "",
+                "wall_s": run_seconds(job)}
+
+    def collect(self):
+        """Per row: the per-seed numbers and their mean and sample standard deviation."""
+        out = []
+        for row in self.rows:
+            seeds = []
+            for s in range(self.a.seeds):
+                job = self.jobs[(row.job, s)]
+                nums = self.numbers(job)
+                if nums is not None:
+                    seeds.append(dict(nums, seed=s, run=str(job.folder)))
+            agg = {}
+            for k in METRICS:
+                values = [x[k] for x in seeds]
+                agg[k] = (statistics.fmean(values) if values else None,
+                          statistics.stdev(values) if len(values) > 1 else None)
+            out.append({"row": row.name, "model": row.model, "training": row.training, "family": row.family,
+                        "job": row.job, "seeds": seeds, "n": len(seeds), "agg": agg,
+                        "artefact": seeds[0]["artefact"] if seeds else "",
+                        "runs": [str(self.jobs[(row.job, s)].folder) for s in range(self.a.seeds)]})
+        return out
+
+
+def spec_difference(saved, now):
+    """A short account of how two run specs differ: the first argument where they part."""
+    if saved.get("script") != now.get("script"):
+        return f"{saved.get('script')} then, {now.get('script')} now"
+    a, b = list(saved.get("argv", [])), list(now.get("argv", []))
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    j = i - 1 if i > 0 and a[i - 1].startswith("--") else i
+    return f"then {shlex.join(a[j:i + 1]) or 'nothing'}, now {shlex.join(b[j:i + 1]) or 'nothing'}"
+
+
+def run_seconds(job):
+    """Training time of a run: the ``seconds`` of every epoch (results.csv) or round (rounds.csv), summed."""
+    path = job.folder / ("rounds.csv" if job.script == "prune.py" else "results.csv")
+    if not path.is_file():
+        return 0.0
+    with open(path, newline="") as f:
+        return round(sum(float(r.get("seconds") or 0) for r in csv.DictReader(f)), 1)
+
+
+# ----------------------------------------------------------------------------------------------------- formatting
+def fmt_float(mean, std, digits=3):
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std else "")
+
+
+def fmt_int(mean, std):
+    if mean is None:
+        return "-"
+    return f"{round(mean):,}" + (f" ± {round(std):,}" if std and round(std) else "")
+
+
+def fmt_time(mean, std):
+    if mean is None:
+        return "-"
+    unit, div = ("s", 1) if mean < 120 else ("min", 60) if mean < 7200 else ("h", 3600)
+    return f"{mean / div:.1f}" + (f" ± {std / div:.1f}" if std and std / div >= 0.05 else "") + f" {unit}"
+
+
+def md_row(cells):
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def markdown_table(results, link_base):
+    lines = [md_row(COLUMNS), "|" + "|".join(["---"] * 2 + ["--:"] * 7 + ["---"] * 3) + "|"]
+    for r in results:
+        g = r["agg"]
+        mib = [None if v is None else v / 2**20 for v in g["storage_bytes"]]
+        links = " ".join(f"[s{s}]({Path(os.path.relpath(p, link_base)).as_posix()})"
+                         for s, p in enumerate(r["runs"]))
+        lines.append(md_row([r["model"], r["training"], fmt_float(*g["map50"]), fmt_float(*g["map"]),
+                             fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]), fmt_int(*g["macs"]),
+                             fmt_int(*g["sparse_macs"]), fmt_float(*mib, digits=2), r["artefact"] or "-",
+                             fmt_time(*g["wall_s"]), links]))
+    return lines
+
+
+def notes(meta):
+    return [
+        f"mean ± sample standard deviation over {meta['seeds']} seed{'s' * (meta['seeds'] != 1)} (no ± with one "
+        f"seed; a row with fewer finished seeds says so in table.csv's `seeds`). mAP: `test.py` (pycocotools) on "
+        f"the validation set at {meta['img_size']} px. params: all parameters; non-zero params: those not zero "
+        f"(pruned rows). MACs: batch 1 at {meta['img_size']} px, dense (every kernel weight) and sparse (non-zero "
+        f"kernel weights only). storage: bytes on disk of the shipped artefact `export.py --include sparse`: a "
+        f"bitmask + non-zero values for pruned rows (`sparse`), plain fp32 tensors for dense ones (`fp32`). wall "
+        f"time: the run's epochs (training + validation) summed over its rounds, start-up and the final test "
+        f"excluded; a run a row starts from (teacher, dense round 0, pruned or distilled student) counts in its "
+        f"own row. runs: the run folder of each seed."]
+
+
+def describe(meta):
+    same = meta.get("train_is_valid")
+    load = f" (load average {meta['load']:.1f} at the start)" if meta.get("load") is not None else ""
+    lines = [f"`{meta['command']}`", "",
+             f"{meta['machine']}{load}; {meta['date']}; {meta['epochs']} epoch{'s' * (meta['epochs'] != 1)} at "
+             f"{meta['img_size']} px, batch "
+             f"{meta['batch_size']}; {meta['seeds']} seed{'s' * (meta['seeds'] != 1)}; training time of all runs "
+             f"{fmt_time(meta['total_seconds'], None)}."]
+    if same:
+        lines += ["", "Trained and evaluated on the same images: a sanity check that the pipeline learns from real "
+                      "images, not a measure of accuracy."]
+    return lines
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        text += f", torch {torch.__version__}"
+        if torch.cuda.is_available():
+            text += f", {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def plot(results, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"baseline": "o", "pruning": "s", "distillation": "^", "composition": "D"}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for fam, marker in markers.items():
+        pts = [r for r in results if r["family"] == fam and r["n"]]
+        if not pts:
+            continue
+        x = [r["agg"]["storage_bytes"][0] / 2**20 for r in pts]
+        y = [r["agg"]["map50"][0] for r in pts]
+        xerr = [(r["agg"]["storage_bytes"][1] or 0) / 2**20 for r in pts]
+        yerr = [r["agg"]["map50"][1] or 0 for r in pts]
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, capsize=3, label=fam)
+        for xi, yi, r in zip(x, y, pts):
+            ax.annotate(r["row"], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    for axis in (ax.xaxis,):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+    ax.set_xlabel("storage of the shipped artefact (MiB, log scale)")
+    ax.set_ylabel("mAP@0.5")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(table, meta):
+    """table.csv, seeds.csv, table.md, table.json and table.png in the table folder; returns the results."""
+    base = table.base
+    results = table.collect()
+    meta["total_seconds"] = round(sum(run_seconds(j) for j in table.jobs.values() if table.done(j)), 1)
+    with open(base / "table.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for r in results:
+            g = r["agg"]
+            vals = {"row": r["row"], "model": r["model"], "training": r["training"], "seeds": r["n"],
+                    "artefact": r["artefact"], "runs": " ".join(r["runs"])}
+            for k in METRICS:
+                vals[f"{k}_mean"], vals[f"{k}_std"] = ("" if v is None else v for v in g[k])
+            w.writerow([vals.get(c, "") for c in CSV_COLUMNS])
+    with open(base / "seeds.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SEED_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in results:
+            for x in r["seeds"]:
+                w.writerow(dict(x, row=r["row"]))
+    title = f"{meta['stem']}: mAP@0.5 against storage ({meta['seeds']} seed{'s' * (meta['seeds'] != 1)})"
+    lines = [f"# Results on {meta['stem']}", ""] + describe(meta) + [""] + markdown_table(results, base) + [""]
+    lines += notes(meta) + ["", "![mAP@0.5 against storage](table.png)", ""]
+    (base / "table.md").write_text("\n".join(lines))
+    plot(results, base / "table.png", title)
+    (base / "table.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1) + "\n")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------- README
+def readme_block(out_root, readme, images):
+    """The README block: a section per data set table under ``out_root`` (oldest first)."""
+    readme_dir = Path(readme).resolve().parent
+    tables = []
+    for path in Path(out_root).glob("*/table.json"):
+        tables.append(json.loads(path.read_text()))
+    tables.sort(key=lambda t: (t["meta"].get("created", ""), t["meta"]["stem"]))
+    lines = [START, "<!-- written by benchmarks/table.py --readme; edits between the markers are overwritten -->"]
+    for t in tables:
+        meta = t["meta"]
+        img_dir = (readme_dir / images).resolve()
+        img_dir.mkdir(parents=True, exist_ok=True)
+        src = Path(out_root) / meta["stem"] / "table.png"
+        img = img_dir / f"table_{meta['stem']}.png"
+        if src.is_file():
+            shutil.copyfile(src, img)
+        lines += ["", f"### {meta['stem']}", ""] + describe(meta) + [""]
+        lines += markdown_table(t["rows"], readme_dir) + [""] + notes(meta)
+        if img.is_file():
+            lines.append("")
+            rel = Path(os.path.relpath(img, readme_dir)).as_posix()
+            lines += [f"![{meta['stem']}: mAP@0.5 against storage]({rel})"]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def replace_block(text, block):
+    """``text`` with the block between the markers replaced (or appended under a Results heading)."""
+    if START in text and END in text:
+        i, j = text.index(START), text.index(END) + len(END)
+        return text[:i] + block + text[j:]
+    if START in text or END in text:
+        raise UserError(f"the README has only one of the markers {START} / {END}")
+    return text.rstrip("\n") + "\n\n## Results\n\n" + block + "\n"
+
+
+def parse_block(text):
+    """The markdown tables between the markers: a list of ``(header cells, [row cells])``."""
+    if START not in text or END not in text:
+        raise ValueError("no table block")
+    body = text[text.index(START) + len(START):text.index(END)]
+    tables, cur = [], None
+    for line in body.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            if cur is None:
+                cur = (cells, [])
+                tables.append(cur)
+            elif not all(re.fullmatch(r":?-+:?", c) for c in cells):
+                cur[1].append(cells)
+        else:
+            cur = None
+    return tables
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def main(argv=None, runner=None, out=print):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    a = resolve_settings(build_parser().parse_args(argv))
+    if not Path(a.data).is_file() and not (a.dry_run or a.list_rows):
+        raise UserError(f"{a.data}: no such .data file")
+    stem = Path(a.data).stem
+    out_root = Path(a.out).resolve()
+    base = out_root / stem
+    rows, jobs = build_plan(a, base)
+    if a.list_rows:
+        for r in rows:
+            deps = sorted({d[0] for j in jobs.values() if j.id == r.job for d in j.deps})
+            out(f"{r.name:<16} {r.model} | {r.training}  <- run {r.job}" + (f" (needs {', '.join(deps)})" if deps
+                                                                             else ""))
+        return rows
+    if not a.dry_run:
+        base.mkdir(parents=True, exist_ok=True)
+    table = Table(a, base, rows, jobs, runner=runner, out=out)
+    t0 = time.time()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    status = table.run_all()
+    if a.dry_run:
+        return status
+    from utils.datasets import parse_data_cfg
+
+    data = parse_data_cfg(a.data)
+    old = json.loads((base / "table.json").read_text())["meta"] if (base / "table.json").is_file() else {}
+    meta = {"stem": stem, "data": str(Path(a.data).resolve()), "seeds": a.seeds, "epochs": a.epochs,
+            "img_size": a.img_size, "batch_size": a.batch_size,
+            "command": "python benchmarks/table.py " + shlex.join(argv), "machine": machine(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "created": old.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "elapsed_this_invocation_s": round(time.time() - t0, 1), "load": old.get("load", load),
+            "train_is_valid": Path(data["train"]).resolve() == Path(data["valid"]).resolve()}
+    results = write_outputs(table, meta)
+    if a.readme:
+        readme = Path(a.readme)
+        text = readme.read_text() if readme.is_file() else ""
+        readme.write_text(replace_block(text, readme_block(out_root, readme, a.readme_images)))
+        out(f"README block rewritten: {readme}")
+    failed = [k for k, v in status.items() if v is False]
+    out(f"table: {base / 'table.md'} ({sum(r['n'] > 0 for r in results)}/{len(results)} rows with results; "
+        f"{time.time() - t0:.0f}s)")
+    if failed:
+        raise UserError(f"{len(failed)} run(s) failed or were skipped: "
+                        f"{', '.join(f'{j} seed {s}' for j, s in failed)}; see {base / 'logs'} (rerun to continue)")
+    return results
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,270 @@
+"""benchmarks/table.py: the whole table on the tiny shapes set (every row, 2 seeds, numbers parsed back from the run
+folders, std over the seeds), a run killed midway and rerun (finished runs are not started again), the README block,
+and the small pieces (settings from --hyp, reduced-width cfgs, row selection, changed arguments refused)."""
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import table
+
+from .conftest import ROOT
+
+FAST = ["--seeds", "2", "--epochs", "1", "--img-size", "64", "--batch-size", "8", "--nominal-batch-size", "8",
+        "--workers", "0", "--big-cfg", "cfg/yolov3-tiny.cfg", "--lth-rounds", "1", "--prune-rate", "0.5"]
+
+# every row with --big-cfg = --tiny-cfg (the "big" row is then the "tiny" row: one run, one row)
+ROWS = ["tiny", "nano", "nano-leaky", "mnv3", "mnv3-leaky", "lth-local", "lth-global", "cs1", "cs3", "kd-nano",
+        "kd-nano-leaky", "kd-mnv3", "kd-mnv3-leaky", "gan-nano", "gan-nano-leaky", "gan-mnv3", "gan-mnv3-leaky",
+        "lth-nano-leaky", "lth+kd", "kd+lth"]
+PRUNED = {"lth-local", "lth-global", "cs1", "cs3", "lth-nano-leaky", "lth+kd", "kd+lth"}
+
+
+def events(base):
+    return [json.loads(line) for line in (base / "table.log").read_text().splitlines()]
+
+
+def starts(base):
+    """How many times each run (id, seed) was started, from the table's log."""
+    out = {}
+    for e in events(base):
+        if e["event"] == "start":
+            out[(e["run"], e["seed"])] = out.get((e["run"], e["seed"]), 0) + 1
+    return out
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def quiet_plots(mp):
+    """The engine redraws results.png (and prune.py rounds.png) after every epoch: most of a 1-epoch run's time on a
+    CPU. This module checks the table, not those plots."""
+    from utils import engine, pruning
+
+    mp.setattr(engine, "plot_results", lambda *a, **k: None)
+    mp.setattr(pruning, "plot_rounds", lambda *a, **k: None)
+
+
+@pytest.fixture(scope="module")
+def full(shapes_tiny, tmp_path_factory):
+    """The table command with every row, 2 seeds, 1 epoch at 64 px, the scripts called in this process."""
+    out = tmp_path_factory.mktemp("table")
+    calls = []
+
+    def runner(script, argv, log, env=None):
+        calls.append(script)
+        return table.run_inprocess(script, argv, log, env)
+
+    argv = ["--data", str(shapes_tiny), *FAST, "--out", str(out), "--runner", "inprocess"]
+    with pytest.MonkeyPatch.context() as mp:
+        quiet_plots(mp)
+        results = table.main(argv, runner=runner, out=lambda *a: None)
+    return {"out": out, "base": out / "shapes", "argv": argv, "results": results, "calls": calls}
+
+
+@pytest.mark.slow
+def test_every_row_is_in_the_table_with_numbers_from_its_run_folders(full):
+    base = full["base"]
+    rows = read_csv(base / "table.csv")
+    assert [r["row"] for r in rows] == ROWS
+    assert all(r["seeds"] == "2" for r in rows), "every row has both seeds"
+    seeds = read_csv(base / "seeds.csv")
+    assert len(seeds) == 2 * len(ROWS)
+    for s in seeds:
+        run = Path(s["run"])
+        assert run.parent.parent == base and run.name == f"seed{s['seed']}"
+        marker = json.loads((run / "table_done.json").read_text())
+        metrics = json.loads((run / "test" / "metrics.json").read_text())
+        artefact = Path(marker["artefact"])
+        assert artefact.name == "best.sparse.pt" and artefact.parent == run / "export"
+        assert metrics["weights"] == str(artefact)  # the shipped artefact is what test.py scored
+        summary = metrics["summary"]
+        assert float(s["map50"]) == metrics["map50"] and float(s["map"]) == metrics["map"]
+        assert int(s["nonzero_params"]) == summary["nonzero_params"] and int(s["params"]) == summary["params"]
+        assert float(s["sparse_macs"]) == summary["sparse_macs"] and float(s["macs"]) == summary["macs"]
+        assert int(s["storage_bytes"]) == artefact.stat().st_size == summary["file_bytes"]
+        kind = "sparse" if s["row"] in PRUNED else "fp32"
+        assert s["artefact"] == kind
+        if kind == "sparse":
+            assert summary["nonzero_params"] < summary["params"] and summary["sparse_macs"] < summary["macs"]
+        # wall time: the epochs' seconds of results.csv, or the rounds' of rounds.csv
+        name = "rounds.csv" if (run / "rounds.csv").is_file() else "results.csv"
+        expected = sum(float(x["seconds"] or 0) for x in read_csv(run / name))
+        assert float(s["wall_s"]) == pytest.approx(expected, abs=0.06)
+    # the composition rows: distillation held the pruned student's mask; KD + LTH pruned the distilled student
+    by = {(s["row"], s["seed"]): s for s in seeds}
+    for k in ("0", "1"):
+        # the mask held: no pruned conv weight came back, so the sparse MACs cannot grow (BN biases that start at
+        # zero may move, so the total non-zero count is not the invariant)
+        assert float(by[("lth+kd", k)]["sparse_macs"]) <= float(by[("lth-nano-leaky", k)]["sparse_macs"])
+        assert int(by[("lth+kd", k)]["nonzero_params"]) < int(by[("lth+kd", k)]["params"])
+        assert int(by[("kd+lth", k)]["storage_bytes"]) < int(by[("kd-nano-leaky", k)]["storage_bytes"])
+    cmd = json.loads((base / "kdlth-yolo-nano_leaky/seed1/table_done.json").read_text())["commands"][0]
+    assert cmd[:2] == ["prune.py", "--lth"] and str(base / "kd-yolo-nano_leaky/seed1/weights/best.pt") in cmd
+    cmd = json.loads((base / "lthkd-yolo-nano_leaky/seed0/table_done.json").read_text())["commands"][0]
+    assert cmd[0] == "my_kd.py" and str(base / "lth-local-yolo-nano_leaky/seed0/round_1/weights/best.pt") in cmd
+    assert str(base / "dense-yolov3-tiny/seed0/round_0/weights/best.pt") in cmd  # the teacher of the same seed
+
+
+@pytest.mark.slow
+def test_mean_and_std_are_over_the_seeds(full):
+    seeds = read_csv(full["base"] / "seeds.csv")
+    rows = {r["row"]: r for r in read_csv(full["base"] / "table.csv")}
+    nonzero_std = 0
+    for name, row in rows.items():
+        for k in table.METRICS:
+            values = [float(s[k]) for s in seeds if s["row"] == name]
+            assert float(row[f"{k}_mean"]) == pytest.approx(statistics.fmean(values), rel=1e-9, abs=1e-12)
+            assert float(row[f"{k}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-9, abs=1e-12)
+            nonzero_std += statistics.stdev(values) > 0
+    assert nonzero_std > 0  # e.g. the wall times differ between the seeds: the check is not vacuous
+    # and the markdown cell shows them as mean ± std
+    wall = [float(s["wall_s"]) for s in seeds if s["row"] == "cs3"]
+    md = (full["base"] / "table.md").read_text()
+    header, body = table.parse_block(table.START + "\n" + md + "\n" + table.END)[0]
+    assert header == list(table.COLUMNS) and len(body) == len(ROWS)
+    cell = body[ROWS.index("cs3")][header.index("wall time")]
+    assert cell == table.fmt_time(statistics.fmean(wall), statistics.stdev(wall))
+    assert (full["base"] / "table.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_rerun_reuses_every_run_and_writes_the_readme_block(full, tmp_path):
+    n_started = len(events(full["base"]))
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n\nintro\n\n## Results\n\n" + table.START + "\nold\n" + table.END + "\n\n## After\n")
+    calls = []
+    table.main([*full["argv"], "--readme", str(readme)], runner=lambda *a: calls.append(a) or 0, out=lambda *a: None)
+    assert calls == []  # nothing ran again
+    new = events(full["base"])[n_started:]
+    assert new and all(e["event"] == "reuse" for e in new)
+    text = readme.read_text()
+    assert text.startswith("# project\n\nintro\n\n## Results\n\n") and text.endswith("\n\n## After\n")
+    assert "\nold\n" not in text
+    [(header, body)] = table.parse_block(text)
+    assert header == list(table.COLUMNS)
+    assert [r[1] for r in body] == [r["training"] for r in read_csv(full["base"] / "table.csv")]
+    assert all(len(r) == len(header) for r in body)
+    assert (tmp_path / "docs" / "results" / "table_shapes.png").is_file()
+    assert "![shapes: mAP@0.5 against storage](docs/results/table_shapes.png)" in text
+    # the links point at the run folders, relative to the README
+    link = body[0][-1].split("](")[1].split(")")[0]
+    assert (tmp_path / link / "table_done.json").is_file()
+    # rewriting the block from the same tables gives the same text
+    assert table.replace_block(text, table.readme_block(full["out"], readme, "docs/results")) == text
+
+
+@pytest.mark.slow
+def test_changed_arguments_are_refused(full):
+    with pytest.raises(table.UserError, match="made by other arguments .*then --rounds 1, now --rounds 2"):
+        table.main([*full["argv"], "--lth-rounds", "2", "--rows", "lth-local"], out=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_killed_midway_and_rerun_skips_finished_runs(shapes_tiny, tmp_path):
+    """A real kill (SIGKILL of the table's process group) while the second run works; the rerun, through the real
+    subprocess runner, starts the killed run again and not the finished one."""
+    out = tmp_path / "out"
+    argv = ["--data", str(shapes_tiny), *FAST, "--seeds", "1", "--out", str(out), "--rows", "tiny", "nano"]
+    base = out / "shapes"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "benchmarks/table.py", *argv, "--runner", "inprocess"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            log = [e["event"] for e in events(base)] if (base / "table.log").is_file() else []
+            if log[:3] == ["start", "done", "start"]:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the table did not reach its second run (status {proc.poll()})")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first, second = [(e["run"], e["seed"]) for e in events(base) if e["event"] == "start"]
+    assert first == ("dense-yolov3-tiny", 0) and not (base / second[0] / "seed0" / "table_done.json").exists()
+
+    result = subprocess.run([sys.executable, "benchmarks/table.py", *argv], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert starts(base) == {first: 1, second: 2}
+    assert [e["run"] for e in events(base) if e["event"] == "reuse"] == [first[0]]
+    rows = read_csv(base / "table.csv")
+    assert [r["row"] for r in rows] == ["tiny", "nano"] and all(r["seeds"] == "1" for r in rows)
+    assert "finished earlier, reused" in result.stdout
+
+
+def test_repository_readme_block_is_a_table_with_the_columns():
+    text = (ROOT / "README.md").read_text()
+    if table.START not in text:
+        pytest.skip("README.md has no results block yet")
+    tables = table.parse_block(text)
+    assert tables, "the block holds no markdown table"
+    for header, body in tables:
+        assert header == list(table.COLUMNS)
+        assert body and all(len(r) == len(header) for r in body)
+
+
+# ------------------------------------------------------------------------------------------------- the pieces
+def settings(*extra):
+    return table.resolve_settings(table.build_parser().parse_args(["--data", "data/shapes.data", *extra]))
+
+
+def test_settings_come_from_flags_then_hyp_then_defaults():
+    a = settings()
+    assert (a.img_size, a.epochs, a.batch_size, a.rewind_epoch, a.cs_epochs) == (256, 30, 16, 1, 30)
+    assert a.hyp_flags == []
+    a = settings("--hyp", "params/voc.yaml", "--epochs", "90")
+    assert (a.img_size, a.epochs, a.batch_size, a.nominal_batch_size, a.rewind_epoch) == (416, 90, 16, 64, 3)
+    assert "--warmup-epochs" in a.hyp_flags and "--lr0" not in a.hyp_flags  # only what differs from default.yaml
+    a = settings("--hyp", "params/coco.yaml", "--epochs", "1")
+    assert (a.img_size, a.rewind_epoch, a.cs_epochs) == (416, 0, 2)
+    a = settings("--device", "0,1")  # one run per GPU at a time
+    assert (a.devices, a.jobs) == (["0", "1"], 2)
+
+
+def test_bad_hyp_key_and_bad_rows_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inherit_from: " + str(ROOT / "params" / "default.yaml") + "\nrounds: 3\n")
+    with pytest.raises(table.UserError, match="unknown key 'rounds'"):
+        settings("--hyp", str(bad))
+    with pytest.raises(table.UserError, match="--rows nope: no such row"):
+        table.main(["--data", str(ROOT / "data" / "shapes.data"), "--rows", "nope", "--list-rows"], out=lambda *a: 0)
+
+
+def test_rows_deduplicate_and_select(tmp_path):
+    a = settings("--big-cfg", "cfg/yolov3-tiny.cfg", "--seeds", "2", "--rows", "kd-*", "lth+kd")
+    rows, jobs = table.build_plan(a, tmp_path)
+    assert [r.name for r in rows] == ["kd-nano", "kd-nano-leaky", "kd-mnv3", "kd-mnv3-leaky", "lth+kd"]
+    ids = {j.id for j in jobs.values()}
+    assert "dense-yolov3-tiny" in ids and "lth-local-yolo-nano_leaky" in ids and len(jobs) == 2 * len(ids)
+    a = settings("--big-cfg", "cfg/yolov3-tiny.cfg")
+    assert "big" not in [r.name for r in table.build_plan(a, tmp_path)[0]]  # the same run as "tiny"
+    rows, _ = table.build_plan(settings(), tmp_path)
+    assert [r.name for r in rows][:2] == ["tiny", "big"] and len(rows) == len(ROWS) + 1
+
+
+def test_reduced_width_yolov3_builds_with_its_heads(tmp_path):
+    import torch
+
+    from models import Darknet
+
+    cfg = table.scale_cfg(ROOT / "cfg" / "yolov3.cfg", 0.25, tmp_path / "yolov3-w0.25.cfg")
+    full, small = Darknet(str(ROOT / "cfg" / "yolov3.cfg"), nc=6), Darknet(str(cfg), nc=6)
+    n_full, n_small = (sum(p.numel() for p in m.parameters()) for m in (full, small))
+    assert n_small < n_full / 10
+    small.eval()
+    with torch.no_grad():
+        out, _ = small(torch.zeros(1, 3, 64, 64))
+    assert out.shape[-1] == 11
+    assert table.model_label(cfg) == "YOLOv3 (width x0.25)"
