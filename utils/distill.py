@@ -608,7 +608,48 @@ def mask_plugin_for(ckpt):
     return MaskPlugin(Masks.from_state_dict(ckpt["masks"]))
 
 
+def student_plugins(args, model, plugin_cls, resume=None):
+    """The distillation plug-in ``plugin_cls`` (validated against ``model``) and, for a pruned student, its mask
+    plug-in, so that distilling into a pruned network keeps its mask fixed."""
+    from utils.checkpoint import load_checkpoint
+
+    teacher = load_teacher(args.teacher_cfg, args.teacher_weights)
+    plugins = [plugin_cls.from_args(args, teacher).check(model, args.img_size)]
+    source = resume
+    if source is None and str(args.weights or "").endswith(".pt"):
+        source = load_checkpoint(args.weights)
+    masks = mask_plugin_for(source)
+    return plugins + ([masks] if masks is not None else [])
+
+
+def run(args, plugin_cls):
+    """What my_kd.py and my_kd_gan.py do once their arguments are parsed: prepare the run, add the plug-ins, train.
+
+    A set-up error (teacher, feature pairs) leaves no empty run folder behind. Returns the run folder.
+    """
+    import os
+    import shutil
+
+    from utils import engine
+
+    if not args.teacher_weights and not args.resume:
+        raise UserError("--teacher-weights is required (a checkpoint .pt, or Darknet .weights with --teacher-cfg)")
+    args, model, save_dir, resume = engine.prepare(args)
+    try:
+        plugins = student_plugins(args, model, plugin_cls, resume)
+    except UserError:
+        main_rank = os.environ.get("RANK", "-1") in ("-1", "0")
+        if main_rank and resume is None and not any(p.is_file() for p in save_dir.rglob("*")):
+            shutil.rmtree(save_dir, ignore_errors=True)
+        raise
+    trainer = engine.Trainer(args, model, save_dir, plugins=plugins, resume_ckpt=resume)
+    trainer.fit()
+    if trainer.main:
+        print(f"results saved to {save_dir} (best.pt, last.pt, results.csv, results.png)")
+    return save_dir
+
+
 __all__ = ["Teacher", "load_teacher", "layer_shapes", "stage_feature_pairs", "default_feature_pairs", "check_pairs",
            "AdaptationLayer", "HintAdapters", "hint_loss", "binary_kl", "match_heads", "soft_target_loss", "regression_params",
            "regression_error", "bounded_regression_loss", "teacher_bounded_loss", "TeacherPlugin", "DistillPlugin",
-           "mask_plugin_for"]
+           "mask_plugin_for", "student_plugins", "run"]

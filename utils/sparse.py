@@ -35,8 +35,6 @@ Bytes: one bit per weight (deflated: at 90% zeros ~0.48 bit) + 4 (2) bytes per k
 ~13% (fp16 ~7%) of its dense fp32 file plus the layers that are not pruned.
 """
 import io
-import os
-import tempfile
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -171,21 +169,11 @@ def export_bytes(model, half=False):
 
 
 def save_export(obj, path):
-    """Write a sparse-export dict atomically (temporary file beside ``path``, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    """Write a sparse-export dict atomically (``utils.checkpoint.save_checkpoint``); returns ``path``."""
+    from utils.checkpoint import save_checkpoint
+
+    save_checkpoint(obj, path)
+    return Path(path)
 
 
 def export_sparse(model, path, ckpt=None, half=False, source=None):
