@@ -134,7 +134,7 @@ def main(argv=None):
     records = []
     for v, net, how, m in rows:
         stats = run_stats(out / v)
-        epochs = args.teacher_epochs if v == "teacher" else args.epochs
+        epochs = (("given" if args.teacher_weights else args.teacher_epochs) if v == "teacher" else args.epochs)
         delta = f"{100 * (m['map50'] - base['map50']):+.1f} pts" if base is not None and v not in ("teacher",
                                                                                                   "alone") else ""
         d_acc = f"{stats['D_real']:.2f} / {stats['D_fake']:.2f}" if "D_real" in stats else ""

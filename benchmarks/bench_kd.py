@@ -138,10 +138,10 @@ def main(argv=None):
         rows.append((v, student.name, pairs, evaluate(weights, data, args, out, v, log)))
 
     base = next((m for v, _, _, m in rows if v == "alone"), None)
-    lines = [f"| run | network | feature pairs (student<-teacher) | epochs | mAP@0.5 | AP@[.5:.95] | "
-             f"Δ mAP@0.5 vs alone |", "|---|---|---|---|---|---|---|"]
+    lines = ["| run | network | feature pairs (student<-teacher) | epochs | mAP@0.5 | AP@[.5:.95] | "
+             "Δ mAP@0.5 vs alone |", "|---|---|---|---|---|---|---|"]
     for v, net, pairs, m in rows:
-        epochs = args.teacher_epochs if v == "teacher" else args.epochs
+        epochs = (("given" if args.teacher_weights else args.teacher_epochs) if v == "teacher" else args.epochs)
         delta = f"{100 * (m['map50'] - base['map50']):+.1f} pts" if base is not None and v.startswith("kd") else ""
         lines.append(f"| {v} | {net} | {pairs} | {epochs} | {m['map50']:.3f} | {m['map']:.3f} | {delta} |")
     table = "\n".join(lines)
