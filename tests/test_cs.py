@@ -279,30 +279,20 @@ def test_ticket_is_rewound_and_equals_the_network_with_hard_masks():
     ticket, masks = strategy.ticket_model(prev)
     hard = soft.hard_masks()
     assert masks.names() == hard.names() and all(torch.equal(masks[n], hard[n]) for n in masks)
-    scale = 1 / torch.sigmoid(torch.tensor(-0.1)).item()
     state, rewound = ticket.state_dict(), theta_k.state_dict()
     for k, v in rewound.items():
         if k in masks:
             m = masks[k]
             assert not state[k][~m].any() and not torch.signbit(state[k][~m]).any()  # exact +0.0
-            assert torch.allclose(state[k][m], v[m] * scale, rtol=1e-6, atol=0)
+            assert torch.equal(state[k][m], v[m])  # θ_k itself: no 1/σ(s0) folded in
         else:
             assert torch.equal(state[k], v), k
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         got = ticket.eval()(x)[0]
-        # (a) θ_k with the hard gates 1[s > 0]/σ(s0) applied by the soft-mask hooks in eval mode
-        hooked = darknet(4)
-        hooked.load_state_dict(theta_k.state_dict())
-        soft.attach(hooked)
-        assert torch.equal(hooked.eval()(x)[0], got)
-        soft.detach(hooked)
-        # (b) θ_k with the binary masks 1[s > 0] and the constant 1/σ(s0) folded into the kept weights
+        # θ_k with the binary masks 1[s > 0] (Algorithm 1, line 10)
         plain = darknet(4)
         rewind(plain, theta_k.state_dict(), Masks({n: soft.logits[n].detach() > 0 for n in soft.names()}))
-        for n, p in plain.named_parameters():
-            if n in masks:
-                p.mul_(soft.hard_gate(n))
         assert torch.equal(plain.eval()(x)[0], got)
     assert strategy.round_args(2).epochs == 2 and strategy.kind(2) == "cs-ticket" and strategy.kind(1) == "cs-search"
     assert ContinuousSparsification(cs_args(ticket_epochs=7), None).round_args(2).epochs == 7

@@ -52,9 +52,10 @@ How it is built here:
   captures θ_k with ``RewindPlugin``; round r ≥ 1 continues from round r − 1's last raw weights, BN statistics and
   logits after the reset), round R is the ticket, retrained with the LTH ``MaskPlugin`` for ``--ticket-epochs``
   (default ``--epochs``) and saved in the LTH format (plain weights + ``masks`` + ``rewind``). The ticket's
-  weights are θ_k ⊙ 1[s > 0]/σ(s₀): the frozen hard gate of the search network, scale included (the authors' code
-  and the original project keep the factor 1/σ(s₀) ≈ 2.1 in the frozen mask; folding it into the rewound weights
-  gives the same network with a plain 0/1 mask). rounds.csv rows: search rounds describe their last.pt (the state
+  weights are θ_k ⊙ 1[s > 0] (Algorithm 1, line 10): the search gate's normalisation 1/σ(s₀) ≈ 2.1 is not carried
+  over. Folding it into the rewound weights (as this module first did) gives the same function but, every conv
+  being followed by BN, divides the effective learning rate of the kept weights by 1/σ(s₀)² ≈ 4.2: on shapes the
+  folded ticket's box loss stayed flat for 10 epochs (BENCHMARKS.md). rounds.csv rows: search rounds describe their last.pt (the state
   the next round and the ticket derive from), the ticket its best.pt.
 """
 import copy
@@ -477,15 +478,10 @@ class ContinuousSparsification(Strategy):
             raise UserError(f"{where}: holds no CS logits (not the last.pt of a CS search round)") from None
 
     def ticket_model(self, prev):
-        """The ticket from the last search round's last.pt: θ_k ⊙ 1[s > 0]/σ(s₀), and its binary ``Masks``."""
-        soft = SoftMasks.from_state_dict(self.search_state(prev, "last search round"))
-        masks = soft.hard_masks()
+        """The ticket from the last search round's last.pt: θ_k ⊙ 1[s > 0], and its binary ``Masks``."""
+        masks = SoftMasks.from_state_dict(self.search_state(prev, "last search round")).hard_masks()
         model = build_model(prev, self.args)
         rewind(model, prev["rewind"]["model"], masks)  # θ_k with the pruned weights at exactly +0.0
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for n in masks:
-                params[n].mul_(soft.hard_gate(n).to(params[n].device))
         return model, masks
 
     def begin_round(self, r):
