@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import data_path  # noqa: E402
+
 REFERENCE = "cfg/yolov3-tiny.cfg"
 COMPACT = ("cfg/yolo-nano.cfg", "cfg/yolo-nano_leaky.cfg", "cfg/yolov3-mobile.cfg", "cfg/yolov3-mobile_leaky.cfg",
            "cfg/mobilenetv3-yolo.cfg", "cfg/mobilenetv3-yolo_leaky.cfg")
@@ -62,15 +64,6 @@ def parse_args(argv=None):
     ap.add_argument("--train-args", default="", help="extra train.py flags, one string")
     ap.add_argument("--out", default="runs/bench_compact")
     return ap.parse_args(argv)
-
-
-def data_path(a, out):
-    if a.n_train is None and a.n_val is None:
-        return a.data
-    from utils.shapes import make_shapes
-
-    n_train, n_val = a.n_train or 128, a.n_val or 32
-    return str(make_shapes(out / f"shapes_{n_train}_{n_val}", n_train=n_train, n_val=n_val, img_size=320, seed=0))
 
 
 def read_rows(run):

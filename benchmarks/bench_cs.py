@@ -31,6 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import data_path  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -54,15 +57,6 @@ def parse_args(argv=None):
     ap.add_argument("--train-args", default="", help="extra train.py flags, one string")
     ap.add_argument("--out", default="runs/bench_cs")
     return ap.parse_args(argv)
-
-
-def data_path(a, out):
-    if a.n_train is None and a.n_val is None:
-        return a.data
-    from utils.shapes import make_shapes
-
-    n_train, n_val = a.n_train or 128, a.n_val or 32
-    return str(make_shapes(out / f"shapes_{n_train}_{n_val}", n_train=n_train, n_val=n_val, img_size=320, seed=0))
 
 
 def common(a, data):
