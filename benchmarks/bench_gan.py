@@ -44,19 +44,7 @@ GAN_NAMES = {"gan": "GAN (Wang et al.)", "gan_hint": "GAN (Wang et al.) + hint 0
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher-cfg", default="cfg/yolov3-tiny.cfg")
-    ap.add_argument("--teacher-weights", default=None, help="a trained teacher (skips training one)")
-    ap.add_argument("--student-cfg", default="cfg/yolo-nano.cfg")
-    ap.add_argument("--teacher-epochs", type=int, default=60)
-    ap.add_argument("--epochs", type=int, default=30, help="student epochs (alone, KD and GAN)")
-    ap.add_argument("--img-size", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--nominal-batch-size", type=int, default=None, help="default: params/default.yaml's")
-    ap.add_argument("--n-train", type=int, default=None, help="a smaller shapes set: training images")
-    ap.add_argument("--n-val", type=int, default=None, help="a smaller shapes set: validation images")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="")
+    bench_kd.add_settings(ap, "student epochs (alone, KD and GAN)")
     ap.add_argument("--variants", default="alone,kd1,gan",
                     help=f"comma-separated subset of {','.join(KD_VARIANTS + tuple(GAN_VARIANTS))}")
     ap.add_argument("--kd-args", default="", help="extra my_kd.py flags for the KD runs, one string")

@@ -30,14 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_settings(ap, epochs_help):
+    """The teacher, student, data and training flags bench_kd.py and bench_gan.py share (bench_gan.py passes them on)."""
     ap.add_argument("--teacher-cfg", default="cfg/yolov3-tiny.cfg")
-    ap.add_argument("--teacher-weights", default=None, help="a trained teacher (skips step 2)")
+    ap.add_argument("--teacher-weights", default=None, help="a trained teacher (skips training one)")
     ap.add_argument("--student-cfg", default="cfg/yolo-nano.cfg")
-    ap.add_argument("--slim", type=int, default=4, help="width divisor of the fallback student (yolov3-tiny)")
     ap.add_argument("--teacher-epochs", type=int, default=60)
-    ap.add_argument("--epochs", type=int, default=30, help="student epochs (alone and distilled)")
+    ap.add_argument("--epochs", type=int, default=30, help=epochs_help)
     ap.add_argument("--img-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--nominal-batch-size", type=int, default=None, help="default: params/default.yaml's")
@@ -46,6 +45,12 @@ def parse_args(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_settings(ap, "student epochs (alone and distilled)")
+    ap.add_argument("--slim", type=int, default=4, help="width divisor of the fallback student (yolov3-tiny)")
     ap.add_argument("--variants", default="alone,kd1,kd2", help="comma-separated subset of alone,kd1,kd2")
     ap.add_argument("--kd-args", default="", help="extra my_kd.py flags for the distilled runs, one string")
     ap.add_argument("--out", default="runs/bench_kd")
