@@ -3,6 +3,7 @@
     python benchmarks/bench_compact.py        # full: data/shapes.data (1000/200) at 256 px, yolov3-tiny 30 epochs
     python benchmarks/bench_compact.py --n-train 128 --n-val 32 --img-size 128 --epochs 10 \
         --train-args "--nominal-batch-size 16" --out runs/bench_compact_small       # reduced, for a loaded CPU
+    python benchmarks/bench_compact.py --compact-args "--params params/compact.yaml"   # their own recipe
 
 Steps (subprocesses of the real entry script, with the default recipe of params/default.yaml):
 1. the data: ``data/shapes.data`` (generated on first use), or with ``--n-train/--n-val`` a smaller shapes set
@@ -62,6 +63,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads of every measurement and training run (OMP_NUM_THREADS; default: torch's)")
     ap.add_argument("--train-args", default="", help="extra train.py flags, one string")
+    ap.add_argument("--compact-args", default="",
+                    help="extra train.py flags for the compact cfgs only (e.g. \"--params params/compact.yaml\")")
     ap.add_argument("--out", default="runs/bench_compact")
     return ap.parse_args(argv)
 
@@ -84,6 +87,8 @@ def train(a, out, data, cfg, epochs):
     cmd = [sys.executable, "train.py", "--cfg", cfg, "--data", data, "--img-size", str(a.img_size),
            "--batch-size", str(a.batch_size), "--epochs", str(epochs), "--workers", str(a.workers),
            "--seed", str(a.seed), "--project", str(out), "--name", name, "--exist-ok", *a.train_args.split()]
+    if cfg != REFERENCE:
+        cmd += a.compact_args.split()
     if a.no_amp:
         cmd.append("--no-amp")
     print("$", " ".join(cmd), flush=True)
@@ -172,6 +177,7 @@ def main(argv=None):
     setup = (f"{data}, {a.img_size} px, batch {a.batch_size}, {'fp32' if a.no_amp else 'bf16 autocast'}, "
              f"yolov3-tiny {a.epochs} epochs, the others the epochs that take the same time at their measured "
              f"training speed; seed {a.seed}; extra train.py flags: {a.train_args or 'none'}; "
+             f"for the compact cfgs only: {a.compact_args or 'none'}; "
              f"CPU latency with {torch.get_num_threads()} threads")
     (out / "results.md").write_text(setup + "\n\n" + text + "\n")
     print(setup)

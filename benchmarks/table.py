@@ -27,7 +27,9 @@ The big model and the composition student are trained once per seed by ``prune.p
 training as train.py, plus the capture of the rewind weights): that run is their baseline row, the KD teacher
 (big model) and round 0 of both LTH rows; the other baselines are train.py runs. LTH runs ``--lth-rounds`` rounds
 at ``--prune-rate`` (local: per layer; global: one threshold); ``kd+lth`` rewinds to the distilled weights
-(``--rewind-epoch 0``). CS search rounds last ``max(2, --epochs)`` epochs, its ticket ``--epochs``.
+(``--rewind-epoch 0``). CS search rounds last ``max(2, --epochs)`` epochs, its ticket ``--epochs``. Every run of a
+student (its baseline, KD, GAN, LTH and composition rows) also gets the training keys of ``--student-hyp``
+(default params/compact.yaml: Adam, lr0 0.001, no gradient clip), typed after the ``--hyp`` flags.
 
 After a run its final checkpoint is exported (``export.py --include sparse`` -> ``export/best.sparse.pt``, the
 shipped artefact: a bitmask + non-zero values for pruned networks, plain fp32 tensors otherwise) and that artefact
@@ -129,6 +131,8 @@ def build_parser():
     g.add_argument("--student", action="append", default=None, metavar="NAME=CFG",
                    help=f"a KD student (repeat; default: {' '.join(DEFAULT_STUDENTS)})")
     g.add_argument("--compose-student", default="nano-leaky", help="the student of the LTH + KD / KD + LTH rows")
+    g.add_argument("--student-hyp", default=str(ROOT / "params" / "compact.yaml"),
+                   help="YAML whose training keys every run of a student gets on top of --hyp ('' for none)")
     g = p.add_argument_group("techniques")
     g.add_argument("--lth-rounds", type=int, default=3, help="LTH prune-rewind-retrain rounds")
     g.add_argument("--prune-rate", type=float, default=0.5, help="LTH: fraction of the surviving weights per round")
@@ -160,19 +164,9 @@ def resolve_settings(a):
     base = {k: v for k, (v, _) in load_params(DEFAULT_PARAMS).items()}
     hyp = {k: v for k, (v, _) in load_params(a.hyp).items()} if a.hyp else {}
     actions = {x.dest: x for x in train_parser()._actions}
-    flags = []
-    for key, value in hyp.items():
-        if key in RUN_KEYS_SKIPPED or key in ("img_size", "epochs", "batch_size", "nominal_batch_size"):
-            continue
-        if key not in actions:
-            raise UserError(f"{a.hyp}: unknown key '{key}' (not a training flag)")
-        if key in base and base[key] == value:
-            continue  # what every script's YAML already gives
-        option = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags += [option] if value else []
-        else:
-            flags += [option, str(value)]
+    flags = yaml_flags(a.hyp, hyp, base, actions)
+    student = {k: v for k, (v, _) in load_params(a.student_hyp).items()} if a.student_hyp else {}
+    a.student_flags = yaml_flags(a.student_hyp, student, dict(base, **hyp), actions)
     pick = lambda k: getattr(a, k) if getattr(a, k) is not None else hyp.get(k, base.get(k))  # noqa: E731
     a.img_size, a.epochs, a.batch_size = pick("img_size"), pick("epochs"), pick("batch_size")
     a.nominal_batch_size = pick("nominal_batch_size")
@@ -192,6 +186,24 @@ def resolve_settings(a):
         raise UserError("--runner inprocess runs one script at a time: drop --jobs")
     a.hyp_flags = flags
     return a
+
+
+def yaml_flags(path, values, base, actions):
+    """The flags that give a YAML's training keys where they differ from ``base`` (run-level keys skipped)."""
+    flags = []
+    for key, value in values.items():
+        if key in RUN_KEYS_SKIPPED or key in ("img_size", "epochs", "batch_size", "nominal_batch_size"):
+            continue
+        if key not in actions:
+            raise UserError(f"{path}: unknown key '{key}' (not a training flag)")
+        if key in base and base[key] == value:
+            continue  # what every script's YAML already gives
+        option = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [option] if value else []
+        else:
+            flags += [option, str(value)]
+    return flags
 
 
 # ----------------------------------------------------------------------------------------------------- the plan
@@ -311,6 +323,8 @@ def build_plan(a, base):
     dense_cfgs = {big, compose_cfg}  # trained by prune.py --lth --rounds 0: baseline, teacher and LTH round 0
 
     rows, specs = [], {}  # specs: job id -> (script, argv(seed, jobs), deps, final_round, pruned)
+    student_cfgs = set(students.values())
+    own = lambda cfg: a.student_flags if cfg in student_cfgs else []  # noqa: E731  (the students' recipe)
 
     def job(jid, script, argv, deps=(), final_round=None, pruned=False):
         specs.setdefault(jid, (script, argv, list(deps), final_round, pruned))
@@ -321,8 +335,9 @@ def build_plan(a, base):
         if cfg in dense_cfgs:
             return job(f"dense-{stem}", "prune.py",
                        lambda s, J: ["--lth", "--cfg", str(cfg), "--rounds", "0", "--rewind-epoch",
-                                     str(a.rewind_epoch), *common, "--seed", str(s), *prune_extra], final_round=0)
-        return job(f"train-{stem}", "train.py", lambda s, J: ["--cfg", str(cfg), *common, "--seed", str(s)])
+                                     str(a.rewind_epoch), *common, *own(cfg), "--seed", str(s), *prune_extra],
+                       final_round=0)
+        return job(f"train-{stem}", "train.py", lambda s, J: ["--cfg", str(cfg), *common, *own(cfg), "--seed", str(s)])
 
     def add(name, cfg, training, jid, family):
         rows.append(Row(name, model_label(cfg), training, jid, family))
@@ -332,14 +347,15 @@ def build_plan(a, base):
         return job(f"lth-{scope}-{cfg.stem}", "prune.py",
                    lambda s, J: ["--lth", "--cfg", str(cfg), "--weights",
                                  str(J[dense].folder / "round_0/weights/last.pt"), "--scope", scope, *lth, *common,
-                                 "--seed", str(s), *prune_extra],
+                                 *own(cfg), "--seed", str(s), *prune_extra],
                    deps=[dense], final_round=a.lth_rounds, pruned=True)
 
     big_label = model_label(big)
     add("tiny", tiny, "default", baseline(tiny), "baseline")
     add("big", big, "default", baseline(big), "baseline")
     for name, cfg in students.items():
-        add(name, cfg, "default", baseline(cfg), "baseline")
+        add(name, cfg, Path(a.student_hyp).stem + " recipe" if a.student_flags else "default", baseline(cfg),
+            "baseline")
     add("lth-local", big, f"LTH local, {lth_label}", lth_job(big, "local"), "pruning")
     add("lth-global", big, f"LTH global, {lth_label}", lth_job(big, "global"), "pruning")
     for n in a.cs_rounds:
@@ -356,25 +372,25 @@ def build_plan(a, base):
     for name, cfg in students.items():
         jid = job(f"kd-{cfg.stem}", "my_kd.py",
                   lambda s, J, cfg=cfg: ["--cfg", str(cfg), "--teacher-weights", teacher_weights(J), *common,
-                                         "--seed", str(s), *kd_extra], deps=[teacher])
+                                         *own(cfg), "--seed", str(s), *kd_extra], deps=[teacher])
         add(f"kd-{name}", cfg, f"KD from {big_label}", jid, "distillation")
     for name, cfg in students.items():
         jid = job(f"gan-{cfg.stem}", "my_kd_gan.py",
                   lambda s, J, cfg=cfg: ["--cfg", str(cfg), "--teacher-weights", teacher_weights(J), *common,
-                                         "--seed", str(s), *gan_extra], deps=[teacher])
+                                         *own(cfg), "--seed", str(s), *gan_extra], deps=[teacher])
         add(f"gan-{name}", cfg, f"KD GAN from {big_label}", jid, "distillation")
     c = compose_cfg
     pruned_student = lth_job(c, "local")
     add(f"lth-{a.compose_student}", c, f"LTH local, {lth_label}", pruned_student, "pruning")
     jid = job(f"lthkd-{c.stem}", "my_kd.py",
               lambda s, J: ["--cfg", str(c), "--weights", str(J[pruned_student].weights("best.pt")),
-                            "--teacher-weights", teacher_weights(J), *common, "--seed", str(s), *kd_extra],
+                            "--teacher-weights", teacher_weights(J), *common, *own(c), "--seed", str(s), *kd_extra],
               deps=[pruned_student, teacher], pruned=True)
     add("lth+kd", c, f"LTH + KD (LTH local {lth_label}, mask held)", jid, "composition")
     distilled = f"kd-{c.stem}"
     jid = job(f"kdlth-{c.stem}", "prune.py",
               lambda s, J: ["--lth", "--cfg", str(c), "--weights", str(J[distilled].weights("best.pt")), "--scope",
-                            "local", *lth, "--rewind-epoch", "0", *common, "--seed", str(s), *prune_extra],
+                            "local", *lth, "--rewind-epoch", "0", *common, *own(c), "--seed", str(s), *prune_extra],
               deps=[distilled], final_round=a.lth_rounds, pruned=True)
     add("kd+lth", c, f"KD + LTH (LTH local {lth_label})", jid, "composition")
 

@@ -165,3 +165,18 @@ def test_torchrun_two_processes_on_cpu(shapes_tiny, tmp_path):
     model = Darknet.from_text(ckpt["cfg"], name="ddp", nc=ckpt["nc"])
     model.load_state_dict(ckpt["model"])
     assert all(not k.startswith("module.") for k in ckpt["model"])
+
+
+def test_precise_bn_changes_only_the_saved_bn_statistics(shapes_tiny, tmp_path):
+    """--precise-bn N recomputes the evaluated (EMA) model's BN statistics before evaluation; weights are untouched."""
+    common = ["--epochs", "1", "--deterministic", "--seed", "1"]
+    a = load_checkpoint(run_train(shapes_tiny, tmp_path, "off", *common, "--precise-bn", "0") / "weights" / "last.pt")
+    b = load_checkpoint(run_train(shapes_tiny, tmp_path, "on", *common, "--precise-bn", "2") / "weights" / "last.pt")
+    stats = [k for k in a["model"] if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for k, v in a["model"].items():
+        if k in stats:
+            continue
+        assert torch.equal(v, b["model"][k]) or k.endswith("num_batches_tracked"), f"{k} changed"
+    assert any(not torch.allclose(a["model"][k], b["model"][k]) for k in stats)
+    assert b["model"][stats[0].replace("running_mean", "num_batches_tracked")].item() == 2

@@ -89,11 +89,35 @@ def test_decode_matched():
 
 
 def test_balance_by_stride_not_position():
-    assert balance_for_strides([32, 16, 8]) == [0.4, 1.0, 4.0]
-    assert balance_for_strides([8, 16, 32]) == [4.0, 1.0, 0.4]
+    assert balance_for_strides([32, 16, 8]) == [1.0, 4.0, 16.0]
+    assert balance_for_strides([8, 16, 32]) == [16.0, 4.0, 1.0]
     assert balance_for_strides([32, 16]) == [1.0, 4.0]
-    assert balance_for_strides([16]) == [1.0]
-    assert ComputeLoss(FakeDarknet(), HYP).balance == [0.4, 1.0, 4.0]
+    assert balance_for_strides([16]) == [4.0]
+    assert balance_for_strides([64]) == [0.25]
+    assert ComputeLoss(FakeDarknet(), HYP).balance == [1.0, 4.0, 16.0]
+
+
+def test_every_cell_weighs_the_same_on_every_scale():
+    """The objectness term is the BCE summed over all cells / the stride-32 cell count, whatever the scale count."""
+    torch.manual_seed(0)
+    for scales in (((32, (6, 7, 8)), (16, (3, 4, 5)), (8, (0, 1, 2))), ((32, (3, 4, 5)), (16, (1, 2, 3)))):
+        model = FakeDarknet(nc=3, img_size=256, scales=scales)
+        loss_fn = ComputeLoss(model, dict(HYP, obj=1.5))
+        p = make_p(model, 2, 256)
+        t = torch.tensor([[0, 1, 0.3, 0.4, 0.2, 0.3], [1, 0, 0.7, 0.6, 0.1, 0.1]])
+        d = loss_fn.details(p, t)
+        bce_sum = sum((nn.functional.softplus(pi[..., 4]) - d["tobj"][i] * pi[..., 4]).sum() for i, pi in enumerate(p))
+        cells32 = 2 * 3 * (256 // 32) ** 2  # images x anchors x stride-32 cells
+        want = 1.5 * (256 / 640) ** 2 * bce_sum / cells32
+        assert d["lobj"].item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_default_objectness_gain_keeps_ultralytics_pull_on_tiny():
+    """obj 1.5 with (32/s)^2 equals ultralytics' rule on yolov3-tiny: gain obj 1.0 x 3/nl = 1.5, balance [4, 1]."""
+    tiny = FakeDarknet(nc=3, img_size=320, scales=((32, (3, 4, 5)), (16, (1, 2, 3))))
+    loss_fn = ComputeLoss(tiny, dict(HYP, obj=1.5))
+    old_rule = [1.0 * 1.5 * (320 / 640) ** 2 * b for b in (1.0, 4.0)]  # layer order: stride 32, then 16
+    assert [loss_fn.gains["obj"] * b for b in loss_fn.balance] == pytest.approx(old_rule)
 
 
 def test_gain_scaling():
@@ -101,7 +125,7 @@ def test_gain_scaling():
     assert ComputeLoss(m80, HYP).gains == pytest.approx({"box": 0.05, "obj": 1.0, "cls": 0.5})
     tiny = FakeDarknet(nc=3, img_size=320, scales=((32, (3, 4, 5)), (16, (1, 2, 3))))
     g = ComputeLoss(tiny, HYP).gains
-    assert g == pytest.approx({"box": 0.05 * 1.5, "obj": 0.25 * 1.5, "cls": 0.5 * 3 / 80 * 1.5})
+    assert g == pytest.approx({"box": 0.05 * 1.5, "obj": 0.25, "cls": 0.5 * 3 / 80 * 1.5})  # obj: size only
     # hyp's img_size wins over the model's; a namespace works as well as a dict; autoscale=False keeps the YAML
     g = ComputeLoss(m80, SimpleNamespace(**HYP, img_size=320)).gains
     assert g["obj"] == pytest.approx(0.25)

@@ -254,6 +254,22 @@ def test_rows_deduplicate_and_select(tmp_path):
     assert [r.name for r in rows][:2] == ["tiny", "big"] and len(rows) == len(ROWS) + 1
 
 
+def test_students_get_the_compact_recipe_and_nobody_else(tmp_path):
+    rows, jobs = table.build_plan(settings("--seeds", "1"), tmp_path)
+    recipe = ["--optimizer", "adam", "--lr0", "0.001", "--grad-clip", "0"]  # params/compact.yaml vs default.yaml
+
+    def has_recipe(argv):
+        return any(argv[i:i + len(recipe)] == recipe for i in range(len(argv)))
+
+    for (jid, _), job in jobs.items():
+        student = any(jid.endswith(stem) for stem in ("yolo-nano", "yolo-nano_leaky", "mobilenetv3-yolo",
+                                                       "mobilenetv3-yolo_leaky"))
+        assert has_recipe(job.argv) == student, jid
+    assert {r.training for r in rows if r.name == "nano"} == {"compact recipe"}
+    _, jobs = table.build_plan(settings("--seeds", "1", "--student-hyp", ""), tmp_path)
+    assert not any(has_recipe(j.argv) for j in jobs.values())
+
+
 def test_reduced_width_yolov3_builds_with_its_heads(tmp_path):
     import torch
 

@@ -25,7 +25,8 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.general import increment_path, init_seeds, select_device
 from utils.my_utils import hyp_from_args, save_args, vars_clean
-from utils.torch_utils import ModelEMA, autocast, build_optimizer, cosine_lr, de_parallel, memory_format
+from utils.torch_utils import (ModelEMA, autocast, build_optimizer, cosine_lr, de_parallel, memory_format,
+                               recompute_bn_stats)
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run stops
 
@@ -433,8 +434,22 @@ class Trainer:
 
         if not self.main or (self.args.notest and epoch != self.epochs - 1):
             return {}
+        if getattr(self.args, "precise_bn", 0):
+            self.recompute_bn_stats(self.eval_model(), self.args.precise_bn)
         return evaluate(self.eval_model(), self.val_loader, half=self.amp, names=self.names,
                         compute_loss=self.compute_loss)
+
+    def recompute_bn_stats(self, model, n_batches):
+        """Precise BN before evaluation (``--precise-bn N``): the evaluated (EMA) model's BN statistics become the
+        mean over the first N training batches of this epoch, under the training autocast; saved with the weights."""
+        def batches():
+            for i, (imgs, *_) in enumerate(self.train_loader):
+                if i == n_batches:
+                    return
+                yield imgs.to(self.device, non_blocking=True).float().div_(255).contiguous(memory_format=self.fmt)
+
+        with autocast(self.device, self.amp):
+            recompute_bn_stats(model, batches())
 
     def end_epoch(self, epoch, losses, metrics, img_per_s, seconds):
         if self.main:

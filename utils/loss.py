@@ -15,17 +15,18 @@ Two departures from the paper, both standard in later YOLOv3 practice and docume
   predicted box and the target, and 0 at every other anchor.
 
 Gains (``box``, ``obj``, ``cls`` from ``params/default.yaml``) are rescaled here, in one place, as the YAML comments
-say (the engine must pass the raw YAML values): ``box *= 3/nl``, ``cls *= nc/80 * 3/nl``,
-``obj *= (img_size/640)^2 * 3/nl`` with ``nl`` the number of YOLO layers. The reference values in the YAML were
-tuned for 80 classes, 3 scales and 640 px; the rescaling keeps their balance for other class counts, scale counts
-and image sizes (the objectness term is a mean over all cells, so its share scales with the number of cells).
+say (the engine must pass the raw YAML values): ``box *= 3/nl``, ``cls *= nc/80 * 3/nl``, ``obj *= (img_size/640)^2``
+with ``nl`` the number of YOLO layers. The box and class references were tuned for 80 classes, 3 scales and 640 px;
+the rescaling keeps their balance for other class counts and scale counts.
 
-The objectness term of each scale is further weighted by a per-scale balance chosen by stride (finest scale first):
-``[4.0, 1.0, 0.4]`` for three scales, ``[4.0, 1.0]`` for two (YOLOv3-tiny's strides 16 and 32), ``[1.0]`` for one
-and ``[4.0, 1.0, 0.25, 0.06, 0.02]`` for more. A finer scale has 4x as many cells, so a mean over its cells
-dilutes each positive 4x; the balance gives those cells back part of that weight. It is assigned by *stride*, not
-by position in the cfg (yolov3.cfg lists its YOLO layers at strides 32, 16, 8).
-
+Objectness weighs every cell of every scale the same: each scale's BCE (a mean over its cells) is multiplied by its
+cell count relative to a stride-32 grid, ``balance = (32 / stride)^2`` (16 at stride 8, 4 at 16, 1 at 32), so the
+term is the BCE summed over all cells divided by the stride-32 cell count, and ``(img_size/640)^2`` keeps it constant
+across image sizes. A positive then pulls equally hard whatever its scale and however many scales the network has.
+The default ``obj: 1.5`` reproduces exactly the pull of ultralytics' rule (``[4.0, 1.0]`` per scale, gain ``3/nl``)
+on yolov3-tiny's strides 16 and 32; the older rule (``[4.0, 1.0, 0.4]`` on strides 8/16/32 with ``3/nl``) gave a
+positive on a three-scale network six times less pull than on tiny, and YOLO Nano, whose shapes targets land on its
+stride-8 head, did not learn objectness at all in 30 epochs (docs/models.md).
 Everything is computed in fp32 with autocast disabled, so the loss may be called inside a bf16/fp16 autocast
 region on raw predictions of any floating dtype.
 """
@@ -38,24 +39,16 @@ REF_IMG_SIZE = 640  # image size the YAML gains refer to
 REF_NC = 80  # class count the YAML class gain refers to
 MAX_WH_LOG = math.log(1e3)  # t_wh is clamped here before exp(): a box at most 1000 anchors wide, never inf
 
-_BALANCE = {1: [1.0], 2: [4.0, 1.0], 3: [4.0, 1.0, 0.4]}
-_BALANCE_MANY = [4.0, 1.0, 0.25, 0.06, 0.02]
+REF_STRIDE = 32  # objectness balance: a scale weighs its cell count relative to this stride's grid
 
 
 def balance_for_strides(strides):
-    """Per-scale objectness weights for YOLO layers of the given strides, returned in the same (layer) order.
+    """Per-scale objectness weights ``(32 / stride)^2`` for YOLO layers of the given strides, in the same order.
 
-    Scales are ranked by stride, finest first, and given ``[4.0, 1.0, 0.4]`` (3 scales), ``[4.0, 1.0]`` (2),
-    ``[1.0]`` (1), or ``[4.0, 1.0, 0.25, 0.06, 0.02]`` (4 and more; beyond 5 the last value repeats).
+    A scale's objectness BCE is a mean over its cells; this weight turns it into a sum over cells divided by the
+    stride-32 cell count, so every cell (and every positive) weighs the same on every scale.
     """
-    n = len(strides)
-    table = _BALANCE.get(n, _BALANCE_MANY)
-    table = table + [table[-1]] * max(0, n - len(table))
-    order = sorted(range(n), key=lambda i: float(strides[i]))  # stable: equal strides keep layer order
-    out = [0.0] * n
-    for rank, i in enumerate(order):
-        out[i] = table[rank]
-    return out
+    return [(REF_STRIDE / float(s)) ** 2 for s in strides]
 
 
 def smooth_bce_targets(eps=0.0):
@@ -139,7 +132,7 @@ class ComputeLoss:
         self.obj_pw = float(_hyp_get(hyp, "obj_pw", 1.0))
         self.cp, self.cn = smooth_bce_targets(float(_hyp_get(hyp, "label_smoothing", 0.0) or 0.0))
 
-        box, obj, cls = (float(_hyp_get(hyp, k, d)) for k, d in (("box", 0.05), ("obj", 1.0), ("cls", 0.5)))
+        box, obj, cls = (float(_hyp_get(hyp, k, d)) for k, d in (("box", 0.05), ("obj", 1.5), ("cls", 0.5)))
         if autoscale:
             img_size = _hyp_get(hyp, "img_size", None) or getattr(m, "img_size", None) or ref_img_size
             if isinstance(img_size, (list, tuple)):
@@ -147,7 +140,7 @@ class ComputeLoss:
             s = 3.0 / self.nl
             box *= s
             cls *= self.nc / REF_NC * s
-            obj *= (float(img_size) / ref_img_size) ** 2 * s
+            obj *= (float(img_size) / ref_img_size) ** 2
         self.gains = {"box": box, "obj": obj, "cls": cls}
 
         if balance is None:

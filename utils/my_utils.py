@@ -80,6 +80,8 @@ def add_optim_args(p):
     flag(g, "--multi-scale", action="store_true", help="vary the image size +-50%% per batch")
     flag(g, "--no-ema", action="store_true", help="evaluate and save the raw weights instead of their EMA")
     flag(g, "--grad-clip", type=float, default=10.0, help="clip the gradient norm (0 disables)")
+    flag(g, "--precise-bn", type=int, default=16,
+         help="before each evaluation, recompute BN statistics over this many training batches (0: keep the running ones)")
     for key in ("box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t", "label_smoothing"):
         flag(g, "--" + key.replace("_", "-"), type=float, default=None, help=HYP_HELP[key])
     return g
