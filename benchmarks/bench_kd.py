@@ -53,6 +53,9 @@ def parse_args(argv=None):
     ap.add_argument("--slim", type=int, default=4, help="width divisor of the fallback student (yolov3-tiny)")
     ap.add_argument("--variants", default="alone,kd1,kd2", help="comma-separated subset of alone,kd1,kd2")
     ap.add_argument("--kd-args", default="", help="extra my_kd.py flags for the distilled runs, one string")
+    ap.add_argument("--student-args", default="",
+                    help="extra flags for every student run, alone and distilled (e.g. params/compact.yaml's "
+                         "\"--optimizer adam --lr0 0.001 --grad-clip 0\")")
     ap.add_argument("--out", default="runs/bench_kd")
     return ap.parse_args(argv)
 
@@ -124,15 +127,17 @@ def main(argv=None):
         print(f"{args.student_cfg} not found: the student is {student.name}")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     kd_extra = args.kd_args.split() if args.kd_args else []
+    student_extra = args.student_args.split()
     pairs2 = two_pairs(student, teacher, args.img_size) if "kd2" in variants else None
     for v in variants:
         weights = out / v / "weights" / "best.pt"
         if v == "alone":
-            cmd = [sys.executable, "train.py", "--cfg", student, "--epochs", args.epochs, *common, "--name", v]
+            cmd = [sys.executable, "train.py", "--cfg", student, "--epochs", args.epochs, *common, "--name", v,
+                   *student_extra]
             pairs = "-"
         else:
             cmd = [sys.executable, "my_kd.py", "--cfg", student, "--teacher-weights", teacher, "--epochs", args.epochs,
-                   *common, "--name", v, *kd_extra]
+                   *common, "--name", v, *student_extra, *kd_extra]
             if v == "kd2":
                 cmd += ["--student-features", *pairs2[0], "--teacher-features", *pairs2[1]]
                 pairs = ", ".join(f"{s}<-{t}" for s, t in zip(*pairs2))
