@@ -327,7 +327,7 @@ class Trainer:
         last_step = nb * epoch - 1
         for i, (imgs, targets, _, _) in enumerate(bar):
             ni = i + nb * epoch
-            imgs = imgs.to(self.device, non_blocking=True).float().div_(255).contiguous(memory_format=self.fmt)
+            imgs = self.to_input(imgs)
             targets = targets.to(self.device)
             if ni <= n_warmup:
                 self._warmup(ni, n_warmup, epoch)
@@ -352,6 +352,10 @@ class Trainer:
             self.optimizer_step()  # do not carry half-accumulated gradients into the next epoch
         means = {k: v / max(count, 1) for k, v in sums.items()}
         return means, n_images * max(self.world, 1) / max(time.time() - t0, 1e-9)
+
+    def to_input(self, imgs):
+        """A loader batch (uint8) as the network's input: on the device, float in [0, 1], the run's memory format."""
+        return imgs.to(self.device, non_blocking=True).float().div_(255).contiguous(memory_format=self.fmt)
 
     def step_loss(self, imgs, targets):
         """Forward pass and every loss term of one batch: returns (total to back-propagate, {term: float})."""
@@ -434,7 +438,7 @@ class Trainer:
 
         if not self.main or (self.args.notest and epoch != self.epochs - 1):
             return {}
-        if getattr(self.args, "precise_bn", 0):
+        if getattr(self.args, "precise_bn", 0):  # absent from the args of runs saved before the flag existed
             self.recompute_bn_stats(self.eval_model(), self.args.precise_bn)
         return evaluate(self.eval_model(), self.val_loader, half=self.amp, names=self.names,
                         compute_loss=self.compute_loss)
@@ -446,7 +450,7 @@ class Trainer:
             for i, (imgs, *_) in enumerate(self.train_loader):
                 if i == n_batches:
                     return
-                yield imgs.to(self.device, non_blocking=True).float().div_(255).contiguous(memory_format=self.fmt)
+                yield self.to_input(imgs)
 
         with autocast(self.device, self.amp):
             recompute_bn_stats(model, batches())
