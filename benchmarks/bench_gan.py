@@ -61,7 +61,7 @@ def bench_kd_argv(args, variants):
             "--variants", ",".join(variants), "--out", args.out]
     for flag_name, value in (("--teacher-weights", args.teacher_weights),
                              ("--nominal-batch-size", args.nominal_batch_size), ("--n-train", args.n_train),
-                             ("--n-val", args.n_val), ("--kd-args", args.kd_args or None)):
+                             ("--n-val", args.n_val), ("--kd-args", args.kd_args or None), ("--data", args.data)):
         if value is not None:
             argv += [flag_name, value]
     return [str(a) for a in argv]
@@ -131,7 +131,7 @@ def main(argv=None):
                      f"{d_acc} |")
         records.append({"run": v, "network": net, "distillation": how, "map50": m["map50"], "map": m["map"], **stats})
     table = "\n".join(lines)
-    setting = (f"shapes {'full' if args.n_train is None else f'{args.n_train}/{args.n_val}'}, {args.img_size} px, "
+    setting = (f"{bench_kd.dataset_name(args)}, {args.img_size} px, "
                f"batch {args.batch_size}, seed {args.seed}, teacher {Path(args.teacher_cfg).name}")
     print(f"\n{setting}\n\n{table}")
     (out / "results_gan.md").write_text(f"{setting}\n\n{table}\n")

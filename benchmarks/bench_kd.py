@@ -1,4 +1,5 @@
-"""Classical distillation (my_kd.py) on the shapes set: a student alone vs distilled with one and two feature pairs.
+"""Classical distillation (my_kd.py) on the shapes set (or any ``--data``): a student alone vs distilled with one and
+two feature pairs.
 
     python benchmarks/bench_kd.py          # full: shapes 1000/200 at 256 px, teacher 60 + students 30 epochs
     python benchmarks/bench_kd.py --n-train 128 --n-val 32 --img-size 96 --nominal-batch-size 16 \
@@ -6,7 +7,7 @@
 
 Steps (each a subprocess of the real entry scripts, so the numbers are what a user gets):
 1. the data: ``data/shapes.data`` (generated on first use), or with ``--n-train/--n-val`` a smaller shapes set
-   written under ``--out``;
+   written under ``--out``, or any ``--data`` file (``data/coco128.data``: train and evaluate on coco128 itself);
 2. the teacher (``--teacher-cfg``, default yolov3-tiny) trained with ``train.py`` (skipped with ``--teacher-weights``);
 3. the student (``--student-cfg``, default YOLO Nano; where ``cfg/yolo-nano.cfg`` does not exist yet, yolov3-tiny
    with every width divided by ``--slim``, written under ``--out``) trained alone with ``train.py``, and distilled
@@ -40,6 +41,8 @@ def add_settings(ap, epochs_help):
     ap.add_argument("--img-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--nominal-batch-size", type=int, default=None, help="default: params/default.yaml's")
+    ap.add_argument("--data", default=None,
+                    help="a .data file (e.g. data/coco128.data); default: the shapes set")
     ap.add_argument("--n-train", type=int, default=None, help="a smaller shapes set: training images")
     ap.add_argument("--n-val", type=int, default=None, help="a smaller shapes set: validation images")
     ap.add_argument("--workers", type=int, default=2)
@@ -84,12 +87,23 @@ def slim_cfg(src, divisor, dst):
 
 
 def data_file(args, out):
+    if args.data:
+        if args.n_train is not None or args.n_val is not None:
+            raise SystemExit("--n-train/--n-val make a smaller shapes set: they do not go with --data")
+        return Path(args.data).resolve()
     if args.n_train is None and args.n_val is None:
         return ROOT / "data" / "shapes.data"
     from utils.shapes import make_shapes
 
     return make_shapes(out / "shapes", n_train=args.n_train or 1000, n_val=args.n_val or 200,
                        img_size=max(args.img_size, 128), seed=0)
+
+
+def dataset_name(args):
+    """How the results name the data: the .data file, or the shapes set and its size."""
+    if args.data:
+        return Path(args.data).name
+    return f"shapes {'full' if args.n_train is None else f'{args.n_train}/{args.n_val}'}"
 
 
 def evaluate(weights, data, args, out, name, log):
@@ -155,7 +169,7 @@ def main(argv=None):
         delta = f"{100 * (m['map50'] - base['map50']):+.1f} pts" if base is not None and v.startswith("kd") else ""
         lines.append(f"| {v} | {net} | {pairs} | {epochs} | {m['map50']:.3f} | {m['map']:.3f} | {delta} |")
     table = "\n".join(lines)
-    setting = (f"shapes {'full' if args.n_train is None else f'{args.n_train}/{args.n_val}'}, {args.img_size} px, "
+    setting = (f"{dataset_name(args)}, {args.img_size} px, "
                f"batch {args.batch_size}, seed {args.seed}, teacher {Path(args.teacher_cfg).name}")
     print(f"\n{setting}\n\n{table}")
     (out / "results.md").write_text(f"{setting}\n\n{table}\n")
