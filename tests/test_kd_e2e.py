@@ -101,3 +101,28 @@ def test_pruned_student_keeps_its_mask(shapes_tiny, tmp_path):
     w = out["model"][name]
     assert torch.count_nonzero(w[~keep]) == 0 and torch.count_nonzero(w[keep]) > 0
     assert "sparsity" in (run_dir / "results.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.slow
+def test_negligible_distillation_trains_the_student_exactly_as_train_py(shapes_tiny, tmp_path):
+    """The control behind every KD benchmark row: with each term weighted 1e-30 (teacher, adaptation layers and all
+    three terms built and computed) my_kd.py gives the student train.py's weights bit for bit, so a KD row differs
+    from the student-alone row by the distillation terms only (not by initialisation, data order or optimiser).
+    Gradient clipping is off: its total norm, summed over the adaptation layers' parameters as well, differs from
+    train.py's in the last bits, and SGD carries that on (3.8e-5 after an epoch)."""
+    torch.manual_seed(1)
+    save_checkpoint(make_checkpoint(Darknet(TINY, nc=6), [str(i) for i in range(6)]), tmp_path / "teacher.pt")
+    common = ["--cfg", STUDENT, "--data", str(shapes_tiny), *FAST, "--epochs", "1", "--deterministic", "--notest",
+              "--precise-bn", "0", "--grad-clip", "0", "--project", str(tmp_path)]
+    alone = train.main([*common, "--name", "alone"])
+    kd = my_kd.main([*common, "--name", "kd", "--teacher-weights", str(tmp_path / "teacher.pt"), "--kd-mu", "1",
+                     "--hint-weight", "1e-30", "--soft-weight", "1e-30", "--bound-weight", "1e-30"])
+    a = load_checkpoint(alone / "weights" / "last.pt")["model"]
+    k = load_checkpoint(kd / "weights" / "last.pt")["model"]
+    assert set(a) == set(k)
+    assert all(torch.equal(a[n], k[n]) for n in a)
+    start = Darknet(STUDENT, img_size=64, nc=6).state_dict()  # and the student did train
+    assert any(not torch.equal(a[n].float(), start[n].float()) for n in a if n in start and a[n].is_floating_point())
+    rows = (kd / "results.csv").read_text().splitlines()
+    header, values = rows[0].split(","), rows[1].split(",")
+    assert 0 < float(values[header.index("train/hint")]) < 1e-20  # the terms were computed, at negligible weight
