@@ -131,8 +131,7 @@ def main(argv=None):
                      f"{d_acc} |")
         records.append({"run": v, "network": net, "distillation": how, "map50": m["map50"], "map": m["map"], **stats})
     table = "\n".join(lines)
-    setting = (f"{bench_kd.dataset_name(args)}, {args.img_size} px, "
-               f"batch {args.batch_size}, seed {args.seed}, teacher {Path(args.teacher_cfg).name}")
+    setting = bench_kd.setting_line(args)
     print(f"\n{setting}\n\n{table}")
     (out / "results_gan.md").write_text(f"{setting}\n\n{table}\n")
     (out / "results_gan.json").write_text(json.dumps({"setting": vars(args), "rows": records}, indent=1))

@@ -99,11 +99,13 @@ def data_file(args, out):
                        img_size=max(args.img_size, 128), seed=0)
 
 
-def dataset_name(args):
-    """How the results name the data: the .data file, or the shapes set and its size."""
-    if args.data:
-        return Path(args.data).name
-    return f"shapes {'full' if args.n_train is None else f'{args.n_train}/{args.n_val}'}"
+def setting_line(args):
+    """The line above a results table: data (the .data file, or the shapes set and its size), size, batch, seed,
+    teacher."""
+    data = Path(args.data).name if args.data else (
+        f"shapes {'full' if args.n_train is None else f'{args.n_train}/{args.n_val}'}")
+    return (f"{data}, {args.img_size} px, batch {args.batch_size}, seed {args.seed}, "
+            f"teacher {Path(args.teacher_cfg).name}")
 
 
 def evaluate(weights, data, args, out, name, log):
@@ -169,8 +171,7 @@ def main(argv=None):
         delta = f"{100 * (m['map50'] - base['map50']):+.1f} pts" if base is not None and v.startswith("kd") else ""
         lines.append(f"| {v} | {net} | {pairs} | {epochs} | {m['map50']:.3f} | {m['map']:.3f} | {delta} |")
     table = "\n".join(lines)
-    setting = (f"{dataset_name(args)}, {args.img_size} px, "
-               f"batch {args.batch_size}, seed {args.seed}, teacher {Path(args.teacher_cfg).name}")
+    setting = setting_line(args)
     print(f"\n{setting}\n\n{table}")
     (out / "results.md").write_text(f"{setting}\n\n{table}\n")
     (out / "results.json").write_text(json.dumps({"setting": vars(args), "seconds": seconds,

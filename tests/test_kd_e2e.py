@@ -121,8 +121,8 @@ def test_negligible_distillation_trains_the_student_exactly_as_train_py(shapes_t
     k = load_checkpoint(kd / "weights" / "last.pt")["model"]
     assert set(a) == set(k)
     assert all(torch.equal(a[n], k[n]) for n in a)
-    start = Darknet(STUDENT, img_size=64, nc=6).state_dict()  # and the student did train
-    assert any(not torch.equal(a[n].float(), start[n].float()) for n in a if n in start and a[n].is_floating_point())
+    # and the student did train: BN running means start at exactly 0 whatever the seed
+    assert any(torch.count_nonzero(a[n]) for n in a if n.endswith("running_mean"))
     rows = (kd / "results.csv").read_text().splitlines()
     header, values = rows[0].split(","), rows[1].split(",")
     assert 0 < float(values[header.index("train/hint")]) < 1e-20  # the terms were computed, at negligible weight
