@@ -267,3 +267,36 @@ def test_adapters_are_trained_by_the_main_optimiser():
     (mod,) = plug.modules()
     assert isinstance(mod, nn.Module) and len(list(mod.parameters())) == 4
     assert plugin(Teacher(tiny()), hint_weight=0.0).check(tiny(), 64).modules() == []
+
+
+def test_anchor_mismatches_name_pairs_beyond_anchor_t_and_vanish_with_fitted_anchors():
+    from utils.anchors import apply_anchors
+    from utils.distill import anchor_mismatches
+
+    nano, tiny = Darknet("cfg/yolo-nano.cfg", img_size=256, nc=6), Darknet("cfg/yolov3-tiny.cfg", img_size=256, nc=6)
+    got = anchor_mismatches(nano, tiny, match_heads(nano, tiny), thr=4.0)
+    # Nano's VOC anchors 145x267 and 180x135 at stride 16 meet tiny's largest stride-16 anchor, 37x58
+    assert [(s, a, t) for s, a, t, _ in got] == [(1, [145.0, 267.0], [37.0, 58.0]), (1, [180.0, 135.0], [37.0, 58.0])]
+    assert [round(r, 2) for *_, r in got] == [round(267 / 58, 2), round(180 / 37, 2)]
+    apply_anchors(nano, [[12, 12], [16, 16], [20, 20], [25, 25], [33, 33], [42, 42], [55, 55], [72, 72], [95, 95]])
+    assert anchor_mismatches(nano, tiny, match_heads(nano, tiny), thr=4.0) == []
+
+
+def test_setup_repairs_heads_after_the_student_anchors_change_and_notes_mismatches():
+    from types import SimpleNamespace
+
+    from utils.anchors import apply_anchors
+
+    nano, teacher = Darknet("cfg/yolo-nano.cfg", img_size=64, nc=6), tiny()
+    plug = plugin(teacher, hint_weight=0.0).check(nano, 64)  # checked first, as my_kd.py does
+    logs = []
+    trainer = SimpleNamespace(model=nano, hyp={"anchor_t": 4.0}, main=True, log=logs.append,
+                              device=torch.device("cpu"), fmt=torch.contiguous_format, args=None)
+    plug.setup(trainer)
+    assert sum("is paired with teacher anchor" in m for m in logs) == 2
+    # what --autoanchor does in the trainer's setup: new anchors; the plug-in must pair the new ones
+    apply_anchors(nano, [[5, 5]] * 3 + [[10, 14]] * 3 + [[81, 82]] * 3)  # strides 8, 16, 32
+    logs.clear()
+    plug.setup(trainer)
+    assert not any("is paired with teacher anchor" in m for m in logs)
+    assert plug.head_pairs[1][1].tolist() == [0, 0, 0]  # stride 16: tiny's 10x14 (its anchor index 0)

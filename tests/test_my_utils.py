@@ -73,7 +73,7 @@ def test_checkpoint_weights_bring_their_own_cfg():
     assert parse_args(train_parser(), ["--weights", "a.weights"]).cfg == "cfg/yolov3-tiny.cfg"
 
 
-def test_compact_recipe_overrides_only_the_optimiser_and_the_clip():
+def test_compact_recipe_overrides_only_the_optimiser_the_clip_and_the_anchors():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -81,5 +81,6 @@ def test_compact_recipe_overrides_only_the_optimiser_and_the_clip():
     compact = parse_args(train_parser(), ["--params", str(root / "params" / "compact.yaml")])
     assert (compact.optimizer, compact.lr0, compact.grad_clip) == ("adam", 0.001, 0.0)
     assert (default.optimizer, default.grad_clip, default.precise_bn) == ("sgd", 10.0, 16)
-    same = {k for k in vars(default) if k not in ("optimizer", "lr0", "grad_clip", "params")}
+    assert (compact.autoanchor, default.autoanchor) == (True, False)
+    same = {k for k in vars(default) if k not in ("optimizer", "lr0", "grad_clip", "autoanchor", "params")}
     assert {k: getattr(compact, k) for k in same} == {k: getattr(default, k) for k in same}

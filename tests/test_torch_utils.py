@@ -53,3 +53,13 @@ def test_eval_output_matches_train_output_on_the_statistics_batch():
 def test_no_batch_norm_is_a_no_op():
     model = nn.Sequential(nn.Conv2d(3, 3, 1))
     assert recompute_bn_stats(model, [torch.randn(1, 3, 4, 4)]) == 0
+
+
+def test_memory_format_choice_overrides_auto():
+    from utils.torch_utils import memory_format
+
+    cpu = torch.device("cpu")
+    assert memory_format(cpu, amp=True) == torch.channels_last
+    assert memory_format(cpu, amp=False) == torch.contiguous_format
+    assert memory_format(cpu, amp=True, choice="contiguous") == torch.contiguous_format
+    assert memory_format(cpu, amp=False, choice="channels_last") == torch.channels_last

@@ -330,6 +330,24 @@ def match_heads(student, teacher):
     return pairs
 
 
+def anchor_mismatches(student, teacher, pairs, thr=4.0):
+    """``(student scale, student anchor, teacher anchor, ratio)`` for each student anchor whose paired teacher anchor
+    (``match_heads``) differs in width or height by a ratio of ``thr`` (the loss's ``anchor_t``) or more: there the
+    two objectness outputs answer for boxes of different sizes, so the soft target misleads."""
+    s_net, t_net = _darknet(student), _darknet(teacher)
+    out = []
+    for i, pair in zip(s_net.yolo_layers, pairs):
+        if pair is None:
+            continue
+        j, amap = pair
+        a_s = s_net.module_list[i].anchors.float().cpu()
+        a_t = t_net.module_list[t_net.yolo_layers[j]].anchors.float().cpu()[amap.cpu()]
+        ratio = (a_s / a_t).log().abs().amax(1).exp()
+        out += [(s_net.yolo_layers.index(i), a_s[k].tolist(), a_t[k].tolist(), float(ratio[k]))
+                for k in range(len(a_s)) if ratio[k] >= thr]
+    return out
+
+
 def soft_target_loss(p_s, p_t, pairs, temperature=1.0, object_weight=1.0, obj_gains=None, cls_gain=1.0):
     """Soft-target loss over every anchor cell (module docstring); returns ``(objectness term, class term)``.
 
@@ -486,6 +504,13 @@ class TeacherPlugin(Plugin):
     def setup(self, trainer):
         if not self.checked:
             self.check(trainer.model, trainer.args.img_size)
+        self.head_pairs = match_heads(trainer.model, self.teacher.model)  # --autoanchor may have refitted them
+        thr = trainer.hyp["anchor_t"]
+        for scale, a_s, a_t, r in anchor_mismatches(trainer.model, self.teacher.model, self.head_pairs, thr):
+            if trainer.main:
+                trainer.log(f"note: student scale {scale} anchor {a_s[0]:.0f}x{a_s[1]:.0f} is paired with teacher anchor "
+                            f"{a_t[0]:.0f}x{a_t[1]:.0f} (ratio {r:.1f} >= anchor_t {thr:g}): their objectness covers "
+                            f"boxes of other sizes; anchors fitted to the data (--autoanchor) on both match better")
         self.teacher.to(trainer.device).to(memory_format=trainer.fmt)
         self.teacher.eval()
         self.adapters.to(trainer.device).to(memory_format=trainer.fmt)
@@ -650,6 +675,7 @@ def run(args, plugin_cls):
 
 
 __all__ = ["Teacher", "load_teacher", "layer_shapes", "stage_feature_pairs", "default_feature_pairs", "check_pairs",
-           "AdaptationLayer", "HintAdapters", "hint_loss", "binary_kl", "match_heads", "soft_target_loss", "regression_params",
+           "AdaptationLayer", "HintAdapters", "hint_loss", "binary_kl", "match_heads", "anchor_mismatches",
+           "soft_target_loss", "regression_params",
            "regression_error", "bounded_regression_loss", "teacher_bounded_loss", "TeacherPlugin", "DistillPlugin",
            "mask_plugin_for", "student_plugins", "run"]

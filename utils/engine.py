@@ -235,7 +235,8 @@ class Trainer:
         init_seeds(args.seed, args.deterministic)
         if self.world > 1:
             self._init_distributed()
-        self.fmt = memory_format(self.device, self.amp)
+        self.check_anchors()
+        self.fmt = memory_format(self.device, self.amp, getattr(args, "memory_format", "auto"))
         self.model.to(self.device).to(memory_format=self.fmt)
         self.model.hyp = self.hyp
         for plugin in self.plugins:
@@ -270,6 +271,20 @@ class Trainer:
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
         self.writer = self._tensorboard()
+
+    def check_anchors(self):
+        """``--autoanchor`` on a fresh network: k-means anchors for this data (``utils.anchors``); else a warning
+        when the cfg's anchors cannot match every target. Networks from ``--weights`` or a resume keep theirs."""
+        from utils import anchors
+
+        if self.resume_ckpt is not None or self.args.weights:
+            return
+        model, log = de_parallel(self.model), (self.log if self.main else (lambda *_: None))
+        size, thr, nc = self.args.img_size, self.hyp["anchor_t"], self.data["classes"]
+        if self.args.autoanchor:
+            anchors.autoanchor(model, self.data["train"], size, thr, nc, self.args.seed, log)
+        elif self.main:
+            anchors.warn_if_poor(model, self.data["train"], size, thr, nc, log)
 
     def _init_distributed(self):
         init_distributed(self.args)

@@ -80,6 +80,10 @@ def add_optim_args(p):
     flag(g, "--multi-scale", action="store_true", help="vary the image size +-50%% per batch")
     flag(g, "--no-ema", action="store_true", help="evaluate and save the raw weights instead of their EMA")
     flag(g, "--grad-clip", type=float, default=10.0, help="clip the gradient norm (0 disables)")
+    flag(g, "--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
+         help="training memory format (auto: channels_last under autocast, contiguous in fp32)")
+    flag(g, "--autoanchor", action="store_true",
+         help="fit the anchors to the training boxes (k-means) before training a fresh network (utils/anchors.py)")
     flag(g, "--precise-bn", type=int, default=16,
          help="before each evaluation, recompute BN statistics over this many training batches (0: keep the running ones)")
     for key in ("box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t", "label_smoothing"):

@@ -21,8 +21,18 @@ def autocast(device, enabled=True):
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-def memory_format(device, amp):
-    """channels_last pays off with autocast on CPU and CUDA; fp32 CPU runs stay contiguous."""
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def memory_format(device, amp, choice="auto"):
+    """The training tensors' memory format: ``--memory-format`` when given, else (``auto``) channels_last with
+    autocast (CPU bf16 and CUDA AMP) and contiguous in fp32.
+
+    ``auto`` is right for the YOLOv3 family; depthwise-heavy nets can differ: on the 2-core AVX-512 CPU of
+    BENCHMARKS.md, YOLO Nano's bf16 step is ~1.4x faster contiguous (yolov3-tiny's ~1.3x slower).
+    """
+    if choice != "auto":
+        return MEMORY_FORMATS[choice]
     return torch.channels_last if amp else torch.contiguous_format
 
 
