@@ -300,3 +300,20 @@ def test_setup_repairs_heads_after_the_student_anchors_change_and_notes_mismatch
     plug.setup(trainer)
     assert not any("is paired with teacher anchor" in m for m in logs)
     assert plug.head_pairs[1][1].tolist() == [0, 0, 0]  # stride 16: tiny's 10x14 (its anchor index 0)
+
+
+def test_class_term_on_object_cells_ignores_what_the_teacher_calls_background():
+    # two cells: the teacher sees an object in cell 0 (objectness logit 20), background in cell 1 (-20)
+    p_t = torch.zeros(1, 1, 1, 2, 7)
+    p_t[0, 0, 0, 0, 4], p_t[0, 0, 0, 1, 4] = 20.0, -20.0
+    p_t[..., 5] = 3.0
+    p_s = torch.zeros_like(p_t)
+    pairs = [(0, torch.tensor([0]))]
+    _, lcls = soft_target_loss(p_s, p_t, pairs, class_cells="objects")
+    kl = binary_kl(torch.zeros(2), torch.tensor([3.0, 0.0])).mean()  # per cell: mean over the two classes
+    assert float(lcls) == pytest.approx(float(kl), rel=1e-5)
+    p_s[0, 0, 0, 1, 5:] = 7.0  # the student's classes at the background cell change: the term does not
+    assert float(soft_target_loss(p_s, p_t, pairs, class_cells="objects")[1]) == pytest.approx(float(lcls), rel=1e-5)
+    assert float(soft_target_loss(p_s, p_t, pairs, class_cells="all")[1]) > 2 * float(lcls)
+    with pytest.raises(UserError, match="--kd-class-cells cells: use all or objects"):
+        soft_target_loss(p_s, p_t, pairs, class_cells="cells")

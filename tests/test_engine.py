@@ -180,3 +180,17 @@ def test_precise_bn_changes_only_the_saved_bn_statistics(shapes_tiny, tmp_path):
         assert torch.equal(v, b["model"][k]) or k.endswith("num_batches_tracked"), f"{k} changed"
     assert any(not torch.allclose(a["model"][k], b["model"][k]) for k in stats)
     assert b["model"][stats[0].replace("running_mean", "num_batches_tracked")].item() == 2
+
+
+@pytest.mark.parametrize("choice, want", [("contiguous", torch.contiguous_format), ("auto", torch.channels_last)])
+def test_memory_format_flag_reaches_the_trainer(shapes_tiny, tmp_path, choice, want):
+    from utils.my_utils import parse_args, train_parser
+
+    args = parse_args(train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path), "--name", choice,
+                                       "--epochs", "1", "--memory-format", choice])
+    args, model, save_dir, resume = engine.prepare(args)
+    trainer = engine.Trainer(args, model, save_dir, resume_ckpt=resume)
+    trainer.setup()
+    assert trainer.fmt == want  # bf16 autocast on the CPU: auto means channels_last
+    w = next(m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert w.is_contiguous(memory_format=want)

@@ -20,7 +20,8 @@ Knowledge Distillation" (NeurIPS), adapted to YOLO's sigmoid outputs. The studen
   (``obj`` gain and per-scale balance), classes like its ``cls`` gain, so ``mu`` mixes comparable quantities
   (Chen et al. eq. 2: ``L_cls = mu L_hard + (1 - mu) L_soft``). The ``mu`` share is applied through the engine's
   ``detection_loss_scale``, which scales the whole detection loss (box, objectness and classes; Chen et al. scale
-  only the classification term).
+  only the classification term). ``--kd-class-cells objects`` weights the class term by the teacher's objectness
+  probability instead (``soft_target_loss``).
 - **Teacher-bounded regression** (Chen et al. eq. 4): on each positive anchor of the student (``build_targets``),
   ``L_b = ||R_s - y||^2  if  ||R_s - y||^2 + m > ||R_t - y||^2,  else 0``, per box, with ``R`` YOLOv3's regression
   parametrisation ``(sigma(t_x), sigma(t_y), log w, log h)`` (grid units; the log makes it independent of the
@@ -348,13 +349,20 @@ def anchor_mismatches(student, teacher, pairs, thr=4.0):
     return out
 
 
-def soft_target_loss(p_s, p_t, pairs, temperature=1.0, object_weight=1.0, obj_gains=None, cls_gain=1.0):
+def soft_target_loss(p_s, p_t, pairs, temperature=1.0, object_weight=1.0, obj_gains=None, cls_gain=1.0,
+                     class_cells="all"):
     """Soft-target loss over every anchor cell (module docstring); returns ``(objectness term, class term)``.
 
     ``p_s``/``p_t``: raw per-scale outputs ``(bs, na, ny, nx, 5 + nc)`` of student and teacher; ``pairs`` from
     ``match_heads``; ``obj_gains`` per student scale (``balance_i * obj gain``; default 1); ``cls_gain`` the class
     gain. Per scale: ``mean over cells of w * KL`` with ``w = 1 + (object_weight - 1) * sigma(z_t,obj)``.
+    ``class_cells="objects"``: the class term is instead the mean of the class KL weighted by the teacher's
+    objectness probability, ``sum(sigma(z_t,obj) * KL) / sum(sigma(z_t,obj))``: YOLO's class outputs are
+    ``p(class | object)``, trained at positives only, so where the teacher sees background they carry nothing to
+    imitate (the weighted mean keeps the term on the scale of the hard class loss, a mean over positives).
     """
+    if class_cells not in ("all", "objects"):
+        raise UserError(f"--kd-class-cells {class_cells}: use all or objects")
     device = p_s[0].device
     lobj = torch.zeros((), device=device)
     lcls = torch.zeros((), device=device)
@@ -373,7 +381,11 @@ def soft_target_loss(p_s, p_t, pairs, temperature=1.0, object_weight=1.0, obj_ga
         lobj = lobj + gain * (w * binary_kl(ps[..., 4], zt_obj, temperature)).mean() * t2
         if ps.shape[-1] > 6:  # one class: objectness says it all (as in the detection loss)
             kl = binary_kl(ps[..., 5:], pt[..., 5:], temperature).mean(-1)
-            lcls = lcls + cls_gain * (w * kl).mean() * t2
+            if class_cells == "objects":
+                p_obj = torch.sigmoid(zt_obj)
+                lcls = lcls + cls_gain * (p_obj * kl).sum() / p_obj.sum().clamp(min=1e-6) * t2
+            else:
+                lcls = lcls + cls_gain * (w * kl).mean() * t2
     return lobj, lcls
 
 
@@ -565,7 +577,7 @@ class DistillPlugin(TeacherPlugin):
 
     def __init__(self, teacher, student_features=None, teacher_features=None, adapt_kernel=1, img_size=416,
                  hint_weight=1.0, soft_weight=1.0, bound_weight=0.5, temperature=1.0, mu=0.7, margin=1e-5,
-                 object_weight=1.0, hint_kind="l2"):
+                 object_weight=1.0, hint_kind="l2", class_cells="all"):
         super().__init__(teacher, student_features, teacher_features, adapt_kernel, img_size,
                          use_features=bool(hint_weight))
         if not 0.0 <= mu <= 1.0:
@@ -583,6 +595,9 @@ class DistillPlugin(TeacherPlugin):
         self.bound_weight = float(bound_weight)
         self.temperature, self.mu, self.margin = float(temperature), float(mu), float(margin)
         self.object_weight, self.hint_kind = float(object_weight), hint_kind
+        if class_cells not in ("all", "objects"):
+            raise UserError(f"--kd-class-cells {class_cells}: use all or objects")
+        self.class_cells = class_cells
 
     @classmethod
     def from_args(cls, args, teacher=None):
@@ -591,7 +606,8 @@ class DistillPlugin(TeacherPlugin):
         return cls(teacher, args.student_features, args.teacher_features, args.adapt_kernel, args.img_size,
                    hint_weight=args.hint_weight, soft_weight=args.soft_weight, bound_weight=args.bound_weight,
                    temperature=args.kd_temperature, mu=args.kd_mu, margin=args.kd_margin,
-                   object_weight=args.kd_object_weight, hint_kind=args.hint_loss)
+                   object_weight=args.kd_object_weight, hint_kind=args.hint_loss,
+                   class_cells=getattr(args, "kd_class_cells", None) or "all")
 
     def detection_loss_scale(self, trainer):
         return self.mu if self.soft_weight > 0 else 1.0
@@ -615,7 +631,7 @@ class DistillPlugin(TeacherPlugin):
             if self.soft_weight:
                 gains = [b * compute_loss.gains["obj"] for b in compute_loss.balance]
                 lobj, lcls = soft_target_loss(outputs, p_t, self.head_pairs, self.temperature, self.object_weight,
-                                              gains, compute_loss.gains["cls"])
+                                              gains, compute_loss.gains["cls"], self.class_cells)
                 terms["soft"] = (1.0 - self.mu) * self.soft_weight * (lobj + lcls)
             if self.bound_weight:
                 build = compute_loss.build_targets(outputs, targets)

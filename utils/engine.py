@@ -281,7 +281,7 @@ class Trainer:
             return
         model, log = de_parallel(self.model), (self.log if self.main else (lambda *_: None))
         size, thr, nc = self.args.img_size, self.hyp["anchor_t"], self.data["classes"]
-        if self.args.autoanchor:
+        if getattr(self.args, "autoanchor", False):
             anchors.autoanchor(model, self.data["train"], size, thr, nc, self.args.seed, log)
         elif self.main:
             anchors.warn_if_poor(model, self.data["train"], size, thr, nc, log)

@@ -294,6 +294,9 @@ def add_kd_args(p):
     flag(g, "--kd-margin", type=float, default=None, help="margin m of the teacher-bounded regression")
     flag(g, "--kd-object-weight", type=float, default=None,
          help="weight of cells the teacher considers objects in the soft loss (background cells weigh 1)")
+    flag(g, "--kd-class-cells", choices=("all", "objects"), default=None,
+         help="cells of the soft class term: all (weighted like objectness) or objects (weighted by the teacher's "
+              "objectness probability)")
     return g
 
 
