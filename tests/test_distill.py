@@ -221,6 +221,7 @@ def test_yaml_defaults_are_the_originals():
     args = kd_args()
     assert args.kd_mu == 0.7 and args.kd_margin == pytest.approx(1e-5) and args.bound_weight == 0.5
     assert args.hint_loss == "l2" and args.adapt_kernel == 1 and args.teacher_features is None
+    assert args.kd_class_cells == "objects"  # ours, not the original's: YOLO's classes are p(class | object)
     assert parse_args(kd_parser(), ["--kd-mu", "0.5"]).kd_mu == 0.5  # a typed flag wins
 
 

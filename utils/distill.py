@@ -20,8 +20,9 @@ Knowledge Distillation" (NeurIPS), adapted to YOLO's sigmoid outputs. The studen
   (``obj`` gain and per-scale balance), classes like its ``cls`` gain, so ``mu`` mixes comparable quantities
   (Chen et al. eq. 2: ``L_cls = mu L_hard + (1 - mu) L_soft``). The ``mu`` share is applied through the engine's
   ``detection_loss_scale``, which scales the whole detection loss (box, objectness and classes; Chen et al. scale
-  only the classification term). ``--kd-class-cells objects`` weights the class term by the teacher's objectness
-  probability instead (``soft_target_loss``).
+  only the classification term). With ``--kd-class-cells objects`` (params/KD.yaml's default) the class term is
+  weighted by the teacher's objectness probability instead (``soft_target_loss``): YOLO's class outputs are
+  ``p(class | object)`` and mean nothing where the teacher sees background; ``all`` is the plain reading above.
 - **Teacher-bounded regression** (Chen et al. eq. 4): on each positive anchor of the student (``build_targets``),
   ``L_b = ||R_s - y||^2  if  ||R_s - y||^2 + m > ||R_t - y||^2,  else 0``, per box, with ``R`` YOLOv3's regression
   parametrisation ``(sigma(t_x), sigma(t_y), log w, log h)`` (grid units; the log makes it independent of the
