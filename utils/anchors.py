@@ -88,11 +88,16 @@ def yolo_anchor_order(model):
     return order + [m for m in range(n) if m not in order], n
 
 
+def anchors_text(anchors):
+    """``(n, 2)`` anchors as a cfg's ``anchors=`` value, rounded to whole pixels (at least 1)."""
+    return ",  ".join(f"{max(1, round(w))},{max(1, round(h))}" for w, h in np.asarray(anchors, np.float64))
+
+
 def set_anchors(cfg_text, anchors, path="cfg"):
     """``cfg_text`` with ``anchors=`` of every ``[yolo]`` replaced by ``anchors`` ``(n, 2)`` (rounded to pixels)."""
     from models import read_sections
 
-    value = ",  ".join(f"{max(1, round(w))},{max(1, round(h))}" for w, h in np.asarray(anchors))
+    value = anchors_text(anchors)
     lines = cfg_text.splitlines()
     for kind, _, keys in read_sections(cfg_text, path):
         if kind == "yolo" and "anchors" in keys:
@@ -151,7 +156,7 @@ def autoanchor(model, train_path, img_size, thr=4.0, nc=None, seed=0, log=print)
         return False
     apply_anchors(model, new_anchors)
     log(f"autoanchor: k-means anchors: {describe_fit(new)}; used (and saved in the run's cfg): "
-        + ",  ".join(f"{int(w)},{int(h)}" for w, h in new_anchors))
+        + anchors_text(new_anchors))
     return True
 
 
@@ -183,7 +188,7 @@ def main(argv=None):
     print(f"{args.cfg}: {describe_fit(anchor_fit(wh, model_anchors(model), args.anchor_t))}")
     anchors = fitted_anchors(model, wh, args.seed)
     print(f"k-means: {describe_fit(anchor_fit(wh, anchors, args.anchor_t))}")
-    print("anchors=" + ",  ".join(f"{int(w)},{int(h)}" for w, h in anchors))
+    print("anchors=" + anchors_text(anchors))
     if args.out:
         Path(args.out).write_text(set_anchors(Path(args.cfg).read_text(), anchors, args.cfg))
         print(f"written {args.out}")

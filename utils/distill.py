@@ -332,21 +332,29 @@ def match_heads(student, teacher):
     return pairs
 
 
+CLASS_CELLS = ("all", "objects")  # --kd-class-cells
+
+
+def check_class_cells(class_cells):
+    if class_cells not in CLASS_CELLS:
+        raise UserError(f"--kd-class-cells {class_cells}: use {' or '.join(CLASS_CELLS)}")
+    return class_cells
+
+
 def anchor_mismatches(student, teacher, pairs, thr=4.0):
     """``(student scale, student anchor, teacher anchor, ratio)`` for each student anchor whose paired teacher anchor
     (``match_heads``) differs in width or height by a ratio of ``thr`` (the loss's ``anchor_t``) or more: there the
     two objectness outputs answer for boxes of different sizes, so the soft target misleads."""
     s_net, t_net = _darknet(student), _darknet(teacher)
     out = []
-    for i, pair in zip(s_net.yolo_layers, pairs):
+    for scale, (i, pair) in enumerate(zip(s_net.yolo_layers, pairs)):
         if pair is None:
             continue
         j, amap = pair
         a_s = s_net.module_list[i].anchors.float().cpu()
         a_t = t_net.module_list[t_net.yolo_layers[j]].anchors.float().cpu()[amap.cpu()]
         ratio = (a_s / a_t).log().abs().amax(1).exp()
-        out += [(s_net.yolo_layers.index(i), a_s[k].tolist(), a_t[k].tolist(), float(ratio[k]))
-                for k in range(len(a_s)) if ratio[k] >= thr]
+        out += [(scale, a_s[k].tolist(), a_t[k].tolist(), float(ratio[k])) for k in range(len(a_s)) if ratio[k] >= thr]
     return out
 
 
@@ -362,8 +370,7 @@ def soft_target_loss(p_s, p_t, pairs, temperature=1.0, object_weight=1.0, obj_ga
     ``p(class | object)``, trained at positives only, so where the teacher sees background they carry nothing to
     imitate (the weighted mean keeps the term on the scale of the hard class loss, a mean over positives).
     """
-    if class_cells not in ("all", "objects"):
-        raise UserError(f"--kd-class-cells {class_cells}: use all or objects")
+    check_class_cells(class_cells)
     device = p_s[0].device
     lobj = torch.zeros((), device=device)
     lcls = torch.zeros((), device=device)
@@ -519,11 +526,11 @@ class TeacherPlugin(Plugin):
             self.check(trainer.model, trainer.args.img_size)
         self.head_pairs = match_heads(trainer.model, self.teacher.model)  # --autoanchor may have refitted them
         thr = trainer.hyp["anchor_t"]
-        for scale, a_s, a_t, r in anchor_mismatches(trainer.model, self.teacher.model, self.head_pairs, thr):
-            if trainer.main:
-                trainer.log(f"note: student scale {scale} anchor {a_s[0]:.0f}x{a_s[1]:.0f} is paired with teacher anchor "
-                            f"{a_t[0]:.0f}x{a_t[1]:.0f} (ratio {r:.1f} >= anchor_t {thr:g}): their objectness covers "
-                            f"boxes of other sizes; anchors fitted to the data (--autoanchor) on both match better")
+        mismatches = anchor_mismatches(trainer.model, self.teacher.model, self.head_pairs, thr) if trainer.main else []
+        for scale, a_s, a_t, r in mismatches:
+            trainer.log(f"note: student scale {scale} anchor {a_s[0]:.0f}x{a_s[1]:.0f} is paired with teacher anchor "
+                        f"{a_t[0]:.0f}x{a_t[1]:.0f} (ratio {r:.1f} >= anchor_t {thr:g}): their objectness covers "
+                        f"boxes of other sizes; anchors fitted to the data (--autoanchor) on both match better")
         self.teacher.to(trainer.device).to(memory_format=trainer.fmt)
         self.teacher.eval()
         self.adapters.to(trainer.device).to(memory_format=trainer.fmt)
@@ -596,9 +603,7 @@ class DistillPlugin(TeacherPlugin):
         self.bound_weight = float(bound_weight)
         self.temperature, self.mu, self.margin = float(temperature), float(mu), float(margin)
         self.object_weight, self.hint_kind = float(object_weight), hint_kind
-        if class_cells not in ("all", "objects"):
-            raise UserError(f"--kd-class-cells {class_cells}: use all or objects")
-        self.class_cells = class_cells
+        self.class_cells = check_class_cells(class_cells)
 
     @classmethod
     def from_args(cls, args, teacher=None):
@@ -608,6 +613,7 @@ class DistillPlugin(TeacherPlugin):
                    hint_weight=args.hint_weight, soft_weight=args.soft_weight, bound_weight=args.bound_weight,
                    temperature=args.kd_temperature, mu=args.kd_mu, margin=args.kd_margin,
                    object_weight=args.kd_object_weight, hint_kind=args.hint_loss,
+                   # runs saved before --kd-class-cells existed resume with the term they trained with
                    class_cells=getattr(args, "kd_class_cells", None) or "all")
 
     def detection_loss_scale(self, trainer):
