@@ -1,12 +1,13 @@
-"""Inference speed on this machine: ms/image for yolov3-tiny and yolov3, fp32 vs bf16 + channels_last, and the
-wall time of a full ``test.py`` run on the shapes validation set.
+"""Inference speed on this machine: ms/image for yolov3-tiny and yolov3, fp32 vs low precision + channels_last
+(bf16 on CPU, fp16 on CUDA), and the wall time of a full ``test.py`` run on the shapes validation set.
 
     python benchmarks/bench_inference.py                      # everything (a few minutes on 2 CPU cores)
     python benchmarks/bench_inference.py --cfgs cfg/yolov3-tiny.cfg --batch-sizes 1 --no-test
     python benchmarks/bench_inference.py --test-weights runs/train/exp/weights/best.pt
+    python benchmarks/bench_inference.py --device 0 --batch-sizes 1 32   # a GPU: fp32 vs fp16 autocast
 
 Forward passes run under ``torch.inference_mode()`` on random weights (speed does not depend on them); NMS is
-not included in the model figures. The test.py figure uses ``--test-weights`` when given (a trained model
+not included in the model figures. On CUDA each timed forward ends with ``torch.cuda.synchronize()``. The test.py figure uses ``--test-weights`` when given (a trained model
 keeps fewer boxes, so NMS and pycocotools cost less), else a randomly initialised yolov3-tiny checkpoint.
 Prints a markdown table (and ``--json`` writes the figures).
 """
@@ -26,26 +27,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def time_forward(model, bs, img_size, bf16, min_iters=3, min_seconds=3.0, warmup=1):
+def time_forward(model, bs, img_size, low, min_iters=3, min_seconds=3.0, warmup=1):
     """``(best, median, iterations)``: milliseconds per image of ``model(x)`` for a ``(bs, 3, img_size,
-    img_size)`` batch. On a shared machine the best time is the figure least disturbed by other processes."""
-    x = torch.rand(bs, 3, img_size, img_size)
-    if bf16:
+    img_size)`` batch on the model's device; ``low``: autocast (bf16 on CPU, fp16 on CUDA) with channels_last.
+    On a shared machine the best time is the figure least disturbed by other processes."""
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    x = torch.rand(bs, 3, img_size, img_size, device=device)
+    if low:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     else:
         model = model.to(memory_format=torch.contiguous_format)
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else (lambda: _null())
+    dtype = torch.float16 if cuda else torch.bfloat16
+    ctx = (lambda: torch.autocast(device.type, dtype=dtype)) if low else (lambda: _null())
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     with torch.inference_mode():
-        for _ in range(warmup):
+        for _ in range(warmup + (10 if cuda else 0)):  # CUDA: cuDNN picks its algorithms in the first calls
             with ctx():
                 model(x)
+        sync()
         times = []
         t_end = time.perf_counter() + min_seconds
         while len(times) < min_iters or time.perf_counter() < t_end:
             t0 = time.perf_counter()
             with ctx():
                 model(x)
+            sync()
             times.append(time.perf_counter() - t0)
     times.sort()
     return 1000 * times[0] / bs, 1000 * times[len(times) // 2] / bs, len(times)
@@ -59,17 +67,17 @@ class _null:
         return False
 
 
-def bench_models(cfgs, batch_sizes, img_size):
+def bench_models(cfgs, batch_sizes, img_size, device):
     from models import Darknet
 
     rows = []
+    low_name = "fp16+channels_last" if device.type == "cuda" else "bf16+channels_last"
     for cfg in cfgs:
-        model = Darknet(str(ROOT / cfg) if not Path(cfg).is_file() else cfg, img_size=img_size).eval()
+        model = Darknet(str(ROOT / cfg) if not Path(cfg).is_file() else cfg, img_size=img_size).eval().to(device)
         for bs in batch_sizes:
-            for bf16 in (False, True):
-                ms, med, n = time_forward(model, bs, img_size, bf16)
-                row = {"cfg": Path(cfg).name, "img_size": img_size, "batch": bs,
-                       "mode": "bf16+channels_last" if bf16 else "fp32", "ms_per_image": round(ms, 2),
+            for low in (False, True):
+                ms, med, n = time_forward(model, bs, img_size, low)
+                row = {"cfg": Path(cfg).name, "img_size": img_size, "batch": bs, "mode": low_name if low else "fp32", "ms_per_image": round(ms, 2),
                        "ms_median": round(med, 2), "img_per_s": round(1000 / ms, 2), "iterations": n}
                 rows.append(row)
                 print(f"{row['cfg']:>18} {img_size} bs={bs:<3} {row['mode']:>19}: {ms:8.1f} ms/img best, "
@@ -77,7 +85,7 @@ def bench_models(cfgs, batch_sizes, img_size):
     return rows
 
 
-def bench_test_py(weights, data, img_size, batch_size, half):
+def bench_test_py(weights, data, img_size, batch_size, half, device_arg):
     """Wall time of ``python test.py`` on the shapes validation set (a fresh process, as a user runs it)."""
     with tempfile.TemporaryDirectory() as tmp:
         if not weights:
@@ -96,6 +104,7 @@ def bench_test_py(weights, data, img_size, batch_size, half):
                "--img-size", str(img_size), "--batch-size", str(batch_size), "--project", tmp, "--name", "bench"]
         if half:
             cmd.append("--half")
+        cmd += ["--device", device_arg] if device_arg else []
         t0 = time.perf_counter()
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -123,20 +132,25 @@ def main():
     p.add_argument("--test-weights", default=None)
     p.add_argument("--test-img-size", type=int, default=256)
     p.add_argument("--test-batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="cpu (default), 0, cuda:1 ...")
     p.add_argument("--json", default=None, help="write the figures to this file")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from utils.general import select_device
+
+    device = select_device(args.device)
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cpus, torch {torch.__version__}, {torch.get_num_threads()} threads"}
+            f"{os.cpu_count()} cpus{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"}
     print(info["machine"])
     out = {"info": info, "models": [], "test_py": []}
     if not args.no_models:
-        out["models"] = bench_models(args.cfgs, args.batch_sizes, args.img_size)
+        out["models"] = bench_models(args.cfgs, args.batch_sizes, args.img_size, device)
     if not args.no_test:
         for half in (False, True):
             out["test_py"].append(bench_test_py(args.test_weights, args.test_data, args.test_img_size,
-                                                args.test_batch_size, half))
+                                                args.test_batch_size, half, args.device))
     print("\n| model | size | batch | precision | ms/image (best) | ms/image (median) | img/s (best) |\n"
           "|---|---|---|---|---|---|---|")
     for r in out["models"]:

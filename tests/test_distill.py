@@ -247,7 +247,7 @@ def test_distillation_epoch_keeps_the_teacher_in_eval_mode_with_its_bn_statistic
     for k, v in teacher.state_dict().items():
         assert torch.equal(v.cpu(), before[k]), f"teacher {k} changed"
     assert all(p.grad is None for p in teacher.parameters())
-    assert any(not torch.equal(a, b.detach()) for a, b in zip(adapters_before, kd.adapters.parameters()))
+    assert any(not torch.equal(a, b.detach().cpu()) for a, b in zip(adapters_before, kd.adapters.parameters()))
     header = (save_dir / "results.csv").read_text().splitlines()[0].split(",")
     assert {"train/hint", "train/soft", "train/bound"} <= set(header)
     # adaptation layers: in last.pt's plug-in state (resume), never in the exported weights
