@@ -18,7 +18,7 @@ one more ``Strategy`` subclass in ``STRATEGIES``.
 """
 from utils.errors import UserError, cli
 from utils.general import ROOT
-from utils.my_utils import parse_args, prune_parser
+from utils.my_utils import parse_args, prune_parser, resume_args, typed_dests
 import utils.cs  # noqa: F401  (registers STRATEGIES["cs"])
 from utils.pruning import STRATEGIES, PruneRun
 
@@ -34,7 +34,7 @@ def main(argv=None):
     first, _ = parser.parse_known_args(argv)
     if first.resume:
         run = PruneRun.find(first.resume, first.project)
-        args = run.load_args()
+        args = resume_args(run.load_args(), first, typed_dests(parser, argv))
     else:
         method = method_of(first)
         if method is None:

@@ -58,7 +58,7 @@ class CountHooks(engine.Plugin):
         return {"steps": self.steps}
 
 
-def test_resume_is_exact(shapes_tiny, tmp_path):
+def test_resume_is_exact(shapes_tiny, tmp_path, capsys):
     common = ["--epochs", "2", "--deterministic", "--seed", "3"]
     whole = run_train(shapes_tiny, tmp_path, "whole", *common)
     # the same run, killed before its second epoch, then resumed from its folder
@@ -68,8 +68,10 @@ def test_resume_is_exact(shapes_tiny, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         engine.Trainer(args, model, save_dir, plugins=[StopAt(1)]).fit()
     assert load_checkpoint(save_dir / "weights" / "last.pt")["epoch"] == 0
-    resumed = train.main(["--resume", str(save_dir)])
+    capsys.readouterr()
+    resumed = train.main(["--resume", str(save_dir), "--epochs", "5", "--workers", "0"])  # --epochs: ignored, said
     assert resumed == save_dir
+    assert "ignored: --epochs 5 (the run has 2)" in capsys.readouterr().out
     a = load_checkpoint(whole / "weights" / "last.pt")
     b = load_checkpoint(save_dir / "weights" / "last.pt")
     assert a["epoch"] == b["epoch"] == 1

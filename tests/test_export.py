@@ -102,6 +102,57 @@ def test_sparse_encoding_edge_cases():
     assert "masks" not in back
 
 
+def int_bits(t):
+    t = t.contiguous().reshape(-1)
+    return t.view(torch.int32) if t.dtype == torch.float32 else t
+
+
+def test_compact_checkpoint_round_trip_and_size(tmp_path):
+    """A pruned best.pt stores no zeros: model bit for bit, masks in their order, θ_k of the survivors."""
+    model, masks = pruned_tiny(nc=6, sparsity=0.9)
+    masks = dict(reversed(list(masks.items())))  # an order that is not the state dict's
+    torch.manual_seed(1)
+    theta = {k: torch.randn_like(v) if v.is_floating_point() else v.clone() for k, v in model.state_dict().items()}
+    ckpt = make_checkpoint(model, [str(i) for i in range(6)])
+    ckpt.update(masks=masks, rewind={"model": theta, "epoch": 1, "step": 7})
+    save_checkpoint(ckpt, tmp_path / "plain.pt")
+    compact = sparse.compact_checkpoint(ckpt)
+    assert sparse.is_compact(compact) and "masks" not in compact and not sparse.is_compact(ckpt)
+    save_checkpoint(compact, tmp_path / "best.pt")
+    plain_bytes, compact_bytes = (tmp_path / "plain.pt").stat().st_size, (tmp_path / "best.pt").stat().st_size
+    assert compact_bytes < 0.2 * plain_bytes, (compact_bytes, plain_bytes)  # was model + rewind + masks
+    back = load_checkpoint(tmp_path / "best.pt")
+    assert list(back["model"]) == list(ckpt["model"])
+    assert all(torch.equal(int_bits(back["model"][k]), int_bits(v)) for k, v in ckpt["model"].items())
+    assert list(back["masks"]) == list(masks) and all(torch.equal(back["masks"][k], m) for k, m in masks.items())
+    assert {k: v for k, v in back["rewind"].items() if k != "model"} == {"epoch": 1, "step": 7}
+    for k, v in theta.items():
+        b = back["rewind"]["model"][k]
+        if k in masks:
+            assert torch.equal(b[masks[k]], v[masks[k]]) and torch.equal(int_bits(b[~masks[k]]),
+                                                                          torch.zeros_like(int_bits(b[~masks[k]])))
+        else:
+            assert torch.equal(int_bits(b), int_bits(v))
+    loaded, _ = load_model(tmp_path / "best.pt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_compact_checkpoint_leaves_other_checkpoints_alone(tmp_path):
+    model, masks = pruned_tiny(nc=6, sparsity=0.5)
+    ckpt = make_checkpoint(model, [str(i) for i in range(6)])
+    assert sparse.compact_checkpoint(ckpt) is ckpt  # dense: no masks
+    with_state = dict(ckpt, masks=masks, train_state={"model": ckpt["model"]})
+    assert sparse.compact_checkpoint(with_state) is with_state  # last.pt: resume needs every byte
+    name = next(iter(masks))
+    live = dict(ckpt, masks=masks, model=dict(ckpt["model"], **{name: ckpt["model"][name] + 1.0}))
+    assert sparse.compact_checkpoint(live) is live  # a pruned weight that is not +0.0: the mask is not its pattern
+    compact = sparse.compact_checkpoint(dict(ckpt, masks=masks))
+    compact["model"]["tensors"][name]["values"][0] += 1.0
+    save_checkpoint(compact, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match=r"bad.pt: corrupt checkpoint \(checksum mismatch\)"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
 def test_summary_reports_file_and_sparse_bytes(shapes_ckpt, tmp_path):
     path = tmp_path / "pruned.sparse.pt"
     ref, ckpt = load_model(shapes_ckpt)

@@ -82,5 +82,33 @@ def test_compact_recipe_overrides_only_the_optimiser_the_clip_and_the_anchors():
     assert (compact.optimizer, compact.lr0, compact.grad_clip) == ("adam", 0.001, 0.0)
     assert (default.optimizer, default.grad_clip, default.precise_bn) == ("sgd", 10.0, 16)
     assert (compact.autoanchor, default.autoanchor) == (True, False)
-    same = {k for k in vars(default) if k not in ("optimizer", "lr0", "grad_clip", "autoanchor", "params")}
+    same = {k for k in vars(default) if k not in ("optimizer", "lr0", "grad_clip", "autoanchor", "params", "_typed")}
     assert {k: getattr(compact, k) for k in same} == {k: getattr(default, k) for k in same}
+
+
+def test_resume_takes_device_and_workers_and_names_other_typed_flags():
+    import argparse
+
+    from utils.my_utils import resume_args
+
+    saved = argparse.Namespace(epochs=30, lr0=0.01, device="", workers=8, resume="runs/x/weights/last.pt")
+    current = parse_args(train_parser(), ["--resume", "--epochs", "50", "--lr0", "0.01", "--device", "cpu",
+                                          "--workers", "0"])
+    assert current._typed == ["device", "epochs", "lr0", "resume", "workers"]
+    notes = []
+    args = resume_args(saved, current, current._typed, log=notes.append)
+    assert (args.epochs, args.lr0, args.device, args.workers) == (30, 0.01, "cpu", 0)
+    assert notes == ["note: --resume continues the run as it was configured; ignored: --epochs 50 (the run has 30)"]
+    resume_args(saved, current, ["lr0"], log=notes.append)  # typed but equal to the run's value: nothing to say
+    assert len(notes) == 1
+
+
+def test_typed_flags_stay_out_of_args_yaml(tmp_path):
+    import yaml
+
+    from utils.my_utils import save_args
+
+    args = parse_args(train_parser(), ["--epochs", "3"])
+    save_args(args, tmp_path / "args.yaml")
+    saved = yaml.safe_load((tmp_path / "args.yaml").read_text())
+    assert saved["epochs"] == 3 and not any(k.startswith("_") for k in saved)

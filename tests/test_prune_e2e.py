@@ -12,7 +12,7 @@ import torch
 
 import prune
 import test
-from utils import pruning
+from utils import pruning, sparse
 from utils.checkpoint import load_checkpoint
 from utils.pruning import LotteryTicket, Masks, PruneRun, expected_alive, magnitude_prune
 
@@ -74,11 +74,23 @@ def test_checkpoints_hold_masks_rewind_and_exact_zeros(reference):
         ckpt = load_checkpoint(reference / f"round_{r}/weights/{name}")
         masks = Masks.from_state_dict(ckpt["masks"])
         for k, v in ckpt["rewind"]["model"].items():  # the same θ_k in every round (no drift)
-            assert torch.equal(v, rewind0["model"][k])
+            if name == "best.pt" and k in masks:  # best.pt keeps θ_k of the survivors only (pruned: +0.0)
+                m = masks[k]
+                assert torch.equal(v[m], rewind0["model"][k][m]) and not v[~m].any()
+            else:
+                assert torch.equal(v, rewind0["model"][k])
         states = [ckpt["model"]] + ([ckpt["train_state"]["model"]] if name == "last.pt" else [])
         for state in states:
             for k, m in masks.items():
                 assert not state[k][~m].any(), f"round {r} {name}: pruned weights of {k} are not zero"
+
+def test_pruned_best_pt_stores_no_zeros(reference):
+    """The file shrinks: round 3's best.pt (48.8% sparse) holds its weights and θ_k as bitmask + survivors."""
+    best3, best0 = reference / "round_3/weights/best.pt", reference / "round_0/weights/best.pt"
+    assert sparse.is_compact(torch.load(best3, weights_only=True))
+    assert not sparse.is_compact(torch.load(best0, weights_only=True))  # dense round: nothing to leave out
+    assert best3.stat().st_size < 0.65 * best0.stat().st_size  # dense model + θ_k; before: 1.13x, now ~0.56x
+
 
 def test_round_2_prunes_round_1_weights_and_rewinds_bit_for_bit(reference):
     run = PruneRun(reference)

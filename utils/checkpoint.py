@@ -63,6 +63,8 @@ def load_checkpoint(path, map_location="cpu"):
 
     if sparse.is_export(ckpt):  # export.py --include sparse: decode it to a plain checkpoint dict
         ckpt = sparse.decode(ckpt, path)
+    elif sparse.is_compact(ckpt):  # a pruned network's best.pt: zeros not stored
+        ckpt = sparse.expand_checkpoint(ckpt, path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "cfg" not in ckpt:
         raise UserError(f"{path}: not a yolo-compression checkpoint (no 'model' and 'cfg' entries)")
     return ckpt

@@ -21,10 +21,11 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
+from utils import sparse
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.general import increment_path, init_seeds, select_device
-from utils.my_utils import hyp_from_args, save_args, vars_clean
+from utils.my_utils import hyp_from_args, resume_args, save_args, vars_clean
 from utils.torch_utils import (ModelEMA, autocast, build_optimizer, cosine_lr, de_parallel, memory_format,
                                recompute_bn_stats)
 
@@ -145,6 +146,8 @@ def load_for_resume(args):
         raise UserError(f"{path}: holds no training state (only last.pt can be resumed)")
     saved = argparse.Namespace(**ckpt["args"])
     saved.resume, saved.weights = str(path), ""
+    main = int(os.environ.get("RANK", 0)) <= 0
+    saved = resume_args(saved, args, getattr(args, "_typed", ()), log=print if main else (lambda *a: None))
     return saved, ckpt, path.parent.parent
 
 
@@ -547,7 +550,8 @@ class Trainer:
     def save(self, epoch, metrics, best):
         save_checkpoint(self.checkpoint(epoch, train_state=True), self.wdir / "last.pt")
         if best:
-            save_checkpoint(self.checkpoint(epoch, train_state=False), self.wdir / "best.pt")
+            best_ckpt = sparse.compact_checkpoint(self.checkpoint(epoch, train_state=False))  # pruned: zeros not stored
+            save_checkpoint(best_ckpt, self.wdir / "best.pt")
 
     def _restore(self, ckpt):
         """Continue exactly where ``last.pt`` stopped."""

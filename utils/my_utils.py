@@ -181,7 +181,7 @@ def load_params(path, _seen=None):
 def parse_args(parser, argv=None):
     """Parse ``argv`` with precedence defaults < params/default.yaml < --params YAML < typed flags."""
     args = parser.parse_args(argv)
-    typed = _typed_dests(parser, argv)
+    typed = typed_dests(parser, argv)
     actions = {a.dest: a for a in parser._actions}
     layers = load_params(DEFAULT_PARAMS)
     if args.params and Path(args.params).resolve() != DEFAULT_PARAMS.resolve():
@@ -194,7 +194,27 @@ def parse_args(parser, argv=None):
             setattr(args, key, yaml_value(actions[key], value, source))
     if str(getattr(args, "weights", "") or "").endswith(".pt") and "cfg" not in typed:
         args.cfg = None  # a checkpoint carries its own cfg; the YAML's cfg is for runs from scratch
+    args._typed = sorted(typed)  # for --resume (resume_args); vars_clean leaves it out of args.yaml
     return args
+
+
+RESUME_FLAGS = ("device", "workers")  # what a resumed run takes from the command line: where it runs, not what
+
+
+def resume_args(saved, current, typed, log=print):
+    """The arguments of a run being resumed: ``saved`` (its args.yaml / checkpoint), with the ``RESUME_FLAGS``
+    typed on this command line (``current``, ``typed``: their dests). Any other typed flag whose value differs from
+    the saved one is ignored, and a note names it: a resumed run continues as it was configured (exact resume)."""
+    ignored = []
+    for key in sorted(set(typed) - {"resume", "project", "params"}):
+        value, before = getattr(current, key, None), getattr(saved, key, None)
+        if key in RESUME_FLAGS:
+            setattr(saved, key, value)
+        elif value != before:
+            ignored.append(f"--{key.replace('_', '-')} {value} (the run has {before})")
+    if ignored:
+        log(f"note: --resume continues the run as it was configured; ignored: {', '.join(ignored)}")
+    return saved
 
 
 def yaml_value(action, value, source):
@@ -209,7 +229,7 @@ def yaml_value(action, value, source):
     return value
 
 
-def _typed_dests(parser, argv):
+def typed_dests(parser, argv):
     """The dests of the options present in ``argv`` (the command line), whatever their spelling."""
     import sys
 
@@ -232,7 +252,8 @@ def vars_clean(args):
     """``vars(args)`` with paths as strings, safe for YAML and ``torch.load(weights_only=True)``."""
     out = {}
     for k, v in vars(args).items():
-        out[k] = str(v) if isinstance(v, Path) else v
+        if not k.startswith("_"):
+            out[k] = str(v) if isinstance(v, Path) else v
     return out
 
 

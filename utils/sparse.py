@@ -223,6 +223,19 @@ def _decode_tensor(name, e):
     return out.view(shape), (torch.from_numpy(pattern.copy()).view(shape) if e.get("mask") else None)
 
 
+def _decode_tensors(obj):
+    """``(state, masks)`` of the ``tensors`` entry of ``obj`` after checking its ``crc32``; errors as in decode."""
+    tensors = obj["tensors"]
+    if _crc(tensors) != obj["crc32"]:
+        raise ValueError("checksum mismatch")
+    state, masks = {}, {}
+    for name, entry in tensors.items():
+        state[name], mask = _decode_tensor(name, entry)
+        if mask is not None:
+            masks[name] = mask
+    return state, masks
+
+
 def decode(obj, path="<sparse export>"):
     """A sparse export dict -> a checkpoint dict (``cfg``, ``nc``, ``names``, ``img_size``, ``model`` fp32 state,
     ``masks`` when the source had them, ``epoch``, ``best_fitness``, ``sparse_export``). Problems are ``UserError``."""
@@ -233,14 +246,7 @@ def decode(obj, path="<sparse export>"):
                         f"{'is newer than this toolkit reads' if newer else 'is not supported'} "
                         f"(this toolkit reads version {FORMAT_VERSION})")
     try:
-        tensors = obj["tensors"]
-        if _crc(tensors) != obj["crc32"]:
-            raise ValueError("checksum mismatch")
-        state, masks = {}, {}
-        for name, entry in tensors.items():
-            state[name], mask = _decode_tensor(name, entry)
-            if mask is not None:
-                masks[name] = mask
+        state, masks = _decode_tensors(obj)
         if not isinstance(obj["cfg"], str):
             raise ValueError("no cfg text")
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, zlib.error) as e:
@@ -263,6 +269,72 @@ def load_export(path):
     if "sparse_export" not in ckpt:
         raise UserError(f"{path}: a checkpoint, not a sparse export")
     return ckpt
+
+
+# ------------------------------------------------------------------------------------------ compact checkpoints
+COMPACT = "sparse_state"  # the key that marks a state dict stored as bitmask entries inside a checkpoint
+
+
+def _compact_state(state, masks):
+    """``state`` as bitmask entries over ``masks`` (the tensors export uses), or None where some masked tensor has a
+    pruned entry that is not +0.0 (the mask would then not be its pattern)."""
+    tensors = {k: _encode_tensor(v, masks.get(k), False)[0] for k, v in state.items()}
+    if not all(tensors.get(k, {}).get("mask") for k in masks):
+        return None
+    return {COMPACT: FORMAT_VERSION, "tensors": tensors, "crc32": _crc(tensors), "mask_names": list(masks)}
+
+
+def compact_checkpoint(ckpt):
+    """A pruned network's checkpoint without the bytes of its zeros (what the engine writes as best.pt).
+
+    ``model`` becomes bitmask entries over the pruning mask (lossless: its pruned weights are +0.0), and the mask
+    comes back from them, so the ``masks`` entry is dropped. ``rewind['model']`` keeps θ_k of the surviving weights
+    only; its pruned entries load as +0.0. That loses nothing: a rewind always masks them again
+    (``utils.pruning.rewind``) with a mask inside this one, because pruned weights stay pruned. A checkpoint
+    without masks, with a ``train_state`` (last.pt: resume needs every byte), or whose pruned weights are not
+    +0.0 is returned unchanged. ``utils.checkpoint.load_checkpoint`` expands it (``expand_checkpoint``)."""
+    masks = ckpt.get("masks") or {}
+    if not masks or "train_state" in ckpt or is_compact(ckpt):
+        return ckpt
+    model = _compact_state(ckpt["model"], masks)
+    if model is None:
+        return ckpt
+    out = {k: v for k, v in ckpt.items() if k != "masks"}
+    out["model"] = model
+    if isinstance(ckpt.get("rewind"), dict) and ckpt["rewind"].get("model"):
+        theta = {k: v.masked_fill(~masks[k].bool(), 0.0) if k in masks else v
+                 for k, v in ckpt["rewind"]["model"].items()}
+        theta_masks = {k: m for k, m in masks.items() if k in theta}
+        out["rewind"] = dict(ckpt["rewind"], model=_compact_state(theta, theta_masks))
+    return out
+
+
+def is_compact(ckpt):
+    """True for a checkpoint dict whose ``model`` was stored by ``compact_checkpoint``."""
+    return isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and COMPACT in ckpt["model"]
+
+
+def _expand_state(obj, path):
+    if obj.get(COMPACT) != FORMAT_VERSION:
+        raise UserError(f"{path}: compact checkpoint format version {obj.get(COMPACT)!r} is not supported "
+                        f"(this toolkit reads version {FORMAT_VERSION})")
+    try:
+        state, masks = _decode_tensors(obj)
+        masks = {k: masks[k] for k in obj["mask_names"]}
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, zlib.error) as e:
+        what = f"missing entry {e}" if isinstance(e, KeyError) else (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: corrupt checkpoint ({what})") from None
+    return state, masks
+
+
+def expand_checkpoint(ckpt, path="<checkpoint>"):
+    """The plain checkpoint dict of a ``compact_checkpoint`` (``model``, ``masks`` in their saved order, ``rewind``)."""
+    out = dict(ckpt)
+    out["model"], out["masks"] = _expand_state(ckpt["model"], path)
+    rewind = ckpt.get("rewind")
+    if isinstance(rewind, dict) and isinstance(rewind.get("model"), dict) and COMPACT in rewind["model"]:
+        out["rewind"] = dict(rewind, model=_expand_state(rewind["model"], path)[0])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ zero channels
