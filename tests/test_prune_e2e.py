@@ -92,6 +92,22 @@ def test_pruned_best_pt_stores_no_zeros(reference):
     assert best3.stat().st_size < 0.65 * best0.stat().st_size  # dense model + θ_k; before: 1.13x, now ~0.56x
 
 
+def test_a_compact_best_pt_is_pruned_further(reference, shapes_tiny, tmp_path):
+    """prune.py --lth --weights of round 3's compact best.pt: round 0 is that network (not retrained), round 1 prunes
+    a fifth of its survivors, inside its mask, and rewinds them to its θ_k."""
+    best = reference / "round_3/weights/best.pt"
+    run = prune.main([*TINY, *LTH, "--rounds", "1", "--weights", str(best), "--data", str(shapes_tiny),
+                      "--project", str(tmp_path), "--name", "further"])
+    rows = rows_of(run)
+    assert rows[0]["kind"] == "given" and float(rows[0]["sparsity"]) == pytest.approx(0.488, abs=1e-4)
+    assert float(rows[1]["sparsity"]) == pytest.approx(1 - 0.512 * 0.8, abs=1e-4)
+    given = load_checkpoint(best)
+    new = load_checkpoint(run / "round_1/weights/last.pt")
+    for k, m in given["masks"].items():
+        assert not (new["masks"][k] & ~m).any()  # pruned stays pruned
+        assert torch.equal(new["rewind"]["model"][k][new["masks"][k]], given["rewind"]["model"][k][new["masks"][k]])
+
+
 def test_round_2_prunes_round_1_weights_and_rewinds_bit_for_bit(reference):
     run = PruneRun(reference)
     strategy = LotteryTicket(run.load_args(), run)
