@@ -100,9 +100,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from test import _autocast, model_stride
+    from test import model_stride
     from utils.checkpoint import load_model
     from utils.datasets import LoadImages
+    from utils.torch_utils import autocast
 
     device = select_device(args.device)
     model, ckpt = load_model(args.weights, args.cfg, None, device)
@@ -134,7 +135,7 @@ def main(argv=None):
             x = torch.as_tensor(img).to(device).float().div_(255)[None]
             if args.half:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), _autocast(device, args.half):
+            with torch.no_grad(), autocast(device, enabled=args.half):
                 inf, _ = model(x)
             det = non_max_suppression(inf, args.conf_thres, args.iou_thres, classes=args.classes,
                                       max_det=args.max_det)[0].cpu()

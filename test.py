@@ -19,23 +19,13 @@ from tqdm import tqdm
 from utils.errors import UserError
 from utils.general import increment_path, select_device, xywh2xyxy
 from utils.metrics import Evaluator, format_metrics, format_per_class, non_max_suppression, scale_boxes
+from utils.torch_utils import autocast
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _autocast(device, half):
-    """bf16 autocast on CPU, fp16 autocast on CUDA; nothing when ``half`` is false."""
-    if not half:
-        import contextlib
-
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def _is_channels_last(model):
@@ -123,7 +113,7 @@ def _batches(model, dataloader, conf_thres, iou_thres, half, timer, desc, multi_
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device)
         t1 = timer.mark()
-        with torch.no_grad(), _autocast(device, half):
+        with torch.no_grad(), autocast(device, enabled=half):
             out = model(imgs)
         t2 = timer.mark()
         if not isinstance(out, (tuple, list)) or len(out) != 2:

@@ -31,6 +31,8 @@ def time_forward(model, bs, img_size, low, min_iters=3, min_seconds=3.0, warmup=
     """``(best, median, iterations)``: milliseconds per image of ``model(x)`` for a ``(bs, 3, img_size,
     img_size)`` batch on the model's device; ``low``: autocast (bf16 on CPU, fp16 on CUDA) with channels_last.
     On a shared machine the best time is the figure least disturbed by other processes."""
+    from utils.torch_utils import autocast
+
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     x = torch.rand(bs, 3, img_size, img_size, device=device)
@@ -39,32 +41,22 @@ def time_forward(model, bs, img_size, low, min_iters=3, min_seconds=3.0, warmup=
         x = x.contiguous(memory_format=torch.channels_last)
     else:
         model = model.to(memory_format=torch.contiguous_format)
-    dtype = torch.float16 if cuda else torch.bfloat16
-    ctx = (lambda: torch.autocast(device.type, dtype=dtype)) if low else (lambda: _null())
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     with torch.inference_mode():
         for _ in range(warmup + (10 if cuda else 0)):  # CUDA: cuDNN picks its algorithms in the first calls
-            with ctx():
+            with autocast(device, enabled=low):
                 model(x)
         sync()
         times = []
         t_end = time.perf_counter() + min_seconds
         while len(times) < min_iters or time.perf_counter() < t_end:
             t0 = time.perf_counter()
-            with ctx():
+            with autocast(device, enabled=low):
                 model(x)
             sync()
             times.append(time.perf_counter() - t0)
     times.sort()
     return 1000 * times[0] / bs, 1000 * times[len(times) // 2] / bs, len(times)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def bench_models(cfgs, batch_sizes, img_size, device):

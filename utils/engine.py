@@ -24,7 +24,7 @@ from tqdm import tqdm
 from utils import sparse
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
-from utils.general import increment_path, init_seeds, select_device
+from utils.general import increment_path, init_seeds, is_main_process, select_device
 from utils.my_utils import hyp_from_args, resume_args, save_args, vars_clean
 from utils.torch_utils import (ModelEMA, autocast, build_optimizer, cosine_lr, de_parallel, memory_format,
                                recompute_bn_stats)
@@ -146,8 +146,8 @@ def load_for_resume(args):
         raise UserError(f"{path}: holds no training state (only last.pt can be resumed)")
     saved = argparse.Namespace(**ckpt["args"])
     saved.resume, saved.weights = str(path), ""
-    main = int(os.environ.get("RANK", 0)) <= 0
-    saved = resume_args(saved, args, getattr(args, "_typed", ()), log=print if main else (lambda *a: None))
+    log = print if is_main_process() else (lambda *a: None)
+    saved = resume_args(saved, args, getattr(args, "_typed", ()), log=log)
     return saved, ckpt, path.parent.parent
 
 

@@ -51,6 +51,11 @@ def increment_path(path, exist_ok=False):
     return Path(f"{path}{n}")
 
 
+def is_main_process():
+    """True outside torchrun and on its rank 0: the process that logs and writes files."""
+    return int(os.environ.get("RANK", -1)) in (-1, 0)
+
+
 def select_device(device=""):
     """``''`` -> cuda:0 when available else cpu; ``'cpu'``, ``'0'``, ``'cuda:1'`` as given."""
     device = str(device).strip().lower()

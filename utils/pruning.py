@@ -52,7 +52,7 @@ import yaml
 from utils.checkpoint import load_checkpoint
 from utils.engine import Plugin, Trainer
 from utils.errors import UserError
-from utils.general import increment_path, init_seeds
+from utils.general import increment_path, init_seeds, is_main_process
 from utils.my_utils import save_args, scope_type
 from utils.torch_utils import de_parallel
 
@@ -486,7 +486,7 @@ class Strategy:
 
     def __init__(self, args, run):
         self.args, self.run = args, run
-        self.main = int(os.environ.get("RANK", -1)) in (-1, 0)
+        self.main = is_main_process()
 
     def num_rounds(self):
         raise NotImplementedError

@@ -223,6 +223,15 @@ def _decode_tensor(name, e):
     return out.view(shape), (torch.from_numpy(pattern.copy()).view(shape) if e.get("mask") else None)
 
 
+DECODE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, RuntimeError, zlib.error)  # a damaged file
+
+
+def _corrupt(path, kind, e):
+    """The one-line ``UserError`` for a ``DECODE_ERRORS`` exception ``e`` met while decoding ``path``."""
+    what = f"missing entry {e}" if isinstance(e, KeyError) else (str(e).splitlines() or [type(e).__name__])[0]
+    return UserError(f"{path}: corrupt {kind} ({what})")
+
+
 def _decode_tensors(obj):
     """``(state, masks)`` of the ``tensors`` entry of ``obj`` after checking its ``crc32``; errors as in decode."""
     tensors = obj["tensors"]
@@ -249,9 +258,8 @@ def decode(obj, path="<sparse export>"):
         state, masks = _decode_tensors(obj)
         if not isinstance(obj["cfg"], str):
             raise ValueError("no cfg text")
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, zlib.error) as e:
-        what = f"missing entry {e}" if isinstance(e, KeyError) else (str(e).splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{path}: corrupt sparse export ({what})") from None
+    except DECODE_ERRORS as e:
+        raise _corrupt(path, "sparse export", e) from None
     meta = obj.get("meta") or {}
     ckpt = {k: obj.get(k) for k in META_KEYS}
     ckpt.update(model=state, epoch=meta.get("epoch"), best_fitness=meta.get("best_fitness"),
@@ -310,7 +318,7 @@ def compact_checkpoint(ckpt):
 
 
 def is_compact(ckpt):
-    """True for a checkpoint dict whose ``model`` was stored by ``compact_checkpoint``."""
+    """True for a checkpoint dict (or its ``rewind`` entry) whose ``model`` was stored by ``compact_checkpoint``."""
     return isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and COMPACT in ckpt["model"]
 
 
@@ -321,9 +329,8 @@ def _expand_state(obj, path):
     try:
         state, masks = _decode_tensors(obj)
         masks = {k: masks[k] for k in obj["mask_names"]}
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, zlib.error) as e:
-        what = f"missing entry {e}" if isinstance(e, KeyError) else (str(e).splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{path}: corrupt checkpoint ({what})") from None
+    except DECODE_ERRORS as e:
+        raise _corrupt(path, "checkpoint", e) from None
     return state, masks
 
 
@@ -331,9 +338,8 @@ def expand_checkpoint(ckpt, path="<checkpoint>"):
     """The plain checkpoint dict of a ``compact_checkpoint`` (``model``, ``masks`` in their saved order, ``rewind``)."""
     out = dict(ckpt)
     out["model"], out["masks"] = _expand_state(ckpt["model"], path)
-    rewind = ckpt.get("rewind")
-    if isinstance(rewind, dict) and isinstance(rewind.get("model"), dict) and COMPACT in rewind["model"]:
-        out["rewind"] = dict(rewind, model=_expand_state(rewind["model"], path)[0])
+    if is_compact(ckpt.get("rewind")):
+        out["rewind"] = dict(ckpt["rewind"], model=_expand_state(ckpt["rewind"]["model"], path)[0])
     return out
 
 
