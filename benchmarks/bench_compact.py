@@ -4,6 +4,7 @@
     python benchmarks/bench_compact.py --n-train 128 --n-val 32 --img-size 128 --epochs 10 \
         --train-args "--nominal-batch-size 16" --out runs/bench_compact_small       # reduced, for a loaded CPU
     python benchmarks/bench_compact.py --compact-args "--params params/compact.yaml"   # their own recipe
+    python benchmarks/bench_compact.py --device 0 --jobs 4 ...     # on a GPU: rates timed there, runs side by side
 
 Steps (subprocesses of the real entry script, with the default recipe of params/default.yaml):
 1. the data: ``data/shapes.data`` (generated on first use), or with ``--n-train/--n-val`` a smaller shapes set
@@ -13,7 +14,9 @@ Steps (subprocesses of the real entry script, with the default recipe of params/
    (``bench_train.step_rate``: random images at ``--img-size``, bf16 autocast + channels_last like the engine,
    fp32 with ``--no-amp``; best of ``--rate-rounds`` interleaved rounds), and a cfg that trains at ``r`` times
    tiny's speed gets ``max(1, round(E * r))`` epochs. The table shows the wall time each run really took, so
-   the budget can be checked;
+   the budget can be checked. With ``--device 0`` the rates are timed on that GPU (fp16 autocast, synchronised);
+   with ``--jobs N`` the training runs go N at a time once the rates are measured (each run keeps its epoch count,
+   so sharing the machine changes the wall times in the table, not the budget);
 4. ``train.py --cfg X --epochs E_X`` for each cfg of ``--cfgs``;
 5. a markdown table (also ``OUT/results.md``): epochs, training wall time (sum of the epochs' seconds in
    results.csv, evaluation included), mAP@0.5 and AP@[.5:.95] of best.pt (the best-fitness epoch of
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -58,6 +62,8 @@ def parse_args(argv=None):
     ap.add_argument("--rate-rounds", type=int, default=3, help="interleaved timing rounds (the best counts)")
     ap.add_argument("--latency-runs", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="", help="train.py's --device; the rates are timed there too (default: cpu)")
+    ap.add_argument("--jobs", type=int, default=1, help="training runs side by side (after the rates are timed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-amp", action="store_true", help="train in fp32 (passed on to train.py)")
     ap.add_argument("--threads", type=int, default=None,
@@ -87,6 +93,8 @@ def train(a, out, data, cfg, epochs):
     cmd = [sys.executable, "train.py", "--cfg", cfg, "--data", data, "--img-size", str(a.img_size),
            "--batch-size", str(a.batch_size), "--epochs", str(epochs), "--workers", str(a.workers),
            "--seed", str(a.seed), "--project", str(out), "--name", name, "--exist-ok", *a.train_args.split()]
+    if a.device:
+        cmd += ["--device", a.device]
     if cfg != REFERENCE:
         cmd += a.compact_args.split()
     if a.no_amp:
@@ -106,8 +114,15 @@ def train_rates(a, cfgs):
     for _ in range(a.rate_rounds):
         for cfg in cfgs:
             rates[cfg] = max(rates[cfg], step_rate(str(ROOT / cfg), a.img_size, a.batch_size, not a.no_amp,
-                                                   a.rate_steps))
+                                                   a.rate_steps, rate_device(a.device)))
     return rates
+
+
+def rate_device(device):
+    """train.py's --device as a torch device string: '' -> cpu, '0' -> cuda:0."""
+    if not device or device == "cpu":
+        return "cpu"
+    return f"cuda:{device.split(',')[0]}"
 
 
 def best_row(rows):
@@ -157,7 +172,9 @@ def main(argv=None):
     epochs.update({c: max(1, round(a.epochs * rates[c] / rates[REFERENCE])) for c in cfgs})
     print("epochs for the same time: " + ", ".join(f"{Path(c).stem} {e} ({rates[c]:.1f} img/s)"
                                                     for c, e in epochs.items()), flush=True)
-    runs = {c: train(a, out, data, c, epochs[c]) for c in [REFERENCE] + cfgs}
+    with ThreadPoolExecutor(max(1, a.jobs)) as pool:
+        futures = {c: pool.submit(train, a, out, data, c, epochs[c]) for c in [REFERENCE] + cfgs}
+        runs = {c: f.result() for c, f in futures.items()}
 
     lines = ["| network | epochs | train time | mAP@0.5 | AP@[.5:.95] | vs tiny mAP@0.5 | params | MACs @416 | "
              f"MACs @{a.img_size} | CPU ms/img @{a.img_size} |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -174,7 +191,9 @@ def main(argv=None):
         lines.append(f"| {Path(cfg).stem} | {len(rows)} | {seconds:.0f} s | {map50:.4f} | {map_:.4f} | {share} | "
                      f"{params:,} | {macs416 / 1e9:.2f} G | {macs / 1e9:.2f} G | {ms:.1f} |")
     text = "\n".join(lines)
-    setup = (f"{data}, {a.img_size} px, batch {a.batch_size}, {'fp32' if a.no_amp else 'bf16 autocast'}, "
+    precision = "fp32" if a.no_amp else ("bf16" if rate_device(a.device) == "cpu" else "fp16") + " autocast"
+    setup = (f"{data}, {a.img_size} px, batch {a.batch_size}, {precision} on {rate_device(a.device)}, "
+             f"{a.jobs} run(s) at a time, "
              f"yolov3-tiny {a.epochs} epochs, the others the epochs that take the same time at their measured "
              f"training speed; seed {a.seed}; extra train.py flags: {a.train_args or 'none'}; "
              f"for the compact cfgs only: {a.compact_args or 'none'}; "

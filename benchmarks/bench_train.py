@@ -45,26 +45,29 @@ def random_targets(batch, n_per_image=4, nc=80):
     return torch.cat(rows)
 
 
-def step_rate(cfg, img_size, batch, amp, steps):
-    """Images per second of full training steps (after 2 warm-up steps)."""
+def step_rate(cfg, img_size, batch, amp, steps, device="cpu"):
+    """Images per second of full training steps (after 2 warm-up steps) on ``device``: the engine's precision there
+    (bf16 autocast on the CPU, fp16 on CUDA) with channels_last, or fp32 contiguous without ``amp``."""
+    device = torch.device(device)
     torch.manual_seed(0)
-    model = Darknet(cfg, img_size=img_size).train()
     fmt = torch.channels_last if amp else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = Darknet(cfg, img_size=img_size).train().to(device, memory_format=fmt)
     hyp = hyp_from_args(parse_args(train_parser(), []))
     loss_fn = ComputeLoss(model, hyp)
     opt = build_optimizer([model], "sgd", 0.001, 0.9, 5e-4)
-    imgs = torch.rand(batch, 3, img_size, img_size).contiguous(memory_format=fmt)
-    targets = random_targets(batch, nc=model.nc)
-    device = torch.device("cpu")
+    imgs = torch.rand(batch, 3, img_size, img_size, device=device).contiguous(memory_format=fmt)
+    targets = random_targets(batch, nc=model.nc).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for i in range(steps + 2):
+        sync()
         t = time.perf_counter()
         with autocast(device, amp):
             loss, _ = loss_fn(model(imgs), targets)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         if i >= 2:
             times.append(time.perf_counter() - t)
     return batch / (sum(times) / len(times))
