@@ -189,7 +189,13 @@ def line_of(d, key):
 # ------------------------------------------------------------------------------------------------ layers
 
 class ConvBlock(nn.Sequential):
-    """``[convolutional]``: conv (+ BN) (+ activation), children named ``conv``, ``bn``, ``act``."""
+    """``[convolutional]``: conv (+ BN) (+ activation), children named ``conv``, ``bn``, ``act``.
+
+    Under the CPU's bf16 autocast a depthwise conv with a kernel of 3 or more runs in fp32 (and the BN and activation
+    after it): oneDNN's bf16 depthwise backward is the slow path on AVX-512/AMX CPUs (a 5x5 one up to 5x slower than
+    fp32), and fp32 makes a MobileNetV3-YOLO training step 1.56x faster here, YOLO Nano's and YOLOv3-Mobile's within
+    the noise (BENCHMARKS.md, "Compact models"). 1x1 depthwise convs (per-channel scales, memory-bound: 15% slower in
+    fp32) stay in bf16. CUDA is unaffected."""
 
     def __init__(self, c1, c2, k=1, s=1, p=0, g=1, bn=True, bias=None, act=None):
         layers = OrderedDict(conv=nn.Conv2d(c1, c2, k, s, p, groups=g, bias=(not bn) if bias is None else bias))
@@ -198,6 +204,13 @@ class ConvBlock(nn.Sequential):
         if act is not None:
             layers["act"] = act
         super().__init__(layers)
+        self.fp32_on_cpu = g > 1 and g == c1 == c2 and k >= 3
+
+    def forward(self, x):
+        if self.fp32_on_cpu and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
 
 
 class Route(nn.Module):

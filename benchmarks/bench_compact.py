@@ -27,10 +27,8 @@ A run folder that already holds a finished run (its results.csv has all epochs) 
 benchmark continues where it stopped (an unfinished run is trained again from scratch).
 """
 import argparse
-import csv
 import os
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import data_path  # noqa: E402
+from common import data_path, read_csv, run_timed  # noqa: E402
 
 REFERENCE = "cfg/yolov3-tiny.cfg"
 COMPACT = ("cfg/yolo-nano.cfg", "cfg/yolo-nano_leaky.cfg", "cfg/yolov3-mobile.cfg", "cfg/yolov3-mobile_leaky.cfg",
@@ -75,19 +73,11 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def read_rows(run):
-    path = run / "results.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def train(a, out, data, cfg, epochs):
     """``train.py`` into OUT/<cfg stem> unless a finished run is there; returns the run folder."""
     name = Path(cfg).stem
     run = out / name
-    if len(read_rows(run)) >= epochs and (run / "weights" / "best.pt").is_file():
+    if len(read_csv(run / "results.csv")) >= epochs and (run / "weights" / "best.pt").is_file():
         print(f"{run}: finished run found, reused", flush=True)
         return run
     cmd = [sys.executable, "train.py", "--cfg", cfg, "--data", data, "--img-size", str(a.img_size),
@@ -99,9 +89,7 @@ def train(a, out, data, cfg, epochs):
         cmd += a.compact_args.split()
     if a.no_amp:
         cmd.append("--no-amp")
-    print("$", " ".join(cmd), flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads)) if a.threads else None
-    subprocess.run(cmd, cwd=ROOT, check=True, env=env)
+    run_timed(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)) if a.threads else None)
     return run
 
 
@@ -180,7 +168,7 @@ def main(argv=None):
              f"MACs @{a.img_size} | CPU ms/img @{a.img_size} |", "|---|---|---|---|---|---|---|---|---|---|"]
     ref_map50 = None
     for cfg in [REFERENCE] + cfgs:
-        rows = read_rows(runs[cfg])
+        rows = read_csv(runs[cfg] / "results.csv")
         best = best_row(rows)
         seconds = sum(float(r["seconds"]) for r in rows)
         map50, map_ = float(best["metrics/map50"]), float(best["metrics/map"])

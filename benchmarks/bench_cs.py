@@ -22,18 +22,15 @@ A run folder that exists is continued (``train.py --resume``/``prune.py --resume
 redone), so an interrupted benchmark continues where it stopped.
 """
 import argparse
-import csv
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import data_path  # noqa: E402
+from common import data_path, read_csv, run_timed as run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -67,13 +64,6 @@ def common(a, data):
     return cmd + (["--device", a.device] if a.device else [])
 
 
-def run(cmd):
-    print("$", " ".join(cmd), flush=True)
-    t = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    return time.time() - t
-
-
 def run_dense(a, out, data):
     folder = out / "dense"
     if (folder / "weights" / "last.pt").is_file():
@@ -86,7 +76,7 @@ def run_dense(a, out, data):
 
 
 def last_epoch(folder):
-    rows = read_csv(folder / "results.csv") if (folder / "results.csv").is_file() else []
+    rows = read_csv(folder / "results.csv")
     return int(rows[-1]["epoch"]) if rows else None
 
 
@@ -101,11 +91,6 @@ def run_cs(a, out, data, rounds):
     if a.rewind_epoch is not None:
         cmd += ["--rewind-epoch", str(a.rewind_epoch)]
     return run(cmd + a.prune_args.split())
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def figures(path, img_size):

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_kd  # noqa: E402
+from common import run_timed  # noqa: E402
 
 KD_VARIANTS = ("alone", "kd1", "kd2")
 GAN_VARIANTS = {"gan": [], "gan_hint": ["--hint-weight", "0.1"], "gan_all": None,  # None: --second-stage EPOCHS
@@ -112,7 +113,7 @@ def main(argv=None):
         extra = GAN_VARIANTS[v] if GAN_VARIANTS[v] is not None else ["--second-stage", args.epochs]
         weights = out / v / "weights" / "best.pt"
         if not (out / "test" / v / "metrics.json").is_file() and not weights.is_file():
-            bench_kd.run([sys.executable, "my_kd_gan.py", "--cfg", student, "--teacher-weights", teacher,
+            run_timed([sys.executable, "my_kd_gan.py", "--cfg", student, "--teacher-weights", teacher,
                           "--epochs", args.epochs, *common, "--name", v, *extra, *gan_extra], log)
         rows.append((v, student.name, GAN_NAMES[v], bench_kd.evaluate(weights, data, args, out, v, log)))
 

@@ -22,13 +22,14 @@ A run whose ``metrics.json`` exists is not repeated, so an interrupted benchmark
 import argparse
 import json
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import run_timed as run  # noqa: E402
 
 
 def add_settings(ap, epochs_help):
@@ -61,20 +62,6 @@ def parse_args(argv=None):
                          "\"--optimizer adam --lr0 0.001 --grad-clip 0\")")
     ap.add_argument("--out", default="runs/bench_kd")
     return ap.parse_args(argv)
-
-
-def run(cmd, log):
-    """Run ``cmd`` (a list) from the repository root, appending its output to ``log``; stop on failure."""
-    cmd = [str(c) for c in cmd]
-    print("$", " ".join(cmd), flush=True)
-    t = time.time()
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)} (see {log})")
-    return time.time() - t
 
 
 def slim_cfg(src, divisor, dst):

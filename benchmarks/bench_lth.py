@@ -20,17 +20,14 @@ A run folder that exists is continued with ``prune.py --resume`` (finished round
 interrupted benchmark continues where it stopped.
 """
 import argparse
-import csv
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import data_path  # noqa: E402
+from common import data_path, read_csv, run_timed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -70,15 +67,11 @@ def run_prune(a, out, data, scope, weights=None):
             cmd += ["--device", a.device]
         if weights:
             cmd += ["--weights", str(weights)]
-    print("$", " ".join(cmd), flush=True)
-    t = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    return time.time() - t
+    return run_timed(cmd)
 
 
 def read_rows(run):
-    with open(run / "rounds.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(run / "rounds.csv")
 
 
 def table(out, scopes, all_rounds):

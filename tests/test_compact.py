@@ -273,6 +273,32 @@ def test_residual_branches_start_as_identity():
 
 # ------------------------------------------------------------------------------------------------ every shipped cfg
 
+def test_depthwise_blocks_compute_in_fp32_under_cpu_autocast():
+    """bf16 autocast on the CPU: a depthwise ConvBlock with k >= 3 computes in fp32 (oneDNN's bf16 depthwise backward
+    is the slow path) and equals its plain fp32 output; 1x1 depthwise and dense blocks stay in bf16; in a parsed
+    MobileNetV3-YOLO exactly the depthwise k >= 3 blocks are marked, and gradients still reach every weight."""
+    torch.manual_seed(0)
+    dw = models.ConvBlock(8, 8, 5, 1, 2, g=8, act=nn.Hardswish()).eval()
+    dw1, dense = models.ConvBlock(8, 8, 1, g=8).eval(), models.ConvBlock(8, 8, 3, 1, 1).eval()
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        plain = dw(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, y1, yd = dw(x.bfloat16()), dw1(x), dense(x)
+    assert (y.dtype, y1.dtype, yd.dtype) == (torch.float32, torch.bfloat16, torch.bfloat16)
+    assert torch.equal(y, dw(x.bfloat16().float()))
+    assert not torch.equal(plain, dw(x.bfloat16().float()))  # the bf16 input was really used, then upcast
+
+    model = Darknet(CFG / "mobilenetv3-yolo.cfg", img_size=64)
+    blocks = [m for m in model.modules() if isinstance(m, models.ConvBlock)]
+    depthwise = [m for m in blocks if m.conv.groups == m.conv.in_channels > 1 and m.conv.kernel_size[0] >= 3]
+    assert depthwise and [m for m in blocks if m.fp32_on_cpu] == depthwise
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = sum(t.float().square().mean() for t in model(torch.rand(2, 3, 64, 64)))
+    loss.backward()
+    assert all(m.conv.weight.grad is not None and m.conv.weight.grad.dtype == torch.float32 for m in depthwise)
+
+
 def test_every_shipped_cfg_is_covered():
     assert {p.name for p in CFG.glob("*.cfg")} == set(COMPACT + BIG + ["yolov3-tiny.cfg"])
 

@@ -449,6 +449,10 @@ def teacher_bounded_loss(p_s, p_t, pairs, build, teacher_anchors, margin):
 
 
 # ------------------------------------------------------------------------------------------------------ plug-ins
+def _ddp_ids(trainer):
+    return [trainer.device.index] if trainer.device.type == "cuda" else None
+
+
 class TeacherPlugin(Plugin):
     """Base of the distillation plug-ins: a frozen teacher, feature pairs and their adaptation layers.
 
@@ -531,13 +535,20 @@ class TeacherPlugin(Plugin):
             trainer.log(f"note: student scale {scale} anchor {a_s[0]:.0f}x{a_s[1]:.0f} is paired with teacher anchor "
                         f"{a_t[0]:.0f}x{a_t[1]:.0f} (ratio {r:.1f} >= anchor_t {thr:g}): their objectness covers "
                         f"boxes of other sizes; anchors fitted to the data (--autoanchor) on both match better")
+        self.place(trainer)
+        self.log_description(trainer)
+
+    def place(self, trainer):
+        """The teacher (eval mode) and the adaptation layers on the trainer's device and memory format; the layers
+        with parameters wrapped in DDP when training is distributed."""
         self.teacher.to(trainer.device).to(memory_format=trainer.fmt)
         self.teacher.eval()
         self.adapters.to(trainer.device).to(memory_format=trainer.fmt)
         self._ddp_adapters = None
-        if dist.is_available() and dist.is_initialized() and len(self.adapters.layers):
-            ids = [trainer.device.index] if trainer.device.type == "cuda" else None
-            self._ddp_adapters = nn.parallel.DistributedDataParallel(self.adapters, device_ids=ids)
+        if dist.is_available() and dist.is_initialized() and any(p.requires_grad for p in self.adapters.parameters()):
+            self._ddp_adapters = nn.parallel.DistributedDataParallel(self.adapters, device_ids=_ddp_ids(trainer))
+
+    def log_description(self, trainer):
         if trainer.main:
             for line in self.describe():
                 trainer.log(line)

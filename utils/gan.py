@@ -59,7 +59,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.distill import AdaptationLayer, TeacherPlugin, _darknet, _fmt, hint_loss, match_heads
+from utils.distill import AdaptationLayer, TeacherPlugin, _darknet, _ddp_ids, _fmt, hint_loss, match_heads
 from utils.errors import UserError
 
 DEFAULT_WIDTHS = (256, 512, 256, 128, 64)
@@ -287,23 +287,16 @@ class GANPlugin(TeacherPlugin):
         self.epochs = trainer.epochs
         self.device = trainer.device
         self.rank = max(getattr(trainer, "rank", -1), 0)
-        self.teacher.to(trainer.device).to(memory_format=trainer.fmt)
-        self.teacher.eval()
-        self.adapters.to(trainer.device).to(memory_format=trainer.fmt)
+        self.place(trainer)
         self.discriminators.to(trainer.device).to(memory_format=trainer.fmt)
         _optimizer_to(self.d_optimizer, trainer.device)
         fp16 = trainer.amp and trainer.device.type == "cuda"
         if fp16 != self.d_scaler.is_enabled():
             self.d_scaler = torch.amp.GradScaler("cuda", enabled=fp16)
-        self._ddp_adapters = self._ddp_d = None
+        self._ddp_d = None
         if dist.is_available() and dist.is_initialized():
-            ids = [trainer.device.index] if trainer.device.type == "cuda" else None
-            if any(p.requires_grad for p in self.adapters.parameters()):
-                self._ddp_adapters = nn.parallel.DistributedDataParallel(self.adapters, device_ids=ids)
-            self._ddp_d = nn.parallel.DistributedDataParallel(self.discriminators, device_ids=ids)
-        if trainer.main:
-            for line in self.describe():
-                trainer.log(line)
+            self._ddp_d = nn.parallel.DistributedDataParallel(self.discriminators, device_ids=_ddp_ids(trainer))
+        self.log_description(trainer)
 
     def modules(self):
         """The adaptation layers with parameters (main optimiser); never the discriminators (they have their own)."""
