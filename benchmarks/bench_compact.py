@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import data_path, read_csv, run_timed  # noqa: E402
+from utils.general import select_device  # noqa: E402
 
 REFERENCE = "cfg/yolov3-tiny.cfg"
 COMPACT = ("cfg/yolo-nano.cfg", "cfg/yolo-nano_leaky.cfg", "cfg/yolov3-mobile.cfg", "cfg/yolov3-mobile_leaky.cfg",
@@ -60,7 +61,7 @@ def parse_args(argv=None):
     ap.add_argument("--rate-rounds", type=int, default=3, help="interleaved timing rounds (the best counts)")
     ap.add_argument("--latency-runs", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--device", default="", help="train.py's --device; the rates are timed there too (default: cpu)")
+    ap.add_argument("--device", default="", help="train.py's --device; the rates are timed there too (default: the first GPU, else the CPU)")
     ap.add_argument("--jobs", type=int, default=1, help="training runs side by side (after the rates are timed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-amp", action="store_true", help="train in fp32 (passed on to train.py)")
@@ -102,15 +103,8 @@ def train_rates(a, cfgs):
     for _ in range(a.rate_rounds):
         for cfg in cfgs:
             rates[cfg] = max(rates[cfg], step_rate(str(ROOT / cfg), a.img_size, a.batch_size, not a.no_amp,
-                                                   a.rate_steps, rate_device(a.device)))
+                                                   a.rate_steps, select_device(a.device)))
     return rates
-
-
-def rate_device(device):
-    """train.py's --device as a torch device string: '' -> cpu, '0' -> cuda:0."""
-    if not device or device == "cpu":
-        return "cpu"
-    return f"cuda:{device.split(',')[0]}"
 
 
 def best_row(rows):
@@ -179,8 +173,9 @@ def main(argv=None):
         lines.append(f"| {Path(cfg).stem} | {len(rows)} | {seconds:.0f} s | {map50:.4f} | {map_:.4f} | {share} | "
                      f"{params:,} | {macs416 / 1e9:.2f} G | {macs / 1e9:.2f} G | {ms:.1f} |")
     text = "\n".join(lines)
-    precision = "fp32" if a.no_amp else ("bf16" if rate_device(a.device) == "cpu" else "fp16") + " autocast"
-    setup = (f"{data}, {a.img_size} px, batch {a.batch_size}, {precision} on {rate_device(a.device)}, "
+    device = select_device(a.device)
+    precision = "fp32" if a.no_amp else ("bf16" if device.type == "cpu" else "fp16") + " autocast"
+    setup = (f"{data}, {a.img_size} px, batch {a.batch_size}, {precision} on {device}, "
              f"{a.jobs} run(s) at a time, "
              f"yolov3-tiny {a.epochs} epochs, the others the epochs that take the same time at their measured "
              f"training speed; seed {a.seed}; extra train.py flags: {a.train_args or 'none'}; "
