@@ -100,10 +100,11 @@ def train_rates(a, cfgs):
     from bench_train import step_rate
 
     rates = {cfg: 0.0 for cfg in cfgs}
+    device = select_device(a.device)
     for _ in range(a.rate_rounds):
         for cfg in cfgs:
             rates[cfg] = max(rates[cfg], step_rate(str(ROOT / cfg), a.img_size, a.batch_size, not a.no_amp,
-                                                   a.rate_steps, select_device(a.device)))
+                                                   a.rate_steps, device))
     return rates
 
 

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from utils.engine import Plugin
 from utils.errors import UserError
 from utils.loss import MAX_WH_LOG
-from utils.torch_utils import de_parallel
+from utils.torch_utils import ddp, de_parallel
 
 
 # ------------------------------------------------------------------------------------------------------ teacher
@@ -449,10 +449,6 @@ def teacher_bounded_loss(p_s, p_t, pairs, build, teacher_anchors, margin):
 
 
 # ------------------------------------------------------------------------------------------------------ plug-ins
-def _ddp_ids(trainer):
-    return [trainer.device.index] if trainer.device.type == "cuda" else None
-
-
 class TeacherPlugin(Plugin):
     """Base of the distillation plug-ins: a frozen teacher, feature pairs and their adaptation layers.
 
@@ -546,7 +542,7 @@ class TeacherPlugin(Plugin):
         self.adapters.to(trainer.device).to(memory_format=trainer.fmt)
         self._ddp_adapters = None
         if dist.is_available() and dist.is_initialized() and any(p.requires_grad for p in self.adapters.parameters()):
-            self._ddp_adapters = nn.parallel.DistributedDataParallel(self.adapters, device_ids=_ddp_ids(trainer))
+            self._ddp_adapters = ddp(self.adapters, trainer.device)
 
     def log_description(self, trainer):
         if trainer.main:

@@ -26,7 +26,7 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.general import increment_path, init_seeds, is_main_process, select_device
 from utils.my_utils import hyp_from_args, resume_args, save_args, vars_clean
-from utils.torch_utils import (ModelEMA, autocast, build_optimizer, cosine_lr, de_parallel, memory_format,
+from utils.torch_utils import (ModelEMA, autocast, build_optimizer, cosine_lr, ddp, de_parallel, memory_format,
                                recompute_bn_stats)
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run stops
@@ -258,8 +258,7 @@ class Trainer:
         if self.world > 1:
             if args.sync_bn and self.device.type == "cuda":
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            ids = [self.local_rank] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.model = ddp(self.model, self.device)
         self.train_loader, self.train_set = create_dataloader(
             self.data["train"], args.img_size, self.batch_size, stride, hyp=self.hyp, augment=True, rect=args.rect,
             workers=args.workers, shuffle=True, rank=self.rank if self.world > 1 else -1, cache=args.cache_images,

@@ -59,8 +59,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.distill import AdaptationLayer, TeacherPlugin, _darknet, _ddp_ids, _fmt, hint_loss, match_heads
+from utils.distill import AdaptationLayer, TeacherPlugin, _darknet, _fmt, hint_loss, match_heads
 from utils.errors import UserError
+from utils.torch_utils import ddp
 
 DEFAULT_WIDTHS = (256, 512, 256, 128, 64)
 REAL_RANGE, FAKE_RANGE = (0.7, 1.0), (0.0, 0.3)
@@ -295,7 +296,7 @@ class GANPlugin(TeacherPlugin):
             self.d_scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self._ddp_d = None
         if dist.is_available() and dist.is_initialized():
-            self._ddp_d = nn.parallel.DistributedDataParallel(self.discriminators, device_ids=_ddp_ids(trainer))
+            self._ddp_d = ddp(self.discriminators, trainer.device)
         self.log_description(trainer)
 
     def modules(self):

@@ -7,6 +7,11 @@ import torch
 import torch.nn as nn
 
 
+def ddp(module, device):
+    """``module`` wrapped in DistributedDataParallel for a process on ``device`` (its GPU, or none on the CPU)."""
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def de_parallel(model):
     """The bare model inside DataParallel / DistributedDataParallel."""
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
