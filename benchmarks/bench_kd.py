@@ -59,7 +59,7 @@ def parse_args(argv=None):
     ap.add_argument("--kd-args", default="", help="extra my_kd.py flags for the distilled runs, one string")
     ap.add_argument("--student-args", default="",
                     help="extra flags for every student run, alone and distilled (e.g. params/compact.yaml's "
-                         "\"--optimizer adam --lr0 0.001 --grad-clip 0\")")
+                         "\"--optimizer adam --lr0 0.006 --cls 2 --grad-clip 0\")")
     ap.add_argument("--out", default="runs/bench_kd")
     return ap.parse_args(argv)
 

@@ -29,7 +29,7 @@ training as train.py, plus the capture of the rewind weights): that run is their
 at ``--prune-rate`` (local: per layer; global: one threshold); ``kd+lth`` rewinds to the distilled weights
 (``--rewind-epoch 0``). CS search rounds last ``max(2, --epochs)`` epochs, its ticket ``--epochs``. Every run of a
 student (its baseline, KD, GAN, LTH and composition rows) also gets the training keys of ``--student-hyp``
-(default params/compact.yaml: Adam, lr0 0.001, no gradient clip), typed after the ``--hyp`` flags.
+(default params/compact.yaml: Adam, lr0 0.006, class gain 2, no gradient clip), typed after the ``--hyp`` flags.
 
 After a run its final checkpoint is exported (``export.py --include sparse`` -> ``export/best.sparse.pt``, the
 shipped artefact: a bitmask + non-zero values for pruned networks, plain fp32 tensors otherwise) and that artefact

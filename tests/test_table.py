@@ -258,7 +258,7 @@ def test_rows_deduplicate_and_select(tmp_path):
 
 def test_students_get_the_compact_recipe_and_nobody_else(tmp_path):
     rows, jobs = table.build_plan(settings("--seeds", "1"), tmp_path)
-    recipe = ["--optimizer", "adam", "--lr0", "0.001", "--grad-clip", "0"]  # params/compact.yaml vs default.yaml
+    recipe = ["--optimizer", "adam", "--lr0", "0.006", "--cls", "2.0", "--grad-clip", "0"]  # compact.yaml vs default
 
     def has_recipe(argv):
         return any(argv[i:i + len(recipe)] == recipe for i in range(len(argv)))
