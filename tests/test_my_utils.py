@@ -83,7 +83,8 @@ def test_compact_recipe_overrides_only_the_optimiser_the_clip_the_anchors_and_th
     assert default.cls == 0.5
     assert (default.optimizer, default.grad_clip, default.precise_bn) == ("sgd", 10.0, 16)
     assert (compact.autoanchor, default.autoanchor) == (True, False)
-    same = {k for k in vars(default) if k not in ("optimizer", "lr0", "grad_clip", "autoanchor", "cls", "params", "_typed")}
+    changed = ("optimizer", "lr0", "grad_clip", "autoanchor", "cls", "params", "_typed")
+    same = {k for k in vars(default) if k not in changed}
     assert {k: getattr(compact, k) for k in same} == {k: getattr(default, k) for k in same}
 
 
