@@ -10,7 +10,6 @@ image (``<stem>_<frame>.txt`` per video frame) holding ``cls x y w h conf`` per 
 normalised to the original image.
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 

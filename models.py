@@ -688,15 +688,11 @@ def output_bias(layer):
     return bn.bias if bn is not None else None
 
 
-def init_residual_branches(model):
-    """Start every residual branch made of compact blocks as the identity: zero scale of its last BN ("zero-gamma",
-    Goyal et al. 2017, arXiv 1706.02677).
-
-    Branches: an ``[ep]`` / ``[pep]`` / ``[bottleneck]`` with its own residual, and such a block whose output a
-    ``[shortcut]`` adds to an earlier layer (YOLOv3-Mobile). Convs before a ``[shortcut]`` (yolov3.cfg) are left as
-    they are. Deep stacks of thin BN layers start with exploding gradients otherwise: YOLO Nano's gradient norm
-    at init is ~2,000 (yolov3-tiny's ~10), ~140 with this; YOLOv3-Mobile's ~7,000, ~120 with it.
-    """
+def residual_branch_bns(model):
+    """The last BN of every residual branch made of compact blocks, in layer order: of each ``[ep]`` / ``[pep]`` /
+    ``[bottleneck]`` with its own residual, and of each such block whose output a ``[shortcut]`` adds to an earlier
+    layer (YOLOv3-Mobile). Convs before a ``[shortcut]`` (yolov3.cfg) are not branches here."""
+    bns = []
     for i, m in enumerate(model.module_list):
         if isinstance(m, Shortcut) and i > 0 and isinstance(model.module_list[i - 1], Block):
             branch = model.module_list[i - 1]
@@ -704,9 +700,21 @@ def init_residual_branches(model):
             branch = m
         else:
             continue
-        bns = [b for b in branch.modules() if isinstance(b, nn.BatchNorm2d)]
-        with torch.no_grad():
-            bns[-1].weight.zero_()
+        bns.append([b for b in branch.modules() if isinstance(b, nn.BatchNorm2d)][-1])
+    return bns
+
+
+def init_residual_branches(model):
+    """Start every residual branch made of compact blocks as the identity: zero scale of its last BN ("zero-gamma",
+    Goyal et al. 2017, arXiv 1706.02677; the branches of ``residual_branch_bns``).
+
+    Deep stacks of thin BN layers start with exploding gradients otherwise: YOLO Nano's gradient norm at init is
+    ~2,000 (yolov3-tiny's ~10), ~140 with this; YOLOv3-Mobile's ~7,000, ~120 with it. Under Adam it still matters:
+    without it Nano reaches half the mAP in its CPU budget (docs/models.md, "Ablations on a GPU").
+    """
+    with torch.no_grad():
+        for bn in residual_branch_bns(model):
+            bn.weight.zero_()
 
 
 def init_output_biases(model):

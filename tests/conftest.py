@@ -1,13 +1,46 @@
-"""Shared test fixtures. Tests run on CPU, on tiny images, and never reach the network."""
+"""Shared test fixtures and helpers. Tests run on CPU, on tiny images, and never reach the network."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from utils import engine
+
 ROOT = Path(__file__).resolve().parents[1]
 COCO128 = ROOT.parent / "shared" / "data" / "coco128"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+# the end-to-end runs' training flags: 64 px, batch 8, no loader workers, a short warm-up, seed 0
+FAST = ["--img-size", "64", "--batch-size", "8", "--nominal-batch-size", "8", "--workers", "0",
+        "--warmup-epochs", "0.5", "--seed", "0"]
+
+
+def script_env():
+    """A subprocess computes with as many threads as this process (results depend on the thread count)."""
+    return dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=str(ROOT))
+
+
+def run_script(script, *args):
+    """Run an entry script of the repository in a subprocess; returns the ``CompletedProcess`` (text output)."""
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+class StopAt(engine.Plugin):
+    """Simulates a kill: raises when ``epoch`` is about to start (the previous epoch is fully saved)."""
+
+    name = "stop"
+
+    def __init__(self, epoch):
+        self.stop_epoch = epoch
+
+    def before_epoch(self, trainer, epoch):
+        if epoch == self.stop_epoch:
+            raise KeyboardInterrupt
 
 
 @pytest.fixture(scope="session")

@@ -271,6 +271,35 @@ def test_residual_branches_start_as_identity():
     assert torch.equal(a, b)  # PEP 4 adds nothing yet
 
 
+
+def test_ablation_edits_change_only_what_they_name(monkeypatch, shapes_tiny, tmp_path):
+    """benchmarks/ablate_compact.py: each flag edits exactly its layers, and the CLI trains with the edits."""
+    from benchmarks import ablate_compact
+
+    a, rest = ablate_compact.parse_args(["--residual-gamma", "0.25", "--no-se", "--act-out", "--", "--epochs", "1"])
+    assert (a.residual_gamma, a.no_se, a.act_out, rest) == (0.25, True, True, ["--epochs", "1"])
+    monkeypatch.setattr(models, "init_residual_branches", models.init_residual_branches)
+    monkeypatch.setattr(SqueezeExcite, "forward", SqueezeExcite.forward)
+    plain = build("yolo-nano.cfg", img_size=64)
+    zeroed = {id(b) for b in models.residual_branch_bns(plain)}
+    assert len(zeroed) == 16 and all(not b.weight.any() for b in models.residual_branch_bns(plain))
+    ablate_compact.install(a)
+    nano = build("yolo-nano.cfg", img_size=64)
+    bns = [m for m in nano.modules() if isinstance(m, nn.BatchNorm2d)]
+    gammas = [float(b.weight.detach().unique()) for b in models.residual_branch_bns(nano)]
+    assert gammas == [0.25] * 16 and n_params(nano) == n_params(plain)
+    assert sum(bool((b.weight == 1).all()) for b in bns) == len(bns) - 16  # every other BN untouched
+    for i in nano.yolo_layers:  # the projection before each output conv is activated, the others are not
+        assert isinstance(nano.module_list[i - 2].linear.act, nn.ReLU6)
+    assert not hasattr(nano.module_list[12].linear, "act")
+    x = torch.rand(2, 150, 8, 8)
+    assert torch.equal(nano.module_list[9](x), x)  # FCA passes its input through
+    save_dir = ablate_compact.main(["--act-out", "--", "--cfg", str(CFG / "yolo-nano.cfg"), "--data", str(shapes_tiny),
+                                    "--img-size", "64", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+                                    "--project", str(tmp_path), "--name", "ablate", "--device", "cpu"])
+    assert (save_dir / "results.csv").read_text().count("\n") == 2  # header and the one epoch
+
+
 # ------------------------------------------------------------------------------------------------ every shipped cfg
 
 def test_depthwise_blocks_compute_in_fp32_under_cpu_autocast():

@@ -6,7 +6,6 @@ a run killed during round 1 then resumed ending with the same masks, weights and
 ``--mask-init 0`` instead of CS.yaml's −0.1: in rounds of 4 optimiser steps the logits move by ~1e-4, so with
 s0 = −0.1 no weight would survive; with s0 = 0 the sign of their first updates decides, and the masks are mixed."""
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ from utils.checkpoint import load_checkpoint
 from utils.cs import ContinuousSparsification, SoftMasks, reset_logits
 from utils.pruning import Masks, MaskPlugin, PruneRun
 
+from .conftest import script_env
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--cfg", "cfg/yolov3-tiny.cfg", "--img-size", "64", "--batch-size", "8", "--workers", "0",
         "--nominal-batch-size", "8", "--warmup-epochs", "0.5"]  # 16 images: 2 optimiser steps per epoch
@@ -31,18 +32,13 @@ CS = ["--cs", "--rounds", "2", "--epochs", "2", "--ticket-epochs", "2", "--rewin
 pytestmark = pytest.mark.slow
 
 
-def env():
-    """The subprocess computes with as many threads as this process (results depend on the thread count)."""
-    return dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=str(ROOT))
-
-
 @pytest.fixture(scope="module")
 def reference(shapes_tiny, tmp_path_factory):
     """An uninterrupted run (2 search rounds + the ticket), through the command line."""
     project = tmp_path_factory.mktemp("prune_cs")
     cmd = [sys.executable, "prune.py", *TINY, *CS, "--data", str(shapes_tiny), "--project", str(project),
            "--name", "whole"]
-    out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "round 2/2 (cs-ticket): sparsity" in out.stdout
     return project / "whole"

@@ -12,6 +12,8 @@ from utils import engine
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
+from .conftest import StopAt
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--cfg", "cfg/yolov3-tiny.cfg", "--img-size", "64", "--batch-size", "4", "--workers", "0",
         "--nominal-batch-size", "8", "--warmup-epochs", "0.5"]
@@ -19,19 +21,6 @@ TINY = ["--cfg", "cfg/yolov3-tiny.cfg", "--img-size", "64", "--batch-size", "4",
 
 def run_train(data, tmp_path, name, *extra):
     return train.main([*TINY, "--data", str(data), "--project", str(tmp_path), "--name", name, *extra])
-
-
-class StopAt(engine.Plugin):
-    """Simulates a kill: raises when ``epoch`` is about to start (the previous epoch is fully saved)."""
-
-    name = "stop"
-
-    def __init__(self, epoch):
-        self.stop_epoch = epoch
-
-    def before_epoch(self, trainer, epoch):
-        if epoch == self.stop_epoch:
-            raise KeyboardInterrupt
 
 
 class CountHooks(engine.Plugin):

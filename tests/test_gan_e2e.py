@@ -1,8 +1,6 @@
 """my_kd_gan.py end to end: a teacher trained on shapes distilled adversarially into YOLO Nano, scored by test.py;
 kill-and-resume continues the game exactly; set-up errors are one line."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,29 +14,11 @@ from utils.checkpoint import load_checkpoint, load_model, save_checkpoint
 from utils.errors import UserError
 from utils.my_utils import gan_parser, parse_args
 
+from .conftest import FAST, StopAt, run_script as run
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "cfg/yolov3-tiny.cfg"
 NANO = "cfg/yolo-nano.cfg"
-FAST = ["--img-size", "64", "--batch-size", "8", "--nominal-batch-size", "8", "--workers", "0",
-        "--warmup-epochs", "0.5", "--seed", "0"]
-
-
-def run(script, *args):
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-
-
-class StopAt(engine.Plugin):
-    """Simulates a kill: raises when ``epoch`` is about to start (the previous epoch is fully saved)."""
-
-    name = "stop"
-
-    def __init__(self, epoch):
-        self.stop_epoch = epoch
-
-    def before_epoch(self, trainer, epoch):
-        if epoch == self.stop_epoch:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.slow

@@ -1,7 +1,5 @@
 """my_kd.py end to end: train a teacher on shapes, distil it into a student, score the student with test.py."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,16 +11,11 @@ from models import Darknet, make_checkpoint, prunable_parameters
 from utils.checkpoint import load_checkpoint, load_model, save_checkpoint
 from utils.errors import UserError
 
+from .conftest import FAST, run_script as run
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "cfg/yolov3-tiny.cfg"
 STUDENT = "cfg/yolo-nano.cfg" if (ROOT / "cfg" / "yolo-nano.cfg").is_file() else TINY
-FAST = ["--img-size", "64", "--batch-size", "8", "--nominal-batch-size", "8", "--workers", "0",
-        "--warmup-epochs", "0.5", "--seed", "0"]
-
-
-def run(script, *args):
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
 
 
 @pytest.mark.slow

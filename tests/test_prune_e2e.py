@@ -2,7 +2,6 @@
 weights, exact sparsity per round, rewinding bit for bit, kill during round 2 + resume == uninterrupted, and test.py
 scoring the final checkpoint."""
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ from utils import pruning, sparse
 from utils.checkpoint import load_checkpoint
 from utils.pruning import LotteryTicket, Masks, PruneRun, expected_alive, magnitude_prune
 
+from .conftest import script_env
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--cfg", "cfg/yolov3-tiny.cfg", "--img-size", "64", "--batch-size", "8", "--workers", "0",
         "--nominal-batch-size", "8", "--warmup-epochs", "0.5"]  # 16 images: 2 optimiser steps per epoch
@@ -25,18 +26,13 @@ LTH = ["--lth", "--epochs", "2", "--rewind-epoch", "1", "--scope", "global", "--
 pytestmark = pytest.mark.slow
 
 
-def env():
-    """The subprocess computes with as many threads as this process (results depend on the thread count)."""
-    return dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=str(ROOT))
-
-
 @pytest.fixture(scope="module")
 def reference(shapes_tiny, tmp_path_factory):
     """An uninterrupted 3-round run, through the command line."""
     project = tmp_path_factory.mktemp("prune")
     cmd = [sys.executable, "prune.py", *TINY, *LTH, "--rounds", "3", "--data", str(shapes_tiny),
            "--project", str(project), "--name", "whole"]
-    out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "round 3/3 (lth-global): sparsity 48.80%" in out.stdout  # the progress line of the last round
     return project / "whole"

@@ -1,5 +1,4 @@
 """utils/torch_utils.py: precise BatchNorm statistics."""
-import pytest
 import torch
 import torch.nn as nn
 
