@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
 import train  # noqa: E402
-from utils.errors import cli  # noqa: E402
+from utils.errors import UserError, cli  # noqa: E402
 
 
 def parse_args(argv):
@@ -45,7 +45,7 @@ def activate_outputs(model):
     for i in model.yolo_layers:
         block = model.module_list[i - 2]
         if not isinstance(block, models.Block) or "linear" not in block._modules or "dw" not in block._modules:
-            raise SystemExit(f"--act-out: layer {i - 2} of {model.cfg_path} is not a compact block")
+            raise UserError(f"--act-out: layer {i - 2} of {model.cfg_path} is not a compact block")
         block.linear.add_module("act", copy.deepcopy(block.dw.act))
 
 

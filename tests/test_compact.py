@@ -294,6 +294,8 @@ def test_ablation_edits_change_only_what_they_name(monkeypatch, shapes_tiny, tmp
     assert not hasattr(nano.module_list[12].linear, "act")
     x = torch.rand(2, 150, 8, 8)
     assert torch.equal(nano.module_list[9](x), x)  # FCA passes its input through
+    with pytest.raises(UserError, match="layer 14 .* not a compact block"):
+        ablate_compact.edit(Darknet(CFG / "yolov3-tiny.cfg"), act_out=True)
     save_dir = ablate_compact.main(["--act-out", "--", "--cfg", str(CFG / "yolo-nano.cfg"), "--data", str(shapes_tiny),
                                     "--img-size", "64", "--epochs", "1", "--batch-size", "8", "--workers", "0",
                                     "--project", str(tmp_path), "--name", "ablate", "--device", "cpu"])
