@@ -24,10 +24,11 @@ def script_env():
     return dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=str(ROOT))
 
 
-def run_script(script, *args):
-    """Run an entry script of the repository in a subprocess; returns the ``CompletedProcess`` (text output)."""
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+def run_script(script, *args, env=None):
+    """Run an entry script of the repository in a subprocess (``env``: its environment, e.g. ``script_env()``);
+    returns the ``CompletedProcess`` (text output)."""
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
 class StopAt(engine.Plugin):

@@ -6,8 +6,6 @@ a run killed during round 1 then resumed ending with the same masks, weights and
 ``--mask-init 0`` instead of CS.yaml's −0.1: in rounds of 4 optimiser steps the logits move by ~1e-4, so with
 s0 = −0.1 no weight would survive; with s0 = 0 the sign of their first updates decides, and the masks are mixed."""
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from utils.checkpoint import load_checkpoint
 from utils.cs import ContinuousSparsification, SoftMasks, reset_logits
 from utils.pruning import Masks, MaskPlugin, PruneRun
 
-from .conftest import script_env
+from .conftest import run_script, script_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--cfg", "cfg/yolov3-tiny.cfg", "--img-size", "64", "--batch-size", "8", "--workers", "0",
@@ -36,9 +34,8 @@ pytestmark = pytest.mark.slow
 def reference(shapes_tiny, tmp_path_factory):
     """An uninterrupted run (2 search rounds + the ticket), through the command line."""
     project = tmp_path_factory.mktemp("prune_cs")
-    cmd = [sys.executable, "prune.py", *TINY, *CS, "--data", str(shapes_tiny), "--project", str(project),
-           "--name", "whole"]
-    out = subprocess.run(cmd, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=600)
+    out = run_script("prune.py", *TINY, *CS, "--data", shapes_tiny, "--project", project, "--name", "whole",
+                     env=script_env())
     assert out.returncode == 0, out.stderr[-3000:]
     assert "round 2/2 (cs-ticket): sparsity" in out.stdout
     return project / "whole"

@@ -2,8 +2,6 @@
 weights, exact sparsity per round, rewinding bit for bit, kill during round 2 + resume == uninterrupted, and test.py
 scoring the final checkpoint."""
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from utils import pruning, sparse
 from utils.checkpoint import load_checkpoint
 from utils.pruning import LotteryTicket, Masks, PruneRun, expected_alive, magnitude_prune
 
-from .conftest import script_env
+from .conftest import run_script, script_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--cfg", "cfg/yolov3-tiny.cfg", "--img-size", "64", "--batch-size", "8", "--workers", "0",
@@ -30,9 +28,8 @@ pytestmark = pytest.mark.slow
 def reference(shapes_tiny, tmp_path_factory):
     """An uninterrupted 3-round run, through the command line."""
     project = tmp_path_factory.mktemp("prune")
-    cmd = [sys.executable, "prune.py", *TINY, *LTH, "--rounds", "3", "--data", str(shapes_tiny),
-           "--project", str(project), "--name", "whole"]
-    out = subprocess.run(cmd, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=600)
+    out = run_script("prune.py", *TINY, *LTH, "--rounds", "3", "--data", shapes_tiny, "--project", project,
+                     "--name", "whole", env=script_env())
     assert out.returncode == 0, out.stderr[-3000:]
     assert "round 3/3 (lth-global): sparsity 48.80%" in out.stdout  # the progress line of the last round
     return project / "whole"
