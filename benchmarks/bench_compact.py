@@ -13,15 +13,19 @@ Steps (subprocesses of the real entry script, with the default recipe of params/
 3. the same time for each compact cfg: the training-step throughput of every cfg is measured in this process
    (``bench_train.step_rate``: random images at ``--img-size``, bf16 autocast + channels_last like the engine,
    fp32 with ``--no-amp``; best of ``--rate-rounds`` interleaved rounds), and a cfg that trains at ``r`` times
-   tiny's speed gets ``max(1, round(E * r))`` epochs. The table shows the wall time each run really took, so
-   the budget can be checked. With ``--device 0`` the rates are timed on that GPU (fp16 autocast, synchronised);
-   with ``--jobs N`` the training runs go N at a time once the rates are measured (each run keeps its epoch count,
-   so sharing the machine changes the wall times in the table, not the budget);
+   tiny's speed gets ``max(1, round(E * r))`` epochs. With ``--img-size-start S`` the compact cfgs train with
+   progressive resizing (train.py's flag); their rates are timed at every size they will train at, and they get
+   the epoch count whose epochs, each costed at its own size, take the time nearest tiny's (``epochs_for_time``).
+   The table shows the wall time each run really took, so the budget can be checked. With ``--device 0`` the
+   rates are timed on that GPU (fp16 autocast, synchronised); with ``--jobs N`` the training runs go N at a time
+   once the rates are measured (each run keeps its epoch count, so sharing the machine changes the wall times in
+   the table, not the budget);
 4. ``train.py --cfg X --epochs E_X`` for each cfg of ``--cfgs``;
 5. a markdown table (also ``OUT/results.md``): epochs, training wall time (sum of the epochs' seconds in
-   results.csv, evaluation included), mAP@0.5 and AP@[.5:.95] of best.pt (the best-fitness epoch of
-   results.csv), parameters, MACs at 416 and at ``--img-size`` (thop, dense), and CPU ms/image of best.pt
-   (batch 1, fp32, eval, no grad, median of ``--latency-runs`` at ``--img-size``, with the threads it shows).
+   results.csv, evaluation included; for the compact cfgs also as a share of tiny's, the check of the budget),
+   mAP@0.5 and AP@[.5:.95] of best.pt (the best-fitness epoch of results.csv), parameters, MACs at 416 and at
+   ``--img-size`` (thop, dense), and CPU ms/image of best.pt (batch 1, fp32, eval, no grad, median of
+   ``--latency-runs`` at ``--img-size``, with the threads it shows).
 
 A run folder that already holds a finished run (its results.csv has all epochs) is reused, so an interrupted
 benchmark continues where it stopped (an unfinished run is trained again from scratch).
@@ -41,9 +45,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import data_path, read_csv, run_timed  # noqa: E402
+from utils.engine import progressive_img_size  # noqa: E402
 from utils.general import select_device  # noqa: E402
 
 REFERENCE = "cfg/yolov3-tiny.cfg"
+STRIDE = 32  # the largest stride of every cfg here: progressive sizes are its multiples
 COMPACT = ("cfg/yolo-nano.cfg", "cfg/yolo-nano_leaky.cfg", "cfg/yolov3-mobile.cfg", "cfg/yolov3-mobile_leaky.cfg",
            "cfg/mobilenetv3-yolo.cfg", "cfg/mobilenetv3-yolo_leaky.cfg")
 
@@ -70,6 +76,9 @@ def parse_args(argv=None):
     ap.add_argument("--train-args", default="", help="extra train.py flags, one string")
     ap.add_argument("--compact-args", default="",
                     help="extra train.py flags for the compact cfgs only (e.g. \"--params params/compact.yaml\")")
+    ap.add_argument("--img-size-start", type=int, default=0,
+                    help="the compact cfgs train with train.py's progressive resizing from this size; their budget "
+                         "counts each epoch at its own size's measured rate")
     ap.add_argument("--out", default="runs/bench_compact")
     return ap.parse_args(argv)
 
@@ -88,24 +97,46 @@ def train(a, out, data, cfg, epochs):
         cmd += ["--device", a.device]
     if cfg != REFERENCE:
         cmd += a.compact_args.split()
+        if a.img_size_start:
+            cmd += ["--img-size-start", str(a.img_size_start)]
     if a.no_amp:
         cmd.append("--no-amp")
     run_timed(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)) if a.threads else None)
     return run
 
 
-def train_rates(a, cfgs):
-    """Training images per second of each cfg (random data, the engine's precision): the best of ``--rate-rounds``
-    interleaved rounds, so that a burst of load from other processes does not decide a cfg's budget."""
+def train_rates(a, runs):
+    """Training images per second of each ``(cfg, img_size)`` (random data, the engine's precision): the best of
+    ``--rate-rounds`` interleaved rounds, so that a burst of load from other processes does not decide a budget."""
     from bench_train import step_rate
 
-    rates = {cfg: 0.0 for cfg in cfgs}
+    rates = {run: 0.0 for run in runs}
     device = select_device(a.device)
     for _ in range(a.rate_rounds):
-        for cfg in cfgs:
-            rates[cfg] = max(rates[cfg], step_rate(str(ROOT / cfg), a.img_size, a.batch_size, not a.no_amp,
-                                                   a.rate_steps, device))
+        for cfg, size in runs:
+            rates[cfg, size] = max(rates[cfg, size], step_rate(str(ROOT / cfg), size, a.batch_size, not a.no_amp,
+                                                               a.rate_steps, device))
     return rates
+
+
+def epochs_for_time(budget, rates, start, end, stride=STRIDE):
+    """The epoch count whose training time is closest to ``budget`` (seconds per training image): each epoch ``e``
+    of ``E`` costs ``1 / rates[size]`` at its progressive size (``engine.progressive_img_size``; ``end`` without
+    ``start``). Without progressive resizing this is ``round(budget * rates[end])``; at least 1."""
+    def cost(epochs):
+        return sum(1 / rates[progressive_img_size(e, epochs, start, end, stride)] for e in range(epochs))
+
+    epochs = 1
+    while cost(epochs + 1) <= budget:
+        epochs += 1
+    return epochs + 1 if budget - cost(epochs) > cost(epochs + 1) - budget else epochs
+
+
+def train_sizes(a):
+    """The image sizes a compact cfg trains at: every stride multiple from ``--img-size-start`` to ``--img-size``."""
+    if not a.img_size_start:
+        return [a.img_size]
+    return sorted({progressive_img_size(e, 1000, a.img_size_start, a.img_size, STRIDE) for e in range(1000)})
 
 
 def best_row(rows):
@@ -149,29 +180,36 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     data = data_path(a, out)
     cfgs = [c.strip() for c in a.cfgs.split(",") if c.strip()]
-    print(f"timing {a.rate_rounds} x {a.rate_steps} training steps of each cfg at {a.img_size} px ...", flush=True)
-    rates = train_rates(a, [REFERENCE] + cfgs)
+    sizes = train_sizes(a)
+    print(f"timing {a.rate_rounds} x {a.rate_steps} training steps of each cfg at {a.img_size} px"
+          + (f" (the compact cfgs also at {', '.join(map(str, sizes[:-1]))} px)" if len(sizes) > 1 else "") + " ...",
+          flush=True)
+    rates = train_rates(a, [(REFERENCE, a.img_size)] + [(c, s) for c in cfgs for s in sizes])
+    budget = a.epochs / rates[REFERENCE, a.img_size]
     epochs = {REFERENCE: a.epochs}
-    epochs.update({c: max(1, round(a.epochs * rates[c] / rates[REFERENCE])) for c in cfgs})
-    print("epochs for the same time: " + ", ".join(f"{Path(c).stem} {e} ({rates[c]:.1f} img/s)"
-                                                    for c, e in epochs.items()), flush=True)
+    epochs.update({c: epochs_for_time(budget, {s: rates[c, s] for s in sizes}, a.img_size_start, a.img_size)
+                   for c in cfgs})
+    print("epochs for the same time: " + ", ".join(
+        f"{Path(c).stem} {e} (" + ", ".join(f"{rates[c, s]:.1f}" for s in (sizes if c != REFERENCE else [a.img_size]))
+        + " img/s)" for c, e in epochs.items()), flush=True)
     with ThreadPoolExecutor(max(1, a.jobs)) as pool:
         futures = {c: pool.submit(train, a, out, data, c, epochs[c]) for c in [REFERENCE] + cfgs}
         runs = {c: f.result() for c, f in futures.items()}
 
     lines = ["| network | epochs | train time | mAP@0.5 | AP@[.5:.95] | vs tiny mAP@0.5 | params | MACs @416 | "
              f"MACs @{a.img_size} | CPU ms/img @{a.img_size} |", "|---|---|---|---|---|---|---|---|---|---|"]
-    ref_map50 = None
+    ref_map50 = ref_seconds = None
     for cfg in [REFERENCE] + cfgs:
         rows = read_csv(runs[cfg] / "results.csv")
         best = best_row(rows)
         seconds = sum(float(r["seconds"]) for r in rows)
         map50, map_ = float(best["metrics/map50"]), float(best["metrics/map"])
-        ref_map50 = map50 if cfg == REFERENCE else ref_map50
+        ref_map50, ref_seconds = (map50, seconds) if cfg == REFERENCE else (ref_map50, ref_seconds)
         params, macs416, macs = figures(runs[cfg], a.img_size)
         ms = latency_ms(runs[cfg] / "weights" / "best.pt", a.img_size, a.latency_runs)
         share = f"{map50 / ref_map50:.0%}" if ref_map50 else "-"
-        lines.append(f"| {Path(cfg).stem} | {len(rows)} | {seconds:.0f} s | {map50:.4f} | {map_:.4f} | {share} | "
+        time_share = f" ({seconds / ref_seconds:.0%} of tiny's)" if cfg != REFERENCE and ref_seconds else ""
+        lines.append(f"| {Path(cfg).stem} | {len(rows)} | {seconds:.0f} s{time_share} | {map50:.4f} | {map_:.4f} | {share} | "
                      f"{params:,} | {macs416 / 1e9:.2f} G | {macs / 1e9:.2f} G | {ms:.1f} |")
     text = "\n".join(lines)
     device = select_device(a.device)
@@ -180,7 +218,8 @@ def main(argv=None):
              f"{a.jobs} run(s) at a time, "
              f"yolov3-tiny {a.epochs} epochs, the others the epochs that take the same time at their measured "
              f"training speed; seed {a.seed}; extra train.py flags: {a.train_args or 'none'}; "
-             f"for the compact cfgs only: {a.compact_args or 'none'}; "
+             f"for the compact cfgs only: {a.compact_args or 'none'}"
+             + (f" and progressive resizing from {a.img_size_start} px" if a.img_size_start else "") + "; "
              f"CPU latency with {torch.get_num_threads()} threads")
     (out / "results.md").write_text(setup + "\n\n" + text + "\n")
     print(setup)

@@ -185,3 +185,31 @@ def test_memory_format_flag_reaches_the_trainer(shapes_tiny, tmp_path, choice, w
     assert trainer.fmt == want  # bf16 autocast on the CPU: auto means channels_last
     w = next(m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
     assert w.is_contiguous(memory_format=want)
+
+
+def test_progressive_img_size_grows_linearly_to_the_final_size():
+    sizes = [engine.progressive_img_size(e, 5, 128, 256, 32) for e in range(5)]
+    assert sizes == [128, 160, 192, 224, 256]
+    assert [engine.progressive_img_size(e, 3, 100, 256, 32) for e in range(3)] == [96, 160, 256]  # stride multiples
+    assert {engine.progressive_img_size(e, 4, 0, 256, 32) for e in range(4)} == {256}  # off
+    assert engine.progressive_img_size(0, 1, 128, 256, 32) == 256  # one epoch: the final size
+
+
+def test_img_size_start_trains_each_epoch_at_its_size(shapes_tiny, tmp_path):
+    """--img-size-start 32 with --img-size 64 over 2 epochs: the network sees 32-px batches, then 64-px ones; the
+    evaluation stays at 64."""
+    seen = []
+    args = train.parse_args(train.train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
+                                                  "--epochs", "2", "--img-size-start", "32", "--precise-bn", "0"])
+    args, model, save_dir, _ = engine.prepare(args)
+    model.register_forward_pre_hook(lambda m, inp: seen.append((m.training, inp[0].shape[-1])))
+    engine.Trainer(args, model, save_dir).fit()
+    train_sizes = [s for training, s in seen if training]
+    n = len(train_sizes) // 2
+    assert train_sizes == [32] * n + [64] * n
+    assert load_checkpoint(save_dir / "weights" / "last.pt")["epoch"] == 1
+
+
+def test_img_size_start_not_below_img_size_is_one_line_error(shapes_tiny, tmp_path):
+    with pytest.raises(UserError, match="--img-size-start 64 must be .* below --img-size 64"):
+        run_train(shapes_tiny, tmp_path, "bad", "--epochs", "1", "--img-size-start", "64")

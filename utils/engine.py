@@ -246,6 +246,10 @@ class Trainer:
             plugin.setup(self)
         self.feature_layers = sorted({i for p in self.plugins for i in p.feature_layers})
         stride = int(max(m.stride for m in self.yolo_modules()))
+        start = getattr(args, "img_size_start", 0)
+        if start and not stride <= start < args.img_size:
+            raise UserError(f"--img-size-start {start} must be at least the stride {stride} and below --img-size "
+                            f"{args.img_size}")
         self.batch_size = max(args.batch_size // max(self.world, 1), 1)
         self.accumulate = max(round(args.nominal_batch_size / args.batch_size), 1)
         self.optimizer = build_optimizer([self.model] + [m for p in self.plugins for m in p.modules()],
@@ -337,9 +341,11 @@ class Trainer:
             plugin.before_epoch(self, epoch)
         nb = len(self.train_loader)
         n_warmup = round(args.warmup_epochs * nb)
+        size = self.epoch_img_size(epoch)
         sums, count, n_images, t0 = defaultdict(float), 0, 0, time.time()
-        bar = tqdm(self.train_loader, total=nb, disable=not self.main, ncols=120,
-                   desc=f"{epoch + 1}/{self.epochs}", bar_format="{l_bar}{bar:10}{r_bar}")
+        desc = f"{epoch + 1}/{self.epochs}" + (f" {size}px" if size != args.img_size else "")
+        bar = tqdm(self.train_loader, total=nb, disable=not self.main, ncols=120, desc=desc,
+                   bar_format="{l_bar}{bar:10}{r_bar}")
         self.optimizer.zero_grad(set_to_none=True)
         last_step = nb * epoch - 1
         for i, (imgs, targets, _, _) in enumerate(bar):
@@ -348,8 +354,8 @@ class Trainer:
             targets = targets.to(self.device)
             if ni <= n_warmup:
                 self._warmup(ni, n_warmup, epoch)
-            if args.multi_scale:
-                imgs = self._rescale(imgs)
+            if size != args.img_size or args.multi_scale:
+                imgs = self._rescale(imgs, size)
             total, terms = self.step_loss(imgs, targets)
             if not torch.isfinite(total):
                 self._bad_step(epoch)
@@ -421,9 +427,18 @@ class Trainer:
             if "momentum" in group:
                 group["momentum"] = float(np.interp(ni, x, [args.warmup_momentum, args.momentum]))
 
-    def _rescale(self, imgs):
+    def epoch_img_size(self, epoch):
+        """Training image size of ``epoch``: ``--img-size``, or growing from ``--img-size-start`` (progressive)."""
         stride = int(max(m.stride for m in self.yolo_modules()))
-        size = int(np.random.uniform(self.args.img_size * 0.5, self.args.img_size * 1.5 + stride)) // stride * stride
+        return progressive_img_size(epoch, self.epochs, getattr(self.args, "img_size_start", 0), self.args.img_size,
+                                    stride)
+
+    def _rescale(self, imgs, size):
+        """``imgs`` resized to ``size`` (long side, stride multiples), or with ``--multi-scale`` to a random size
+        in [0.5, 1.5] x ``size``; labels are normalised, so they stay valid."""
+        stride = int(max(m.stride for m in self.yolo_modules()))
+        if self.args.multi_scale:
+            size = int(np.random.uniform(size * 0.5, size * 1.5 + stride)) // stride * stride
         scale = size / max(imgs.shape[2:])
         if scale == 1:
             return imgs
@@ -571,6 +586,15 @@ class Trainer:
         self.start_epoch = ckpt["epoch"] + 1
         if self.main:
             self.log(f"resuming {self.save_dir} at epoch {self.start_epoch + 1}/{self.epochs}")
+
+
+def progressive_img_size(epoch, epochs, start, end, stride):
+    """Progressive resizing (EfficientNetV2's progressive learning, Tan & Le 2021, Sec. 4, with the image size only):
+    the training image size of ``epoch`` (0-based) grows linearly from ``start`` in the first epoch to ``end`` in the
+    last, rounded down to a multiple of ``stride``; ``end`` throughout when ``start`` is 0 or not below ``end``."""
+    if not start or start >= end or epochs <= 1:
+        return end
+    return max(stride, int(start + (end - start) * epoch / (epochs - 1)) // stride * stride)
 
 
 def fitness_of(metrics):

@@ -78,6 +78,8 @@ def add_optim_args(p):
         flag(g, "--" + key.replace("_", "-"), type=float, default=None, help=HYP_HELP[key])
     flag(g, "--nominal-batch-size", type=int, default=None, help="gradients are accumulated to this batch size")
     flag(g, "--multi-scale", action="store_true", help="vary the image size +-50%% per batch")
+    flag(g, "--img-size-start", type=int, default=0,
+         help="progressive resizing: train the first epoch at this size, growing linearly to --img-size by the last")
     flag(g, "--no-ema", action="store_true", help="evaluate and save the raw weights instead of their EMA")
     flag(g, "--grad-clip", type=float, default=10.0, help="clip the gradient norm (0 disables)")
     flag(g, "--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
