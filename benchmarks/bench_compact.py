@@ -136,7 +136,7 @@ def train_sizes(a):
     """The image sizes a compact cfg trains at: every stride multiple from ``--img-size-start`` to ``--img-size``."""
     if not a.img_size_start:
         return [a.img_size]
-    return sorted({progressive_img_size(e, 1000, a.img_size_start, a.img_size, STRIDE) for e in range(1000)})
+    return sorted({*range(max(STRIDE, a.img_size_start // STRIDE * STRIDE), a.img_size, STRIDE), a.img_size})
 
 
 def best_row(rows):

@@ -245,7 +245,7 @@ class Trainer:
         for plugin in self.plugins:
             plugin.setup(self)
         self.feature_layers = sorted({i for p in self.plugins for i in p.feature_layers})
-        stride = int(max(m.stride for m in self.yolo_modules()))
+        self.stride = stride = int(max(m.stride for m in self.yolo_modules()))
         start = getattr(args, "img_size_start", 0)
         if start and not stride <= start < args.img_size:
             raise UserError(f"--img-size-start {start} must be at least the stride {stride} and below --img-size "
@@ -429,14 +429,13 @@ class Trainer:
 
     def epoch_img_size(self, epoch):
         """Training image size of ``epoch``: ``--img-size``, or growing from ``--img-size-start`` (progressive)."""
-        stride = int(max(m.stride for m in self.yolo_modules()))
         return progressive_img_size(epoch, self.epochs, getattr(self.args, "img_size_start", 0), self.args.img_size,
-                                    stride)
+                                    self.stride)
 
     def _rescale(self, imgs, size):
         """``imgs`` resized to ``size`` (long side, stride multiples), or with ``--multi-scale`` to a random size
         in [0.5, 1.5] x ``size``; labels are normalised, so they stay valid."""
-        stride = int(max(m.stride for m in self.yolo_modules()))
+        stride = self.stride
         if self.args.multi_scale:
             size = int(np.random.uniform(size * 0.5, size * 1.5 + stride)) // stride * stride
         scale = size / max(imgs.shape[2:])
