@@ -195,18 +195,23 @@ def test_progressive_img_size_grows_linearly_to_the_final_size():
     assert engine.progressive_img_size(0, 1, 128, 256, 32) == 256  # one epoch: the final size
 
 
-def test_img_size_start_trains_each_epoch_at_its_size(shapes_tiny, tmp_path):
-    """--img-size-start 32 with --img-size 64 over 2 epochs: the network sees 32-px batches, then 64-px ones; the
-    evaluation stays at 64."""
-    seen = []
+def test_img_size_start_trains_each_epoch_at_its_size(shapes_tiny, tmp_path, monkeypatch):
+    """--img-size-start 32 with --img-size 64 over 2 epochs: the loader's worker builds 32-px batches, then 64-px
+    ones (no resizing after the loader), the network sees them; the evaluation stays at 64."""
+    seen, loaded = [], []
+    to_input = engine.Trainer.to_input
+    monkeypatch.setattr(engine.Trainer, "to_input", lambda self, imgs: loaded.append(imgs.shape[-1]) or
+                        to_input(self, imgs))
     args = train.parse_args(train.train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
-                                                  "--epochs", "2", "--img-size-start", "32", "--precise-bn", "0"])
+                                                  "--epochs", "2", "--img-size-start", "32", "--precise-bn", "0",
+                                                  "--workers", "1"])
     args, model, save_dir, _ = engine.prepare(args)
     model.register_forward_pre_hook(lambda m, inp: seen.append((m.training, inp[0].shape[-1])))
     engine.Trainer(args, model, save_dir).fit()
     train_sizes = [s for training, s in seen if training]
     n = len(train_sizes) // 2
     assert train_sizes == [32] * n + [64] * n
+    assert loaded == train_sizes
     assert load_checkpoint(save_dir / "weights" / "last.pt")["epoch"] == 1
 
 

@@ -555,6 +555,14 @@ class LoadImagesAndLabels(Dataset):
         """Epoch used by ``dataset[i]`` with a plain index (the loader passes its own epoch with each index)."""
         self.epoch = int(epoch)
 
+    def set_img_size(self, img_size):
+        """Build images of side ``img_size`` from now on: progressive resizing sets each epoch's size before the
+        loader starts its workers, so mosaics and affine warps cost what that size costs. Square training sets
+        only (rect batch shapes are fixed at ``__init__``); cached images are resized from their cached size."""
+        if self.rect:
+            raise ValueError(f"{self.path}: rect batches keep the shapes of img_size {self.img_size}")
+        self.img_size = int(img_size)
+
     def item_rng(self, index, epoch=None):
         """The generator for item ``index`` in ``epoch``: seeded with ``(seed, epoch, index)``."""
         return np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), int(index)])
@@ -563,7 +571,11 @@ class LoadImagesAndLabels(Dataset):
         """``(img BGR, (h0, w0), (h, w))`` with the long side at ``img_size`` (from RAM when cached)."""
         if self.imgs[i] is not None:
             img, hw0, hw = self.imgs[i]
-            return img.copy(), hw0, hw
+            h, w = resized_shape(*hw0, self.img_size)
+            if (h, w) == hw:
+                return img.copy(), hw0, hw
+            interp = cv2.INTER_LINEAR if (self.augment or h > hw[0]) else cv2.INTER_AREA
+            return cv2.resize(img, (w, h), interpolation=interp), hw0, (h, w)
         return load_resized(self.img_files[i], self.img_size, self.augment)
 
     def __getitem__(self, index):
@@ -740,7 +752,8 @@ def create_dataloader(path, img_size, batch_size, stride=32, hyp=None, augment=F
     g.manual_seed(int(seed))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=False,
                         collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=worker_init_fn, generator=g,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
+                        persistent_workers=False,  # new workers each epoch see set_img_size (progressive)
+                        prefetch_factor=4 if workers else None)
     return loader, dataset
 
 

@@ -342,6 +342,8 @@ class Trainer:
         nb = len(self.train_loader)
         n_warmup = round(args.warmup_epochs * nb)
         size = self.epoch_img_size(epoch)
+        if hasattr(self.train_set, "set_img_size") and not self.train_set.rect:
+            self.train_set.set_img_size(size)  # the workers, started below, build this epoch's size
         sums, count, n_images, t0 = defaultdict(float), 0, 0, time.time()
         desc = f"{epoch + 1}/{self.epochs}" + (f" {size}px" if size != args.img_size else "")
         bar = tqdm(self.train_loader, total=nb, disable=not self.main, ncols=120, desc=desc,
