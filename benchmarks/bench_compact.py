@@ -16,8 +16,10 @@ Steps (subprocesses of the real entry script, with the default recipe of params/
    tiny's speed gets ``max(1, round(E * r))`` epochs. With ``--img-size-start S`` the compact cfgs train with
    progressive resizing (train.py's flag); their rates are timed at every size they will train at, and they get
    the epoch count whose epochs, each costed at its own size, take the time nearest tiny's (``epochs_for_time``).
-   The table shows the wall time each run really took, so the budget can be checked. With ``--device 0`` the
-   rates are timed on that GPU (fp16 autocast, synchronised); with ``--jobs N`` the training runs go N at a time
+   The table shows the wall time each run really took, so the budget can be checked (the rates leave out what
+   does not scale with the step: the loader, the EMA, each epoch's evaluation); ``--compact-epochs N`` sets the
+   compact cfgs' epochs by hand instead, e.g. matched to tiny's wall time from an earlier run's epoch seconds.
+   With ``--device 0`` the rates are timed on that GPU (fp16 autocast, synchronised); with ``--jobs N`` the training runs go N at a time
    once the rates are measured (each run keeps its epoch count, so sharing the machine changes the wall times in
    the table, not the budget);
 4. ``train.py --cfg X --epochs E_X`` for each cfg of ``--cfgs``;
@@ -79,6 +81,9 @@ def parse_args(argv=None):
     ap.add_argument("--img-size-start", type=int, default=0,
                     help="the compact cfgs train with train.py's progressive resizing from this size; their budget "
                          "counts each epoch at its own size's measured rate")
+    ap.add_argument("--compact-epochs", type=int, default=0,
+                    help="train the compact cfgs this many epochs instead of the measured budget (a count matched "
+                         "to tiny's wall time by hand, e.g. from an earlier run's epoch seconds)")
     ap.add_argument("--out", default="runs/bench_compact")
     return ap.parse_args(argv)
 
@@ -139,6 +144,28 @@ def train_sizes(a):
     return sorted({*range(max(STRIDE, a.img_size_start // STRIDE * STRIDE), a.img_size, STRIDE), a.img_size})
 
 
+def plan_epochs(a, cfgs):
+    """``{cfg: epochs}``: tiny's ``--epochs``; for each compact cfg ``--compact-epochs``, or the count that takes
+    tiny's time at the measured training rates (``train_rates``, ``epochs_for_time``)."""
+    epochs = {REFERENCE: a.epochs}
+    if a.compact_epochs:
+        epochs.update({c: a.compact_epochs for c in cfgs})
+        print(f"epochs: yolov3-tiny {a.epochs}, the compact cfgs {a.compact_epochs} (--compact-epochs)", flush=True)
+        return epochs
+    sizes = train_sizes(a)
+    print(f"timing {a.rate_rounds} x {a.rate_steps} training steps of each cfg at {a.img_size} px"
+          + (f" (the compact cfgs also at {', '.join(map(str, sizes[:-1]))} px)" if len(sizes) > 1 else "") + " ...",
+          flush=True)
+    rates = train_rates(a, [(REFERENCE, a.img_size)] + [(c, s) for c in cfgs for s in sizes])
+    budget = a.epochs / rates[REFERENCE, a.img_size]
+    epochs.update({c: epochs_for_time(budget, {s: rates[c, s] for s in sizes}, a.img_size_start, a.img_size)
+                   for c in cfgs})
+    print("epochs for the same time: " + ", ".join(
+        f"{Path(c).stem} {e} (" + ", ".join(f"{rates[c, s]:.1f}" for s in (sizes if c != REFERENCE else [a.img_size]))
+        + " img/s)" for c, e in epochs.items()), flush=True)
+    return epochs
+
+
 def best_row(rows):
     """The epoch best.pt holds: the highest fitness 0.1 * mAP@0.5 + 0.9 * AP@[.5:.95] (the engine's)."""
     def fitness(r):
@@ -180,18 +207,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     data = data_path(a, out)
     cfgs = [c.strip() for c in a.cfgs.split(",") if c.strip()]
-    sizes = train_sizes(a)
-    print(f"timing {a.rate_rounds} x {a.rate_steps} training steps of each cfg at {a.img_size} px"
-          + (f" (the compact cfgs also at {', '.join(map(str, sizes[:-1]))} px)" if len(sizes) > 1 else "") + " ...",
-          flush=True)
-    rates = train_rates(a, [(REFERENCE, a.img_size)] + [(c, s) for c in cfgs for s in sizes])
-    budget = a.epochs / rates[REFERENCE, a.img_size]
-    epochs = {REFERENCE: a.epochs}
-    epochs.update({c: epochs_for_time(budget, {s: rates[c, s] for s in sizes}, a.img_size_start, a.img_size)
-                   for c in cfgs})
-    print("epochs for the same time: " + ", ".join(
-        f"{Path(c).stem} {e} (" + ", ".join(f"{rates[c, s]:.1f}" for s in (sizes if c != REFERENCE else [a.img_size]))
-        + " img/s)" for c, e in epochs.items()), flush=True)
+    epochs = plan_epochs(a, cfgs)
     with ThreadPoolExecutor(max(1, a.jobs)) as pool:
         futures = {c: pool.submit(train, a, out, data, c, epochs[c]) for c in [REFERENCE] + cfgs}
         runs = {c: f.result() for c, f in futures.items()}
@@ -216,8 +232,10 @@ def main(argv=None):
     precision = "fp32" if a.no_amp else ("bf16" if device.type == "cpu" else "fp16") + " autocast"
     setup = (f"{data}, {a.img_size} px, batch {a.batch_size}, {precision} on {device}, "
              f"{a.jobs} run(s) at a time, "
-             f"yolov3-tiny {a.epochs} epochs, the others the epochs that take the same time at their measured "
-             f"training speed; seed {a.seed}; extra train.py flags: {a.train_args or 'none'}; "
+             f"yolov3-tiny {a.epochs} epochs, the others "
+             + (f"{a.compact_epochs} epochs (--compact-epochs)" if a.compact_epochs else
+                "the epochs that take the same time at their measured training speed")
+             + f"; seed {a.seed}; extra train.py flags: {a.train_args or 'none'}; "
              f"for the compact cfgs only: {a.compact_args or 'none'}"
              + (f" and progressive resizing from {a.img_size_start} px" if a.img_size_start else "") + "; "
              f"CPU latency with {torch.get_num_threads()} threads")

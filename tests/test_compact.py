@@ -437,3 +437,18 @@ def test_bench_compact_budget_counts_each_epoch_at_its_size():
     # 11 epochs from 128 px: sizes 128 x3, 160 x2, 192 x3, 224 x2, 256 -> 3/40 + 2/30 + 3/20 + 2/16 + 1/14 = 0.488 s
     # per image, nearer the budget of 0.5 than 12 epochs (0.521)
     assert epochs_for_time(30 / 60.0, rates, 128, 256) == 11
+
+
+def test_bench_compact_compact_epochs_skips_the_budget(monkeypatch):
+    """--compact-epochs N: tiny keeps --epochs, every compact cfg gets N, and no training rate is timed."""
+    from benchmarks import bench_compact
+
+    monkeypatch.setattr(bench_compact, "train_rates", lambda *a: pytest.fail("rates timed despite --compact-epochs"))
+    a = bench_compact.parse_args(["--epochs", "30", "--compact-epochs", "18", "--img-size-start", "128"])
+    cfgs = ["cfg/yolo-nano.cfg", "cfg/yolov3-mobile.cfg"]
+    assert bench_compact.plan_epochs(a, cfgs) == {bench_compact.REFERENCE: 30, cfgs[0]: 18, cfgs[1]: 18}
+    a = bench_compact.parse_args(["--epochs", "30", "--img-size-start", "128"])
+    monkeypatch.setattr(bench_compact, "train_rates", lambda a, runs: {run: 60.0 if run[0] == bench_compact.REFERENCE
+                                                                       else 14.0 + run[1] / 10 for run in runs})
+    expected = bench_compact.epochs_for_time(0.5, {s: 14.0 + s / 10 for s in (128, 160, 192, 224, 256)}, 128, 256)
+    assert bench_compact.plan_epochs(a, cfgs[:1]) == {bench_compact.REFERENCE: 30, cfgs[0]: expected}
