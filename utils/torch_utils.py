@@ -33,8 +33,10 @@ def memory_format(device, amp, choice="auto"):
     """The training tensors' memory format: ``--memory-format`` when given, else (``auto``) channels_last with
     autocast (CPU bf16 and CUDA AMP) and contiguous in fp32.
 
-    ``auto`` is right for the YOLOv3 family; depthwise-heavy nets can differ: on the 2-core AVX-512 CPU of
-    BENCHMARKS.md, YOLO Nano's bf16 step is ~1.4x faster contiguous (yolov3-tiny's ~1.3x slower).
+    ``auto`` is right for the YOLOv3 family; depthwise-heavy nets depend on the CPU: on the 2-core Sapphire Rapids
+    (AMX) of BENCHMARKS.md YOLO Nano's bf16 step is ~1.4x faster contiguous (yolov3-tiny's ~1.3x slower); on a
+    2-core Zen 4 EPYC channels_last is faster for all of them (256 px: Nano 1.1x, YOLOv3-Mobile 1.3x,
+    MobileNetV3-YOLO 1.6x, tiny 1.4x).
     """
     if choice != "auto":
         return MEMORY_FORMATS[choice]
