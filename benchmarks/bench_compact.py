@@ -19,9 +19,9 @@ Steps (subprocesses of the real entry script, with the default recipe of params/
    The table shows the wall time each run really took, so the budget can be checked (the rates leave out what
    does not scale with the step: the loader, the EMA, each epoch's evaluation); ``--compact-epochs N`` sets the
    compact cfgs' epochs by hand instead, e.g. matched to tiny's wall time from an earlier run's epoch seconds.
-   With ``--device 0`` the rates are timed on that GPU (fp16 autocast, synchronised); with ``--jobs N`` the training runs go N at a time
-   once the rates are measured (each run keeps its epoch count, so sharing the machine changes the wall times in
-   the table, not the budget);
+   With ``--device 0`` the rates are timed on that GPU (fp16 autocast, synchronised); with ``--jobs N`` the
+   training runs go N at a time once the rates are measured (each run keeps its epoch count, so sharing the
+   machine changes the wall times in the table, not the budget);
 4. ``train.py --cfg X --epochs E_X`` for each cfg of ``--cfgs``;
 5. a markdown table (also ``OUT/results.md``): epochs, training wall time (sum of the epochs' seconds in
    results.csv, evaluation included; for the compact cfgs also as a share of tiny's, the check of the budget),
@@ -69,7 +69,8 @@ def parse_args(argv=None):
     ap.add_argument("--rate-rounds", type=int, default=3, help="interleaved timing rounds (the best counts)")
     ap.add_argument("--latency-runs", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--device", default="", help="train.py's --device; the rates are timed there too (default: the first GPU, else the CPU)")
+    ap.add_argument("--device", default="",
+                    help="train.py's --device; the rates are timed there too (default: the first GPU, else the CPU)")
     ap.add_argument("--jobs", type=int, default=1, help="training runs side by side (after the rates are timed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-amp", action="store_true", help="train in fp32 (passed on to train.py)")
@@ -225,8 +226,8 @@ def main(argv=None):
         ms = latency_ms(runs[cfg] / "weights" / "best.pt", a.img_size, a.latency_runs)
         share = f"{map50 / ref_map50:.0%}" if ref_map50 else "-"
         time_share = f" ({seconds / ref_seconds:.0%} of tiny's)" if cfg != REFERENCE and ref_seconds else ""
-        lines.append(f"| {Path(cfg).stem} | {len(rows)} | {seconds:.0f} s{time_share} | {map50:.4f} | {map_:.4f} | {share} | "
-                     f"{params:,} | {macs416 / 1e9:.2f} G | {macs / 1e9:.2f} G | {ms:.1f} |")
+        lines.append(f"| {Path(cfg).stem} | {len(rows)} | {seconds:.0f} s{time_share} | {map50:.4f} | {map_:.4f} | "
+                     f"{share} | {params:,} | {macs416 / 1e9:.2f} G | {macs / 1e9:.2f} G | {ms:.1f} |")
     text = "\n".join(lines)
     device = select_device(a.device)
     precision = "fp32" if a.no_amp else ("bf16" if device.type == "cpu" else "fp16") + " autocast"
