@@ -380,11 +380,18 @@ def load_resized(path, img_size, augment=False):
     if img is None:
         raise FileNotFoundError(f"{path}: image cannot be read (deleted or damaged since the dataset scan?)")
     h0, w0 = img.shape[:2]
-    h, w = resized_shape(h0, w0, img_size)
-    if (h, w) != (h0, w0):
-        interp = cv2.INTER_LINEAR if (augment or h > h0) else cv2.INTER_AREA
-        img = cv2.resize(img, (w, h), interpolation=interp)
-    return img, (h0, w0), (h, w)
+    hw = resized_shape(h0, w0, img_size)
+    return resize_to(img, hw, augment), (h0, w0), hw
+
+
+def resize_to(img, hw, augment=False):
+    """``img`` resized to ``(h, w)`` (itself when already that size): bilinear for training or upsampling, area
+    averaging when shrinking for evaluation."""
+    h, w = hw
+    if (h, w) == img.shape[:2]:
+        return img
+    interp = cv2.INTER_LINEAR if (augment or h > img.shape[0]) else cv2.INTER_AREA
+    return cv2.resize(img, (w, h), interpolation=interp)
 
 
 def resized_shape(h0, w0, img_size):
@@ -570,12 +577,10 @@ class LoadImagesAndLabels(Dataset):
     def load_image(self, i):
         """``(img BGR, (h0, w0), (h, w))`` with the long side at ``img_size`` (from RAM when cached)."""
         if self.imgs[i] is not None:
-            img, hw0, hw = self.imgs[i]
-            h, w = resized_shape(*hw0, self.img_size)
-            if (h, w) == hw:
-                return img.copy(), hw0, hw
-            interp = cv2.INTER_LINEAR if (self.augment or h > hw[0]) else cv2.INTER_AREA
-            return cv2.resize(img, (w, h), interpolation=interp), hw0, (h, w)
+            img, hw0, _ = self.imgs[i]
+            hw = resized_shape(*hw0, self.img_size)
+            out = resize_to(img, hw, self.augment)
+            return (img.copy() if out is img else out), hw0, hw
         return load_resized(self.img_files[i], self.img_size, self.augment)
 
     def __getitem__(self, index):
