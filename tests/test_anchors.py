@@ -39,17 +39,17 @@ def test_kmeans_recovers_clusters_sorted_by_area():
 def test_apply_anchors_gives_the_finest_head_the_smallest_and_survives_a_rebuild():
     model = Darknet(TINY_CFG, img_size=128, nc=6)
     n_params = sum(p.numel() for p in model.parameters())
-    wh = np.array([[8.0 * k, 8.0 * k] for k in range(1, 7) for _ in range(20)])
-    new = A.fitted_anchors(model, wh)
+    wh = np.array([[8.0 * k, 8.0 * k] for k in range(1, 6) for _ in range(20)])
+    new = A.fitted_anchors(model, wh)  # tiny's heads use 5 anchors (masks 1,2,3 and 3,4,5): 5 clusters
     A.apply_anchors(model, new)
     by_stride = {float(model.module_list[i].stride): model.module_list[i].anchors for i in model.yolo_layers}
-    assert by_stride[16.0].tolist() == [[8, 8], [16, 16], [24, 24]]  # tiny's stride-16 head: mask 0,1,2
-    assert by_stride[32.0].tolist() == [[32, 32], [40, 40], [48, 48]]
+    assert by_stride[16.0].tolist() == [[8, 8], [16, 16], [24, 24]]
+    assert by_stride[32.0].tolist() == [[24, 24], [32, 32], [40, 40]]  # anchor 3 is shared by both heads
     rebuilt = Darknet.from_text(model.cfg_text, name="fitted", img_size=128, nc=6)
     for i in model.yolo_layers:
         assert torch.equal(rebuilt.module_list[i].anchors, model.module_list[i].anchors)
     assert sum(p.numel() for p in rebuilt.parameters()) == n_params
-    assert model.cfg_text.count("anchors=8,8,  16,16,  24,24,  32,32,  40,40,  48,48") == 2
+    assert model.cfg_text.count("anchors=10,14,  8,8,  16,16,  24,24,  32,32,  40,40") == 2  # unused 0 kept
 
 
 def test_set_anchors_keeps_comments_and_other_lines():
@@ -60,7 +60,7 @@ def test_set_anchors_keeps_comments_and_other_lines():
 
 def test_different_anchor_lists_per_head_is_a_one_line_error(tmp_path):
     text = open(TINY_CFG).read()
-    first = text.index("anchors")
+    first = text.index("\nanchors") + 1  # the first [yolo]'s anchors line (the header comment names anchors too)
     end = text.index("\n", first)
     cfg = tmp_path / "mixed.cfg"
     cfg.write_text(text[:first] + "anchors = 1,1, 2,2, 3,3, 4,4, 5,5, 6,6" + text[end:])

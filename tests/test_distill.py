@@ -275,10 +275,13 @@ def test_anchor_mismatches_name_pairs_beyond_anchor_t_and_vanish_with_fitted_anc
     from utils.distill import anchor_mismatches
 
     nano, tiny = Darknet("cfg/yolo-nano.cfg", img_size=256, nc=6), Darknet("cfg/yolov3-tiny.cfg", img_size=256, nc=6)
+    # Nano's VOC anchors all lie within anchor_t of tiny's (stride 16: 23x27, 37x58, 81x82, mask 1,2,3)
+    assert anchor_mismatches(nano, tiny, match_heads(nano, tiny), thr=4.0) == []
+    # stride-16 anchors 5x5 and 400x300 meet tiny's smallest and largest stride-16 anchors beyond anchor_t
+    apply_anchors(nano, [[12, 12], [16, 16], [20, 20], [5, 5], [33, 33], [400, 300], [55, 55], [72, 72], [95, 95]])
     got = anchor_mismatches(nano, tiny, match_heads(nano, tiny), thr=4.0)
-    # Nano's VOC anchors 145x267 and 180x135 at stride 16 meet tiny's largest stride-16 anchor, 37x58
-    assert [(s, a, t) for s, a, t, _ in got] == [(1, [145.0, 267.0], [37.0, 58.0]), (1, [180.0, 135.0], [37.0, 58.0])]
-    assert [round(r, 2) for *_, r in got] == [round(267 / 58, 2), round(180 / 37, 2)]
+    assert [(s, a, t) for s, a, t, _ in got] == [(1, [5.0, 5.0], [23.0, 27.0]), (1, [400.0, 300.0], [81.0, 82.0])]
+    assert [round(r, 2) for *_, r in got] == [round(27 / 5, 2), round(400 / 81, 2)]
     apply_anchors(nano, [[12, 12], [16, 16], [20, 20], [25, 25], [33, 33], [42, 42], [55, 55], [72, 72], [95, 95]])
     assert anchor_mismatches(nano, tiny, match_heads(nano, tiny), thr=4.0) == []
 
@@ -289,18 +292,19 @@ def test_setup_repairs_heads_after_the_student_anchors_change_and_notes_mismatch
     from utils.anchors import apply_anchors
 
     nano, teacher = Darknet("cfg/yolo-nano.cfg", img_size=64, nc=6), tiny()
+    apply_anchors(nano, [[5, 5]] * 3 + [[400, 300]] * 3 + [[81, 82]] * 3)  # strides 8, 16, 32
     plug = plugin(teacher, hint_weight=0.0).check(nano, 64)  # checked first, as my_kd.py does
     logs = []
     trainer = SimpleNamespace(model=nano, hyp={"anchor_t": 4.0}, main=True, log=logs.append,
                               device=torch.device("cpu"), fmt=torch.contiguous_format, args=None)
     plug.setup(trainer)
-    assert sum("is paired with teacher anchor" in m for m in logs) == 2
+    assert sum("is paired with teacher anchor" in m for m in logs) == 3  # 400x300 vs tiny's 81x82, three times
     # what --autoanchor does in the trainer's setup: new anchors; the plug-in must pair the new ones
-    apply_anchors(nano, [[5, 5]] * 3 + [[10, 14]] * 3 + [[81, 82]] * 3)  # strides 8, 16, 32
+    apply_anchors(nano, [[5, 5]] * 3 + [[23, 27]] * 3 + [[81, 82]] * 3)
     logs.clear()
     plug.setup(trainer)
     assert not any("is paired with teacher anchor" in m for m in logs)
-    assert plug.head_pairs[1][1].tolist() == [0, 0, 0]  # stride 16: tiny's 10x14 (its anchor index 0)
+    assert plug.head_pairs[1][1].tolist() == [0, 0, 0]  # stride 16: tiny's 23x27 (its head's anchor index 0)
 
 
 def test_class_term_on_object_cells_ignores_what_the_teacher_calls_background():

@@ -104,7 +104,7 @@ def test_summary_counts_zero_weights():
 def test_yolo_layer_attributes_and_nc_override():
     model = tiny(nc=20)
     assert model.yolo_layers == [16, 23] and model.nc == 20
-    for i, stride, mask in ((16, 32.0, (3, 4, 5)), (23, 16.0, (0, 1, 2))):
+    for i, stride, mask in ((16, 32.0, (3, 4, 5)), (23, 16.0, (1, 2, 3))):
         y = model.module_list[i]
         assert isinstance(y, YOLOLayer)
         assert (y.na, y.nc, y.no, y.stride, y.index) == (3, 20, 25, stride, i)
@@ -112,7 +112,7 @@ def test_yolo_layer_attributes_and_nc_override():
         assert model.module_list[i - 1].conv.out_channels == 75
         assert model.module_defs[i - 1]["filters"] == 75 and model.module_defs[i]["classes"] == 20
     assert "anchors" not in model.state_dict() and not any("anchors" in k for k in model.state_dict())
-    assert model.module_defs[0]["type"] == "convolutional" and model.module_defs[0]["_line"] == 25
+    assert model.module_defs[0]["type"] == "convolutional" and model.module_defs[0]["_line"] == 30
 
 
 def test_output_bias_prior_is_in_the_parameters(yolov3_voc):
@@ -158,7 +158,7 @@ def test_eval_decode_lands_boxes_at_expected_pixels():
                                      logit(cls[0]), logit(cls[1])])
         inf, p = model(torch.rand(2, 3, 96, 64))
     expected = []
-    for stride, mask in ((32, (3, 4, 5)), (16, (0, 1, 2))):
+    for stride, mask in ((32, (3, 4, 5)), (16, (1, 2, 3))):
         ny, nx = 96 // stride, 64 // stride
         for a, m in enumerate(mask):
             for gy in range(ny):
@@ -169,6 +169,33 @@ def test_eval_decode_lands_boxes_at_expected_pixels():
     assert inf.shape == (2, 3 * (3 * 2 + 6 * 4), 7) and inf.dtype == torch.float32
     torch.testing.assert_close(inf, expected, rtol=1e-5, atol=1e-4)
     assert [tuple(t.shape) for t in p] == [(2, 3, 3, 2, 7), (2, 3, 6, 4, 7)]
+
+
+def test_official_tiny_weights_layout_decodes_stride_16_with_anchors_1_2_3(tmp_path):
+    """A .weights file built by hand for yolov3-tiny (80 classes): every value 0 except the bias of the last conv
+    (the stride-16 output conv, which has no BN: its 255 biases come just before its 255x256 kernel at the end of
+    the file). All features are then 0, so that head outputs its bias: tx = ty = 0, tw = th = 0 (box = anchor),
+    objectness and class 0 certain. The stride-16 boxes must carry anchors 1, 2, 3 (23x27, 37x58, 81x82), the
+    anchors the official weights were trained with (cfg mask = 1,2,3), not 0, 1, 2."""
+    cfg = CFG / "yolov3-tiny.cfg"
+    floats = (8_858_734 - 255 * 256) - 255  # every value of the file before that conv's bias
+    bias = np.zeros((3, 85), "<f4")
+    bias[:, 4] = bias[:, 5] = 20.0  # sigmoid(20) = 1 - 2e-9
+    path = tmp_path / "tiny.weights"
+    with open(path, "wb") as f:
+        np.array([0, 2, 0], "<i4").tofile(f)
+        np.array([0], "<i8").tofile(f)
+        np.zeros(floats, "<f4").tofile(f)
+        bias.tofile(f)
+        np.zeros(255 * 256, "<f4").tofile(f)
+    model = load_darknet_weights(Darknet(cfg), path).eval()
+    with torch.no_grad():
+        inf, _ = model(torch.rand(1, 3, 416, 416))
+    head = inf[0, 3 * 13 * 13:].view(3, 26, 26, 85)  # after the stride-32 head's 3 x 13 x 13 rows
+    for a, (w, h) in enumerate(TINY_ANCHORS[1:4]):
+        assert head[a, ..., 2].unique().tolist() == [w] and head[a, ..., 3].unique().tolist() == [h]
+        assert head[a, 5, 7, :2].tolist() == [(7 + 0.5) * 16, (5 + 0.5) * 16]
+    assert float(head[..., 4].min()) > 0.999 and float(head[..., 5].min()) > 0.999
 
 
 def test_yolo_layer_decodes_hand_made_tensor():

@@ -72,7 +72,9 @@ def kmeans_anchors(wh, k, seed=0, iters=100):
 
 
 def yolo_anchor_order(model):
-    """Anchor indexes of the model's shared anchor list, finest stride first (the order area-sorted anchors take)."""
+    """``(order, n)``: the anchor indexes the heads use, finest stride first (the order area-sorted anchors take;
+    an index two heads share, like 3 in yolov3-tiny's masks 1,2,3 and 3,4,5, counts once), then the unused ones,
+    and the length ``n`` of the model's shared anchor list."""
     from models import yolo_mask
 
     heads = []
@@ -114,12 +116,19 @@ def model_anchors(model):
 
 
 def fitted_anchors(model, wh, seed=0):
-    """k-means anchors for ``wh``, in the model's cfg index order (smallest at its finest-stride head)."""
+    """k-means anchors for ``wh``, in the model's cfg index order (smallest at its finest-stride head): one cluster
+    per anchor a head uses; anchors no head uses (yolov3-tiny's 0) keep their cfg values."""
     order, n = yolo_anchor_order(model)
-    fitted = kmeans_anchors(wh, n, seed)
-    anchors = np.zeros((n, 2))
-    anchors[order] = fitted
+    used = len(used_anchor_indexes(model))  # ``order`` lists the used indexes first
+    anchors = model_anchors(model).copy()
+    anchors[order[:used]] = kmeans_anchors(wh, used, seed)
     return np.round(anchors).clip(1)
+
+
+def used_anchor_indexes(model):
+    from models import yolo_mask
+
+    return {m for i in model.yolo_layers for m in yolo_mask(model.module_defs[i], model.cfg_path)}
 
 
 def apply_anchors(model, anchors):
