@@ -71,7 +71,7 @@ def read_names(path):
 
 
 def build_parser():
-    from utils.my_utils import flag
+    from utils.my_utils import add_inference_precision_args, flag
 
     p = argparse.ArgumentParser(description="Detect objects in images or videos with a YOLO detector.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
@@ -86,7 +86,7 @@ def build_parser():
     flag(g, "--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
     flag(g, "--max-det", type=int, default=300, help="detections kept per image")
     flag(g, "--classes", type=int, nargs="+", default=None, help="keep only these class indexes")
-    flag(g, "--half", action="store_true", help="bf16 autocast + channels_last on CPU, fp16 on CUDA")
+    add_inference_precision_args(g)
     flag(g, "--device", type=str, default="", help="cpu, 0, cuda:1 ... (default: first GPU, else CPU)")
     g = p.add_argument_group("output")
     flag(g, "--project", type=str, default="runs/detect", help="results go to PROJECT/NAME")
@@ -102,12 +102,14 @@ def main(argv=None):
     from test import model_stride
     from utils.checkpoint import load_model
     from utils.datasets import LoadImages
-    from utils.torch_utils import autocast
+    from utils.torch_utils import autocast, resolve_precision
 
     device = select_device(args.device)
+    precision = resolve_precision(device, args.amp)
+    print(f"precision {precision}")
     model, ckpt = load_model(args.weights, args.cfg, None, device)
     model.eval()
-    if args.half:
+    if precision.amp:
         model.to(memory_format=torch.channels_last)
     ckpt = ckpt or {}
     nc = int(model.nc)
@@ -132,9 +134,9 @@ def main(argv=None):
             path = Path(path)
             t0 = time.perf_counter()
             x = torch.as_tensor(img).to(device).float().div_(255)[None]
-            if args.half:
+            if precision.amp:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), autocast(device, enabled=args.half):
+            with torch.no_grad(), autocast(device, precision):
                 inf, _ = model(x)
             det = non_max_suppression(inf, args.conf_thres, args.iou_thres, classes=args.classes,
                                       max_det=args.max_det)[0].cpu()

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from utils.errors import UserError
 from utils.general import increment_path, select_device, xywh2xyxy
 from utils.metrics import Evaluator, format_metrics, format_per_class, non_max_suppression, scale_boxes
-from utils.torch_utils import autocast
+from utils.torch_utils import autocast, resolve_precision
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -78,10 +78,10 @@ class _Timer:
 
 
 class _EvalMode:
-    """Puts the model in eval mode (and channels_last for ``half``), then restores what it found."""
+    """Puts the model in eval mode (and channels_last under autocast), then restores what it found."""
 
-    def __init__(self, model, half):
-        self.model, self.half = model, half
+    def __init__(self, model, precision):
+        self.model, self.half = model, _low(precision)
 
     def __enter__(self):
         self.training = self.model.training
@@ -99,7 +99,12 @@ class _EvalMode:
         return False
 
 
-def _batches(model, dataloader, conf_thres, iou_thres, half, timer, desc, multi_label=False, max_det=300,
+def _low(precision):
+    """Whether ``precision`` (a name or ``Precision``) is an autocast one (bf16, fp16) rather than fp32."""
+    return getattr(precision, "name", precision) != "fp32"
+
+
+def _batches(model, dataloader, conf_thres, iou_thres, precision, timer, desc, multi_label=False, max_det=300,
              compute_loss=None, losses=None):
     """Run the model over ``dataloader``; yield ``(imgs, targets, paths, shapes, detections)`` per batch with
     detections in network-input pixels. Times the three stages into ``timer``; loss terms summed into ``losses``."""
@@ -109,11 +114,11 @@ def _batches(model, dataloader, conf_thres, iou_thres, half, timer, desc, multi_
     for imgs, targets, paths, shapes in bar:
         t0 = timer.mark()
         imgs = imgs.to(device, non_blocking=True).float().div_(255)
-        if half:
+        if _low(precision):
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device)
         t1 = timer.mark()
-        with torch.no_grad(), autocast(device, enabled=half):
+        with torch.no_grad(), autocast(device, precision):
             out = model(imgs)
         t2 = timer.mark()
         if not isinstance(out, (tuple, list)) or len(out) != 2:
@@ -137,11 +142,11 @@ def _batches(model, dataloader, conf_thres, iou_thres, half, timer, desc, multi_
 
 
 # ---------------------------------------------------------------------------------------------------- evaluate
-def evaluate(model, dataloader, conf_thres=0.001, iou_thres=0.6, half=False, names=None, compute_loss=None,
+def evaluate(model, dataloader, conf_thres=0.001, iou_thres=0.6, precision="fp32", names=None, compute_loss=None,
              save_json=None, verbose=False, multi_label=False, max_det=300, desc="val"):
     """COCO evaluation of ``model`` on ``dataloader`` (batches ``(imgs uint8, targets, paths, shapes)``).
 
-    ``half``: bf16 autocast and channels_last on CPU, fp16 autocast on CUDA. ``compute_loss(p, targets) ->
+    ``precision``: fp32, or bf16 / fp16 autocast with channels_last (a name or ``Precision``). ``compute_loss(p, targets) ->
     (loss, terms)`` adds ``loss``, the mean of each term over batches. ``save_json``: a folder that receives
     ``predictions.json`` (COCO results: ``image_id, category_id, bbox`` xywh original pixels, ``score``) and
     ``ground_truth.json`` (the labels converted to COCO; ``image_id`` runs from 1 in loader order, ``file_name``
@@ -159,8 +164,8 @@ def evaluate(model, dataloader, conf_thres=0.001, iou_thres=0.6, half=False, nam
     evaluator = Evaluator(nc, names)
     timer = _Timer(device)
     losses = defaultdict(float)
-    with _EvalMode(model, half):
-        for imgs, targets, paths, shapes, dets in _batches(model, dataloader, conf_thres, iou_thres, half, timer,
+    with _EvalMode(model, precision):
+        for imgs, targets, paths, shapes, dets in _batches(model, dataloader, conf_thres, iou_thres, precision, timer,
                                                            desc, multi_label, max_det, compute_loss, losses):
             img_shape = imgs.shape[2:]
             for si, det in enumerate(dets):
@@ -189,14 +194,14 @@ def _num_classes(model, names):
     return int(nc)
 
 
-def measure_speed(model, dataloader, conf_thres=0.001, iou_thres=0.6, half=False, warmup=1):
+def measure_speed(model, dataloader, conf_thres=0.001, iou_thres=0.6, precision="fp32", warmup=1):
     """Milliseconds per image for preprocessing, inference and NMS over ``dataloader`` (after ``warmup`` batches
     that are run but not timed). Returns ``{'preprocess', 'inference', 'nms', 'images', 'batch_shape'}``."""
     device = _model_device(model)
     timer = _Timer(device)
     shape = None
-    with _EvalMode(model, half):
-        for i, (imgs, *_) in enumerate(_batches(model, dataloader, conf_thres, iou_thres, half, timer, "speed")):
+    with _EvalMode(model, precision):
+        for i, (imgs, *_) in enumerate(_batches(model, dataloader, conf_thres, iou_thres, precision, timer, "speed")):
             shape = tuple(imgs.shape)
             if i < warmup:
                 timer.t.clear()
@@ -210,7 +215,7 @@ def measure_speed(model, dataloader, conf_thres=0.001, iou_thres=0.6, half=False
 # --------------------------------------------------------------------------------------------------------- CLI
 def build_parser():
     """test.py's flags (model and data groups from utils/my_utils.py)."""
-    from utils.my_utils import add_data_args, add_model_args, flag
+    from utils.my_utils import add_data_args, add_inference_precision_args, add_model_args, flag
 
     p = argparse.ArgumentParser(description="Evaluate a YOLO detector with the COCO metrics (pycocotools).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
@@ -223,7 +228,7 @@ def build_parser():
     flag(g, "--multi-label", action="store_true", help="a box may be kept for several classes")
     flag(g, "--task", choices=("val", "speed"), default="val", help="val: COCO metrics; speed: ms per image")
     flag(g, "--save-json", action="store_true", help="write predictions.json and ground_truth.json (COCO format)")
-    flag(g, "--half", action="store_true", help="bf16 autocast + channels_last on CPU, fp16 on CUDA")
+    add_inference_precision_args(g)
     flag(g, "--verbose", action="store_true", help="show pycocotools' own report")
     g = p.add_argument_group("output")
     flag(g, "--project", type=str, default="runs/test", help="results go to PROJECT/NAME")
@@ -261,6 +266,8 @@ def main(argv=None):
     data = parse_data_cfg(args.data)
     nc, names = int(data["classes"]), list(data["names"])
     device = select_device(args.device)
+    precision = resolve_precision(device, args.amp)
+    print(f"precision {precision}")
     model, ckpt = load_for_eval(args.weights, args.cfg, nc, device)
     if int(getattr(model, "nc", nc)) != nc:
         raise UserError(f"{args.data}: {nc} classes, but the model has {model.nc}")
@@ -285,17 +292,17 @@ def main(argv=None):
 
     report = {"task": args.task, "weights": args.weights, "cfg": args.cfg, "data": args.data, "img_size": img_size,
               "batch_size": batch_size, "conf_thres": args.conf_thres, "iou_thres": args.iou_thres,
-              "half": args.half, "device": str(device)}
+              "precision": precision.name, "device": str(device)}
     if summary is not None:
         report["summary"] = summary
     if args.task == "speed":
-        speed = measure_speed(model, loader, args.conf_thres, args.iou_thres, half=args.half)
+        speed = measure_speed(model, loader, args.conf_thres, args.iou_thres, precision=precision)
         report["speed"] = speed
         print(f"Speed: {speed['preprocess']:.1f} ms preprocess, {speed['inference']:.1f} ms inference, "
               f"{speed['nms']:.1f} ms NMS per image over {speed['images']} images, batch shape "
               f"{speed['batch_shape']}")
     else:
-        metrics = evaluate(model, loader, conf_thres=args.conf_thres, iou_thres=args.iou_thres, half=args.half,
+        metrics = evaluate(model, loader, conf_thres=args.conf_thres, iou_thres=args.iou_thres, precision=precision,
                            names=names, save_json=run_dir if args.save_json else None, verbose=args.verbose,
                            multi_label=args.multi_label, max_det=args.max_det)
         report.update(metrics)

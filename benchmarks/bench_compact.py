@@ -11,8 +11,8 @@ Steps (subprocesses of the real entry script, with the default recipe of params/
    written under ``--out``;
 2. ``train.py --cfg cfg/yolov3-tiny.cfg --epochs E``: the reference and its time budget;
 3. the same time for each compact cfg: the training-step throughput of every cfg is measured in this process
-   (``bench_train.step_rate``: random images at ``--img-size``, bf16 autocast + channels_last like the engine,
-   fp32 with ``--no-amp``; best of ``--rate-rounds`` interleaved rounds), and a cfg that trains at ``r`` times
+   (``bench_train.step_rate``: random images at ``--img-size``, in the precision and memory format train.py picks
+   with ``--amp`` (``auto`` by default) and ``--memory-format auto``; best of ``--rate-rounds`` interleaved rounds), and a cfg that trains at ``r`` times
    tiny's speed gets ``max(1, round(E * r))`` epochs. With ``--img-size-start S`` the compact cfgs train with
    progressive resizing (train.py's flag); their rates are timed at every size they will train at, and they get
    the epoch count whose epochs, each costed at its own size, take the time nearest tiny's (``epochs_for_time``).
@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import data_path, read_csv, run_timed  # noqa: E402
 from utils.engine import progressive_img_size  # noqa: E402
 from utils.general import select_device  # noqa: E402
+from utils.memory_format import choose_memory_format  # noqa: E402
+from utils.torch_utils import resolve_precision  # noqa: E402
 
 REFERENCE = "cfg/yolov3-tiny.cfg"
 STRIDE = 32  # the largest stride of every cfg here: progressive sizes are its multiples
@@ -73,7 +75,9 @@ def parse_args(argv=None):
                     help="train.py's --device; the rates are timed there too (default: the first GPU, else the CPU)")
     ap.add_argument("--jobs", type=int, default=1, help="training runs side by side (after the rates are timed)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-amp", action="store_true", help="train in fp32 (passed on to train.py)")
+    ap.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                    help="train.py's --amp (passed on; the rates are timed in the precision it resolves to)")
+    ap.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off")
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads of every measurement and training run (OMP_NUM_THREADS; default: torch's)")
     ap.add_argument("--train-args", default="", help="extra train.py flags, one string")
@@ -105,8 +109,7 @@ def train(a, out, data, cfg, epochs):
         cmd += a.compact_args.split()
         if a.img_size_start:
             cmd += ["--img-size-start", str(a.img_size_start)]
-    if a.no_amp:
-        cmd.append("--no-amp")
+    cmd += ["--amp", a.amp]
     run_timed(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)) if a.threads else None)
     return run
 
@@ -116,12 +119,18 @@ def train_rates(a, runs):
     ``--rate-rounds`` interleaved rounds, so that a burst of load from other processes does not decide a budget."""
     from bench_train import step_rate
 
+    from models import Darknet
+
     rates = {run: 0.0 for run in runs}
     device = select_device(a.device)
+    precision = resolve_precision(device, a.amp)
+    fmts = {run: choose_memory_format(Darknet(str(ROOT / run[0]), img_size=run[1]), device, precision, run[1],
+                                      a.batch_size)[0] for run in runs}
     for _ in range(a.rate_rounds):
         for cfg, size in runs:
-            rates[cfg, size] = max(rates[cfg, size], step_rate(str(ROOT / cfg), size, a.batch_size, not a.no_amp,
-                                                               a.rate_steps, device))
+            rate = step_rate(str(ROOT / cfg), size, a.batch_size, precision.name, a.rate_steps, device,
+                             fmts[cfg, size])
+            rates[cfg, size] = max(rates[cfg, size], rate)
     return rates
 
 
@@ -230,7 +239,7 @@ def main(argv=None):
                      f"{share} | {params:,} | {macs416 / 1e9:.2f} G | {macs / 1e9:.2f} G | {ms:.1f} |")
     text = "\n".join(lines)
     device = select_device(a.device)
-    precision = "fp32" if a.no_amp else ("bf16" if device.type == "cpu" else "fp16") + " autocast"
+    precision = resolve_precision(device, a.amp)
     setup = (f"{data}, {a.img_size} px, batch {a.batch_size}, {precision} on {device}, "
              f"{a.jobs} run(s) at a time, "
              f"yolov3-tiny {a.epochs} epochs, the others "

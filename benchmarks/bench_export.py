@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from models import Darknet, make_checkpoint, prunable_parameters  # noqa: E402
 from utils import sparse  # noqa: E402
 from utils.export import Decoded, export_onnx, fold_empty_channels, onnx_session  # noqa: E402
+from utils.torch_utils import native_low_precision  # noqa: E402
 
 
 def magnitude_masks(model, sparsity, scope="local"):
@@ -134,7 +135,8 @@ def latencies(model, img_size, reps, folder):
         def bf16():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 m(xc)
-        out["bf16_cl"] = timed(bf16, reps)
+        # emulated bf16 (no AMX / AVX512-BF16) is many times slower than fp32 and no one would ship it
+        out["bf16_cl"] = timed(bf16, reps) if native_low_precision("bf16") else (float("nan"), float("nan"))
         model.to(memory_format=torch.contiguous_format)
     path = export_onnx(model, Path(folder) / "m.onnx", img_size)
     sess = onnx_session(path, threads=torch.get_num_threads())

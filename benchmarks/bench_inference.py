@@ -1,5 +1,7 @@
-"""Inference speed on this machine: ms/image for yolov3-tiny and yolov3, fp32 vs low precision + channels_last
-(bf16 on CPU, fp16 on CUDA), and the wall time of a full ``test.py`` run on the shapes validation set.
+"""Inference speed on this machine: ms/image for yolov3-tiny and yolov3 in fp32 (contiguous and channels_last) and
+in low precision + channels_last where the device runs it natively (bf16 on a CPU with AMX or AVX512-BF16, fp16 on
+CUDA), and the wall time of a full ``test.py`` run (fp32, and ``--half``: ``--amp auto``) on the shapes validation
+set.
 
     python benchmarks/bench_inference.py                      # everything (a few minutes on 2 CPU cores)
     python benchmarks/bench_inference.py --cfgs cfg/yolov3-tiny.cfg --batch-sizes 1 --no-test
@@ -25,33 +27,30 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def time_forward(model, bs, img_size, low, min_iters=3, min_seconds=3.0, warmup=1):
+def time_forward(model, bs, img_size, precision, fmt="contiguous", min_iters=3, min_seconds=3.0, warmup=1):
     """``(best, median, iterations)``: milliseconds per image of ``model(x)`` for a ``(bs, 3, img_size,
-    img_size)`` batch on the model's device; ``low``: autocast (bf16 on CPU, fp16 on CUDA) with channels_last.
+    img_size)`` batch on the model's device in ``precision`` (fp32, bf16, fp16) and memory format ``fmt``.
     On a shared machine the best time is the figure least disturbed by other processes."""
-    from utils.torch_utils import autocast
+    from utils.torch_utils import MEMORY_FORMATS, autocast
 
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
-    x = torch.rand(bs, 3, img_size, img_size, device=device)
-    if low:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    else:
-        model = model.to(memory_format=torch.contiguous_format)
+    model = model.to(memory_format=MEMORY_FORMATS[fmt])
+    x = torch.rand(bs, 3, img_size, img_size, device=device).contiguous(memory_format=MEMORY_FORMATS[fmt])
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     with torch.inference_mode():
         for _ in range(warmup + (10 if cuda else 0)):  # CUDA: cuDNN picks its algorithms in the first calls
-            with autocast(device, enabled=low):
+            with autocast(device, precision):
                 model(x)
         sync()
         times = []
         t_end = time.perf_counter() + min_seconds
         while len(times) < min_iters or time.perf_counter() < t_end:
             t0 = time.perf_counter()
-            with autocast(device, enabled=low):
+            with autocast(device, precision):
                 model(x)
             sync()
             times.append(time.perf_counter() - t0)
@@ -62,14 +61,16 @@ def time_forward(model, bs, img_size, low, min_iters=3, min_seconds=3.0, warmup=
 def bench_models(cfgs, batch_sizes, img_size, device):
     from models import Darknet
 
+    from bench_train import modes
+
     rows = []
-    low_name = "fp16+channels_last" if device.type == "cuda" else "bf16+channels_last"
     for cfg in cfgs:
         model = Darknet(str(ROOT / cfg) if not Path(cfg).is_file() else cfg, img_size=img_size).eval().to(device)
         for bs in batch_sizes:
-            for low in (False, True):
-                ms, med, n = time_forward(model, bs, img_size, low)
-                row = {"cfg": Path(cfg).name, "img_size": img_size, "batch": bs, "mode": low_name if low else "fp32", "ms_per_image": round(ms, 2),
+            for precision, fmt in modes(device):
+                ms, med, n = time_forward(model, bs, img_size, precision, fmt)
+                row = {"cfg": Path(cfg).name, "img_size": img_size, "batch": bs, "mode": f"{precision}+{fmt}",
+                       "ms_per_image": round(ms, 2),
                        "ms_median": round(med, 2), "img_per_s": round(1000 / ms, 2), "iterations": n}
                 rows.append(row)
                 print(f"{row['cfg']:>18} {img_size} bs={bs:<3} {row['mode']:>19}: {ms:8.1f} ms/img best, "

@@ -1,11 +1,14 @@
-"""Training throughput of the engine's step: fp32 vs bf16 autocast + channels_last, against this CPU's peak.
+"""Training throughput of the engine's step in each precision and memory format, against this machine's peak.
 
-    python benchmarks/bench_train.py --cfg cfg/yolov3-tiny.cfg --img-size 416 --batch-size 16
+    python benchmarks/bench_train.py                                   # yolov3-tiny, 256 px, batch 16
+    python benchmarks/bench_train.py --cfg cfg/yolo-nano.cfg --img-size 416 --batch-size 8 --device 0
 
-Measures (1) the bf16 and fp32 matmul peak of this machine (GFLOP/s, large square matmuls), (2) img/s of a full
-training step (forward, YOLO loss, backward, SGD step) on random images with random targets, in fp32 and in bf16
-autocast with channels_last, and (3) the share of the bf16 peak the bf16 step reaches, counting a training step
-as 3x the forward MACs x 2 FLOPs. Prints one markdown table row per mode.
+Measures (1) the fp32 and bf16 matmul peak of this machine (GFLOP/s, large square matmuls; on CUDA fp32 and
+fp16), (2) img/s of a full training step (forward, YOLO loss, backward, SGD step) on random images with random
+targets in fp32 contiguous, fp32 channels_last and, where the device runs it natively, bf16 (CPU) or fp16 (CUDA)
+in both layouts, and (3) each mode's share of its dtype's peak, counting a training step as 3x the forward MACs x
+2 FLOPs. Emulated bf16 (a CPU without AMX or AVX512-BF16) is skipped unless ``--emulated``: on an AVX2 Zen 2 EPYC
+one such step takes over 20 s. The last row is what ``train.py --amp auto --memory-format auto`` picks here.
 """
 import argparse
 import sys
@@ -17,20 +20,27 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import Darknet, model_summary  # noqa: E402
+from utils.general import select_device  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
+from utils.memory_format import choose_memory_format, machine_name  # noqa: E402
 from utils.my_utils import hyp_from_args, parse_args, train_parser  # noqa: E402
-from utils.torch_utils import autocast, build_optimizer  # noqa: E402
+from utils.torch_utils import (MEMORY_FORMATS, autocast, build_optimizer, native_low_precision,  # noqa: E402
+                               resolve_precision)
 
 
-def matmul_peak(dtype, n=2048, reps=10):
-    """GFLOP/s of an n x n matmul in ``dtype`` (best of ``reps``)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype, n=2048, reps=10, device="cpu"):
+    """GFLOP/s of an n x n matmul in ``dtype`` on ``device`` (best of ``reps``)."""
+    device = torch.device(device)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(3):
         a @ b
     best = float("inf")
     for _ in range(reps):
+        sync()
         t = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
@@ -45,12 +55,12 @@ def random_targets(batch, n_per_image=4, nc=80):
     return torch.cat(rows)
 
 
-def step_rate(cfg, img_size, batch, amp, steps, device="cpu"):
-    """Images per second of full training steps (after 2 warm-up steps) on ``device``: the engine's precision there
-    (bf16 autocast on the CPU, fp16 on CUDA) with channels_last, or fp32 contiguous without ``amp``."""
+def step_rate(cfg, img_size, batch, precision, steps, device="cpu", memory_format="channels_last"):
+    """Images per second of full training steps (after 2 warm-up steps) on ``device`` in ``precision`` (bf16, fp16
+    or fp32) and ``memory_format`` (channels_last or contiguous)."""
     device = torch.device(device)
     torch.manual_seed(0)
-    fmt = torch.channels_last if amp else torch.contiguous_format
+    fmt = MEMORY_FORMATS[memory_format]
     model = Darknet(cfg, img_size=img_size).train().to(device, memory_format=fmt)
     hyp = hyp_from_args(parse_args(train_parser(), []))
     loss_fn = ComputeLoss(model, hyp)
@@ -62,7 +72,7 @@ def step_rate(cfg, img_size, batch, amp, steps, device="cpu"):
     for i in range(steps + 2):
         sync()
         t = time.perf_counter()
-        with autocast(device, amp):
+        with autocast(device, precision):
             loss, _ = loss_fn(model(imgs), targets)
         loss.backward()
         opt.step()
@@ -73,28 +83,48 @@ def step_rate(cfg, img_size, batch, amp, steps, device="cpu"):
     return batch / (sum(times) / len(times))
 
 
-def main():
+def modes(device, emulated=False):
+    """``[(precision, memory format)]`` to time on ``device``: fp32 in both layouts, then the device's low
+    precision (fp16 on CUDA, bf16 on a CPU) in both layouts where it is native (or with ``emulated``)."""
+    low = "fp16" if device.type == "cuda" else "bf16"
+    out = [("fp32", "contiguous"), ("fp32", "channels_last")]
+    if device.type == "cuda" or native_low_precision(low) or emulated:
+        out += [(low, "contiguous"), (low, "channels_last")]
+    return out
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", default="cfg/yolov3-tiny.cfg")
-    p.add_argument("--img-size", type=int, default=416)
+    p.add_argument("--img-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=5)
-    a = p.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    peak_bf16, peak_fp32 = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
+    p.add_argument("--device", default="cpu", help="cpu, 0, cuda:1 ...")
+    p.add_argument("--emulated", action="store_true", help="also time bf16 where the CPU only emulates it")
+    a = p.parse_args(argv)
+    device = select_device(a.device)
+    peak_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    low = "fp16" if device.type == "cuda" else "bf16"
+    peaks = {"fp32": matmul_peak(torch.float32, device=device), low: matmul_peak(peak_dtypes[low], device=device)}
     macs = model_summary(Darknet(a.cfg, img_size=a.img_size), img_size=a.img_size)["macs"]
     step_flops = 3 * 2 * macs  # forward + backward (2x forward) FLOPs per image
-    print(f"matmul peak: bf16 {peak_bf16:.0f} GFLOP/s, fp32 {peak_fp32:.0f} GFLOP/s; {macs / 1e9:.2f} GMACs/img")
-    print("| model | img | batch | mode | img/s | GFLOP/s | share of peak |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"{machine_name(device)}; torch ISA {torch.backends.cpu.get_cpu_capability()}; matmul peak: "
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + f"; {macs / 1e9:.3f} GMACs/img")
+    print("| model | img | batch | precision | memory format | img/s | GFLOP/s | share of peak |")
+    print("|---|---|---|---|---|---|---|---|")
     rates = {}
-    for mode, amp, peak in (("fp32", False, peak_fp32), ("bf16+channels_last", True, peak_bf16)):
-        rate = step_rate(a.cfg, a.img_size, a.batch_size, amp, a.steps)
-        rates[mode] = rate
+    for precision, fmt in modes(device, a.emulated):
+        rate = rates[precision, fmt] = step_rate(a.cfg, a.img_size, a.batch_size, precision, a.steps, device, fmt)
         gflops = rate * step_flops / 1e9
-        print(f"| {Path(a.cfg).stem} | {a.img_size} | {a.batch_size} | {mode} | {rate:.1f} | {gflops:.0f} | "
-              f"{gflops / peak:.1%} of {mode.split('+')[0]} peak |")
-    print(f"bf16 speed-up over fp32: {rates['bf16+channels_last'] / rates['fp32']:.2f}x")
+        print(f"| {Path(a.cfg).stem} | {a.img_size} | {a.batch_size} | {precision} | {fmt} | {rate:.1f} | "
+              f"{gflops:.0f} | {gflops / peaks[precision]:.1%} of {precision} peak |", flush=True)
+    chosen = resolve_precision(device, "auto")
+    model = Darknet(a.cfg, img_size=a.img_size)
+    fmt, why = choose_memory_format(model, device, chosen, a.img_size, a.batch_size)
+    rate = rates.get((chosen.name, fmt)) or step_rate(a.cfg, a.img_size, a.batch_size, chosen.name, a.steps, device, fmt)
+    best = max(rates, key=rates.get)
+    print(f"auto: {chosen} with {fmt} ({why}): {rate:.1f} img/s; fastest measured here: {' '.join(best)} "
+          f"{rates[best]:.1f} img/s")
 
 
 if __name__ == "__main__":

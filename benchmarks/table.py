@@ -52,7 +52,6 @@ import fnmatch
 import importlib
 import json
 import os
-import platform
 import queue
 import re
 import shlex
@@ -781,15 +780,9 @@ def describe(meta):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores"
+    from utils.general import cpu_name
+
+    text = f"{cpu_name()}, {os.cpu_count()} cores"
     try:
         import torch
 

@@ -1,4 +1,5 @@
 """The training engine and train.py: exact resume, plug-in hooks, DDP, end to end with test.py."""
+import csv
 import os
 import subprocess
 import sys
@@ -174,15 +175,18 @@ def test_precise_bn_changes_only_the_saved_bn_statistics(shapes_tiny, tmp_path):
 
 
 @pytest.mark.parametrize("choice, want", [("contiguous", torch.contiguous_format), ("auto", torch.channels_last)])
-def test_memory_format_flag_reaches_the_trainer(shapes_tiny, tmp_path, choice, want):
+def test_memory_format_flag_reaches_the_trainer(shapes_tiny, tmp_path, choice, want, monkeypatch):
+    from utils import memory_format
     from utils.my_utils import parse_args, train_parser
 
+    monkeypatch.setenv("YOLOC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(memory_format, "step_rates", lambda *a: {"channels_last": 2.0, "contiguous": 1.0})
     args = parse_args(train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path), "--name", choice,
                                        "--epochs", "1", "--memory-format", choice])
     args, model, save_dir, resume = engine.prepare(args)
     trainer = engine.Trainer(args, model, save_dir, resume_ckpt=resume)
     trainer.setup()
-    assert trainer.fmt == want  # bf16 autocast on the CPU: auto means channels_last
+    assert trainer.fmt == want  # auto: the layout the (patched) probe measured faster
     w = next(m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
     assert w.is_contiguous(memory_format=want)
 
@@ -218,3 +222,51 @@ def test_img_size_start_trains_each_epoch_at_its_size(shapes_tiny, tmp_path, mon
 def test_img_size_start_not_below_img_size_is_one_line_error(shapes_tiny, tmp_path):
     with pytest.raises(UserError, match="--img-size-start 64 must be .* below --img-size 64"):
         run_train(shapes_tiny, tmp_path, "bad", "--epochs", "1", "--img-size-start", "64")
+
+
+@pytest.mark.parametrize("native, want", [(False, "fp32"), (True, "bf16")])
+def test_the_header_args_yaml_and_results_csv_say_what_was_chosen(shapes_tiny, tmp_path, monkeypatch, capsys,
+                                                                   native, want):
+    """--amp auto on a CPU with and without native bf16 (torch's check patched): the header, args.yaml and every
+    results.csv row name the precision and the memory format chosen, with the reason."""
+    import yaml
+
+    from utils import memory_format, torch_utils
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch_utils, "cpu_isa", lambda: "AMX" if native else "AVX2")
+    monkeypatch.setenv("YOLOC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(memory_format, "step_rates", lambda *a: {"channels_last": 15.1, "contiguous": 13.0})
+    save_dir = run_train(shapes_tiny, tmp_path, want, "--epochs", "1")
+    out = capsys.readouterr().out
+    reason = "CPU has native bf16: AMX" if native else "CPU has no native bf16: AVX2"
+    assert f"precision {want} ({reason})" in out
+    assert "memory format channels_last (15.1 vs 13.0 img/s contiguous, probed now)" in out
+    saved = yaml.safe_load((save_dir / "args.yaml").read_text())
+    assert (saved["amp"], saved["precision_chosen"], saved["memory_format_chosen"]) == ("auto", want, "channels_last")
+    with open(save_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dtype"], r["memory_format"]) for r in rows] == [(want, "channels_last")]
+
+
+def test_a_run_saved_before_amp_resumes(shapes_tiny, tmp_path):
+    """A last.pt whose args say no_amp (written before --amp existed) resumes in fp32 and finishes."""
+    from utils.checkpoint import save_checkpoint
+
+    from utils.my_utils import parse_args, train_parser
+
+    args = parse_args(train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path), "--name", "old",
+                                       "--epochs", "2", "--amp", "off", "--notest"])
+    args, model, save_dir, _ = engine.prepare(args)
+    with pytest.raises(KeyboardInterrupt):
+        engine.Trainer(args, model, save_dir, plugins=[StopAt(1)]).fit()
+    last = save_dir / "weights" / "last.pt"
+    ckpt = load_checkpoint(last)
+    for k in ("amp", "precision_chosen", "memory_format_chosen"):
+        del ckpt["args"][k]
+    ckpt["args"]["no_amp"] = True
+    save_checkpoint(ckpt, last)
+    train.main(["--resume", str(save_dir)])
+    with open(save_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[1]["dtype"] == "fp32"

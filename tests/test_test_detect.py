@@ -119,7 +119,7 @@ def test_evaluate_oracle_is_perfect_and_matches_pycocotools(tiny_data, tmp_path)
     assert ann["area"] == pytest.approx(lab[3] * 256 * lab[4] * 192, rel=1e-3)
 
 
-def test_evaluate_half_restores_memory_format(tiny_data):
+def test_evaluate_in_bf16_restores_memory_format(tiny_data):
     from test import _is_channels_last, evaluate
     from utils.datasets import create_dataloader, parse_data_cfg
 
@@ -127,7 +127,7 @@ def test_evaluate_half_restores_memory_format(tiny_data):
     loader, _ = create_dataloader(d["valid"], 128, 4, 32, rect=True, workers=0, nc=2, verbose=False)
     model = Oracle().eval()
     model.conv = nn.Conv2d(3, 4, 3)  # gives the model a kernel whose memory format can be judged
-    m = evaluate(model, loader, half=True)
+    m = evaluate(model, loader, precision="bf16")
     assert m["map50"] == pytest.approx(1.0)
     assert not model.training and not _is_channels_last(model)
 

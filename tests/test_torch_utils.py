@@ -1,7 +1,9 @@
 """utils/torch_utils.py: precise BatchNorm statistics."""
+import pytest
 import torch
 import torch.nn as nn
 
+from utils import torch_utils
 from utils.torch_utils import recompute_bn_stats
 
 
@@ -54,11 +56,79 @@ def test_no_batch_norm_is_a_no_op():
     assert recompute_bn_stats(model, [torch.randn(1, 3, 4, 4)]) == 0
 
 
-def test_memory_format_choice_overrides_auto():
-    from utils.torch_utils import memory_format
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Set what torch reports of this CPU: ``cpu_bf16(native)`` patches oneDNN's bf16 and fp16 capability checks."""
+    def set_native(native, fp16=None):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", lambda: native if fp16 is None else fp16)
+        monkeypatch.setattr(torch_utils, "_warned", set())
+    return set_native
 
+
+def test_auto_is_bf16_only_where_the_cpu_has_native_bf16(cpu_bf16, monkeypatch):
     cpu = torch.device("cpu")
-    assert memory_format(cpu, amp=True) == torch.channels_last
-    assert memory_format(cpu, amp=False) == torch.contiguous_format
-    assert memory_format(cpu, amp=True, choice="contiguous") == torch.contiguous_format
-    assert memory_format(cpu, amp=False, choice="channels_last") == torch.channels_last
+    cpu_bf16(True)
+    p = torch_utils.resolve_precision(cpu, "auto")
+    assert (p.name, p.amp, p.scaled) == ("bf16", True, False) and "native bf16" in p.reason
+    cpu_bf16(False)
+    monkeypatch.setattr(torch_utils, "cpu_isa", lambda: "AVX2")
+    p = torch_utils.resolve_precision(cpu, "auto")
+    assert (p.name, p.amp) == ("fp32", False)
+    assert str(p) == "fp32 (CPU has no native bf16: AVX2)"
+
+
+def test_auto_is_fp16_with_a_scaler_on_cuda(cpu_bf16):
+    cpu_bf16(True)  # the CPU's abilities do not matter on a GPU
+    p = torch_utils.resolve_precision(torch.device("cuda", 0), "auto")
+    assert (p.name, p.scaled) == ("fp16", True) and "CUDA" in p.reason
+
+
+@pytest.mark.parametrize("choice, want", [("off", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")])
+def test_a_forced_choice_is_kept(cpu_bf16, choice, want):
+    cpu_bf16(True)
+    for device in (torch.device("cpu"), torch.device("cuda", 0)):
+        assert torch_utils.resolve_precision(device, choice).name == want
+
+
+def test_forced_bf16_without_native_support_runs_and_warns_once(cpu_bf16):
+    cpu_bf16(False)
+    warnings = []
+    for _ in range(3):
+        p = torch_utils.resolve_precision(torch.device("cpu"), "bf16", warn=warnings.append)
+        assert p.name == "bf16" and "emulated" in p.reason
+    assert len(warnings) == 1 and "emulates" in warnings[0] and "--amp auto picks fp32" in warnings[0]
+    assert torch_utils.resolve_precision(torch.device("cpu"), "fp16", warn=warnings.append).name == "fp16"
+    assert len(warnings) == 2  # fp16 has its own warning
+
+
+def test_autocast_follows_the_precision():
+    cpu = torch.device("cpu")
+    x, w = torch.randn(4, 8), torch.randn(8, 8)
+    with torch_utils.autocast(cpu, "bf16"):
+        assert (x @ w).dtype == torch.bfloat16
+    with torch_utils.autocast(cpu, torch_utils.Precision("fp32", "test")):
+        assert (x @ w).dtype == torch.float32
+
+
+def test_no_amp_is_an_alias_of_amp_off_and_auto_is_the_default():
+    from utils.my_utils import parse_args, train_parser
+
+    assert parse_args(train_parser(), []).amp == "auto"
+    assert parse_args(train_parser(), ["--no-amp"]).amp == "off"
+    assert parse_args(train_parser(), ["--no_amp"]).amp == "off"
+    assert parse_args(train_parser(), ["--amp", "bf16"]).amp == "bf16"
+    with pytest.raises(SystemExit):
+        parse_args(train_parser(), ["--amp", "fp8"])
+
+
+def test_runs_saved_before_amp_resume_with_the_matching_choice():
+    import argparse
+
+    from utils.my_utils import upgrade_saved_args
+
+    old_fp32 = upgrade_saved_args(argparse.Namespace(no_amp=True, epochs=3))
+    old_default = upgrade_saved_args(argparse.Namespace(no_amp=False, epochs=3))
+    new = upgrade_saved_args(argparse.Namespace(amp="bf16"))
+    assert (old_fp32.amp, old_default.amp, new.amp) == ("off", "auto", "bf16")
+    assert not hasattr(old_fp32, "no_amp") and old_fp32.epochs == 3

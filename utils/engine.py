@@ -25,9 +25,10 @@ from utils import sparse
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError
 from utils.general import increment_path, init_seeds, is_main_process, select_device
-from utils.my_utils import hyp_from_args, resume_args, save_args, vars_clean
-from utils.torch_utils import (ModelEMA, autocast, build_optimizer, cosine_lr, ddp, de_parallel, memory_format,
-                               recompute_bn_stats)
+from utils.my_utils import hyp_from_args, resume_args, save_args, upgrade_saved_args, vars_clean
+from utils.memory_format import choose_memory_format, machine_name
+from utils.torch_utils import (MEMORY_FORMATS, ModelEMA, autocast, build_optimizer, cosine_lr, ddp, de_parallel,
+                               recompute_bn_stats, resolve_precision)
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run stops
 
@@ -144,7 +145,7 @@ def load_for_resume(args):
     ckpt = load_checkpoint(path)
     if "train_state" not in ckpt:
         raise UserError(f"{path}: holds no training state (only last.pt can be resumed)")
-    saved = argparse.Namespace(**ckpt["args"])
+    saved = upgrade_saved_args(argparse.Namespace(**ckpt["args"]))
     saved.resume, saved.weights = str(path), ""
     log = print if is_main_process() else (lambda *a: None)
     saved = resume_args(saved, args, getattr(args, "_typed", ()), log=log)
@@ -216,7 +217,7 @@ class Trainer:
         self.local_rank = int(os.environ.get("LOCAL_RANK", -1))
         self.main = self.rank in (-1, 0)
         self.device = select_device(args.device)
-        self.amp = not args.no_amp
+        self.precision = resolve_precision(self.device, args.amp, warn=log if self.main else (lambda *_: None))
         self.hyp = hyp_from_args(args)
         self.data = parse_data_cfg(args.data)
         self.names = self.data["names"]
@@ -239,7 +240,8 @@ class Trainer:
         if self.world > 1:
             self._init_distributed()
         self.check_anchors()
-        self.fmt = memory_format(self.device, self.amp, getattr(args, "memory_format", "auto"))
+        self.batch_size = max(args.batch_size // max(self.world, 1), 1)
+        self.choose_memory_format()
         self.model.to(self.device).to(memory_format=self.fmt)
         self.model.hyp = self.hyp
         for plugin in self.plugins:
@@ -250,13 +252,12 @@ class Trainer:
         if start and not stride <= start < args.img_size:
             raise UserError(f"--img-size-start {start} must be at least the stride {stride} and below --img-size "
                             f"{args.img_size}")
-        self.batch_size = max(args.batch_size // max(self.world, 1), 1)
         self.accumulate = max(round(args.nominal_batch_size / args.batch_size), 1)
         self.optimizer = build_optimizer([self.model] + [m for p in self.plugins for m in p.modules()],
                                          args.optimizer, args.lr0, args.momentum, args.weight_decay)
         self.lf = cosine_lr(self.epochs, args.lrf)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.ema = None if args.no_ema else ModelEMA(self.model)
         self.compute_loss = ComputeLoss(self.model, self.hyp)
         if self.world > 1:
@@ -277,6 +278,25 @@ class Trainer:
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
         self.writer = self._tensorboard()
+
+    def choose_memory_format(self):
+        """``self.fmt``: ``--memory-format``, or the faster layout timed on this machine (rank 0's choice under DDP).
+        Prints the run's header (device, precision, memory format, each with its reason) and records both choices
+        in args.yaml and results.csv."""
+        args = self.args
+        choice = [None]
+        if self.main:
+            choice[0] = choose_memory_format(self.model, self.device, self.precision, args.img_size, self.batch_size,
+                                             getattr(args, "memory_format", "auto"))
+        if self.world > 1:
+            dist.broadcast_object_list(choice, src=0)
+        name, why = choice[0]
+        self.fmt = MEMORY_FORMATS[name]
+        args.precision_chosen, args.memory_format_chosen = self.precision.name, name
+        if self.main:
+            self.log(f"device {self.device}: {machine_name(self.device)}")
+            self.log(f"precision {self.precision}")
+            self.log(f"memory format {name} ({why})")
 
     def check_anchors(self):
         """``--autoanchor`` on a fresh network: k-means anchors for this data (``utils.anchors``); else a warning
@@ -384,7 +404,7 @@ class Trainer:
 
     def step_loss(self, imgs, targets):
         """Forward pass and every loss term of one batch: returns (total to back-propagate, {term: float})."""
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.precision):
             if self.feature_layers:
                 outputs, feats = self.model(imgs, features=self.feature_layers)
                 features = dict(zip(self.feature_layers, feats))
@@ -473,7 +493,7 @@ class Trainer:
             return {}
         if getattr(self.args, "precise_bn", 0):  # absent from the args of runs saved before the flag existed
             self.recompute_bn_stats(self.eval_model(), self.args.precise_bn)
-        return evaluate(self.eval_model(), self.val_loader, half=self.amp, names=self.names,
+        return evaluate(self.eval_model(), self.val_loader, precision=self.precision, names=self.names,
                         compute_loss=self.compute_loss)
 
     def recompute_bn_stats(self, model, n_batches):
@@ -485,7 +505,7 @@ class Trainer:
                     return
                 yield self.to_input(imgs)
 
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.precision):
             recompute_bn_stats(model, batches())
 
     def end_epoch(self, epoch, losses, metrics, img_per_s, seconds):
@@ -500,6 +520,7 @@ class Trainer:
             row["img_per_s"] = img_per_s
             row["seconds"] = seconds
             row["skipped_steps"] = self.skipped_steps
+            row["dtype"], row["memory_format"] = self.args.precision_chosen, self.args.memory_format_chosen
             for plugin in self.plugins:
                 row.update(plugin.after_epoch(self, epoch, metrics))
             self.rows.append(row)

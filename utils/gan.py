@@ -291,9 +291,9 @@ class GANPlugin(TeacherPlugin):
         self.place(trainer)
         self.discriminators.to(trainer.device).to(memory_format=trainer.fmt)
         _optimizer_to(self.d_optimizer, trainer.device)
-        fp16 = trainer.amp and trainer.device.type == "cuda"
-        if fp16 != self.d_scaler.is_enabled():
-            self.d_scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        scaled = trainer.precision.scaled  # fp16: D's gradients need their own scaler, as G's do
+        if scaled != self.d_scaler.is_enabled():
+            self.d_scaler = torch.amp.GradScaler(trainer.device.type, enabled=scaled)
         self._ddp_d = None
         if dist.is_available() and dist.is_initialized():
             self._ddp_d = ddp(self.discriminators, trainer.device)

@@ -1,5 +1,6 @@
 """Small helpers shared by every module: box conversions, seeding, run folders."""
 import os
+import platform
 import random
 from pathlib import Path
 
@@ -66,3 +67,14 @@ def select_device(device=""):
     if device.isdigit():
         device = f"cuda:{device}"
     return torch.device(device)
+
+
+def cpu_name():
+    """The CPU's model name (/proc/cpuinfo where it exists, else what ``platform`` says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

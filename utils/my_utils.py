@@ -83,7 +83,7 @@ def add_optim_args(p):
     flag(g, "--no-ema", action="store_true", help="evaluate and save the raw weights instead of their EMA")
     flag(g, "--grad-clip", type=float, default=10.0, help="clip the gradient norm (0 disables)")
     flag(g, "--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
-         help="training memory format (auto: channels_last under autocast, contiguous in fp32)")
+         help="training memory format (auto: the faster one, timed on this machine at start-up and cached)")
     flag(g, "--autoanchor", action="store_true",
          help="fit the anchors to the training boxes (k-means) before training a fresh network (utils/anchors.py)")
     flag(g, "--precise-bn", type=int, default=16,
@@ -116,11 +116,22 @@ def add_output_args(p, project):
 def add_device_args(p):
     g = p.add_argument_group("device")
     flag(g, "--device", type=str, default="", help="cpu, 0, cuda:1 ... (default: first GPU, else CPU)")
-    flag(g, "--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast on CPU, fp16 on CUDA)")
+    flag(g, "--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+         help="autocast precision (auto: fp16 + gradient scaler on CUDA, bf16 on a CPU with native bf16 (AMX or "
+              "AVX512-BF16), else fp32; off: fp32)")
+    flag(g, "--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off")
     flag(g, "--sync-bn", action="store_true", help="SyncBatchNorm under DistributedDataParallel")
     flag(g, "--seed", type=int, default=0)
     flag(g, "--deterministic", action="store_true", help="deterministic kernels (exact resume; slower)")
     return g
+
+
+def add_inference_precision_args(g):
+    """test.py's and detect.py's precision: fp32 unless asked, and never an emulated bf16 unless forced."""
+    flag(g, "--amp", choices=("auto", "bf16", "fp16", "off"), default="off",
+         help="inference precision (off: fp32; auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32); "
+              "autocast runs channels_last")
+    flag(g, "--half", dest="amp", action="store_const", const="auto", help="the same as --amp auto")
 
 
 def base_parser(description, params):
@@ -143,12 +154,20 @@ def train_parser(description="Train a Darknet-cfg YOLO detector.", params=DEFAUL
     return show_yaml_defaults(p, params)
 
 
+def dest_actions(parser):
+    """``{dest: action}``, the first action of each dest (``--amp``, not its alias ``--no-amp``)."""
+    actions = {}
+    for a in parser._actions:
+        actions.setdefault(a.dest, a)
+    return actions
+
+
 def show_yaml_defaults(parser, params):
     """Let ``--help`` show the values the YAML files give (``parse_args`` applies them the same way)."""
     values = load_params(DEFAULT_PARAMS)
     if params and Path(params).resolve() != DEFAULT_PARAMS.resolve() and Path(params).is_file():
         values.update(load_params(params))
-    actions = {a.dest: a for a in parser._actions}
+    actions = dest_actions(parser)
     for key, (value, _) in values.items():
         key = YAML_ALIASES.get(key, key)
         if key in actions and key != "params":
@@ -184,7 +203,7 @@ def parse_args(parser, argv=None):
     """Parse ``argv`` with precedence defaults < params/default.yaml < --params YAML < typed flags."""
     args = parser.parse_args(argv)
     typed = typed_dests(parser, argv)
-    actions = {a.dest: a for a in parser._actions}
+    actions = dest_actions(parser)
     layers = load_params(DEFAULT_PARAMS)
     if args.params and Path(args.params).resolve() != DEFAULT_PARAMS.resolve():
         layers.update(load_params(args.params))
@@ -216,6 +235,14 @@ def resume_args(saved, current, typed, log=print):
             ignored.append(f"--{key.replace('_', '-')} {value} (the run has {before})")
     if ignored:
         log(f"note: --resume continues the run as it was configured; ignored: {', '.join(ignored)}")
+    return saved
+
+
+def upgrade_saved_args(saved):
+    """A run's saved arguments (``argparse.Namespace``) in today's terms, so that older run folders resume:
+    ``no_amp`` became ``--amp off``; the old default (bf16 on a CPU, fp16 on CUDA) is now ``--amp auto``."""
+    if not hasattr(saved, "amp"):
+        saved.amp = "off" if vars(saved).pop("no_amp", False) else "auto"
     return saved
 
 

@@ -53,8 +53,8 @@ from utils.checkpoint import load_checkpoint
 from utils.engine import Plugin, Trainer
 from utils.errors import UserError
 from utils.general import increment_path, init_seeds, is_main_process
-from utils.my_utils import save_args, scope_type
-from utils.torch_utils import de_parallel
+from utils.my_utils import save_args, scope_type, upgrade_saved_args
+from utils.torch_utils import de_parallel, resolve_precision
 
 
 # ------------------------------------------------------------------------------------------------------ masks
@@ -404,7 +404,7 @@ class PruneRun:
 
     def load_args(self):
         values = yaml.safe_load((self.path / "args.yaml").read_text()) or {}
-        return argparse.Namespace(**values)
+        return upgrade_saved_args(argparse.Namespace(**values))
 
     def round_dir(self, r):
         return self.path / f"round_{r}"
@@ -725,11 +725,12 @@ def evaluate_checkpoint(ckpt, args):
     from utils.my_utils import hyp_from_args
 
     data = parse_data_cfg(args.data)
-    model = build_model(ckpt, args).to(select_device(args.device))
+    device = select_device(args.device)
+    model = build_model(ckpt, args).to(device)
     stride = int(max(model.module_list[i].stride for i in model.yolo_layers))
     loader, _ = create_dataloader(data["valid"], args.img_size, args.batch_size * 2, stride, hyp=hyp_from_args(args),
                                   augment=False, rect=True, workers=args.workers, shuffle=False, nc=data["classes"])
-    metrics = evaluate(model, loader, half=not args.no_amp, names=data["names"])
+    metrics = evaluate(model, loader, precision=resolve_precision(device, args.amp), names=data["names"])
     return {"map50": metrics["map50"], "map": metrics["map"]}
 
 

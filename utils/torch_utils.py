@@ -1,7 +1,9 @@
-"""Torch helpers for the training engine: mixed precision, optimiser parameter groups, the weight EMA."""
+"""Torch helpers for the training engine: precision, optimiser parameter groups, precise BN, the weight EMA."""
 import contextlib
 import copy
 import math
+import sys
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -17,30 +19,90 @@ def de_parallel(model):
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
-def autocast(device, enabled=True):
-    """bf16 autocast on CPU (AMX/AVX-512 make it ~3x faster here), fp16 autocast on CUDA; a no-op if disabled."""
-    if not enabled:
+PRECISION_CHOICES = ("auto", "bf16", "fp16", "off")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+_warned = set()
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The arithmetic a run computes in: ``name`` is bf16, fp16 (autocast) or fp32; ``reason`` says why."""
+
+    name: str
+    reason: str
+
+    @property
+    def amp(self):
+        return self.name != "fp32"
+
+    @property
+    def scaled(self):
+        """fp16 gradients underflow without a GradScaler; bf16 has fp32's exponent range and needs none."""
+        return self.name == "fp16"
+
+    def __str__(self):
+        return f"{self.name} ({self.reason})"
+
+
+def cpu_isa():
+    """The CPU's bf16-relevant ISA for messages: AMX or AVX512-BF16 (from /proc/cpuinfo's flags where it exists),
+    else the vector ISA torch dispatches to (AVX512, AVX2, ...)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def native_low_precision(name):
+    """Whether oneDNN runs ``name`` (bf16 or fp16) natively on this CPU; without it torch emulates it, ~11x slower
+    than fp32 for bf16 on an AVX2 Zen 2 EPYC (BENCHMARKS.md)."""
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[name]
+    return bool(getattr(torch.ops.mkldnn, check)())
+
+
+def resolve_precision(device, choice="auto", warn=None):
+    """``--amp`` as a :class:`Precision` on ``device``.
+
+    ``auto``: fp16 + GradScaler on CUDA; bf16 on a CPU with native bf16 (AMX or AVX512-BF16); fp32 elsewhere.
+    A forced bf16/fp16 that this CPU can only emulate still runs, with one warning per process.
+    """
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    cuda = device.type == "cuda"
+    if choice in ("off", "fp32"):
+        return Precision("fp32", "--amp off")
+    if choice == "auto":
+        if cuda:
+            return Precision("fp16", "CUDA: fp16 autocast with a gradient scaler")
+        if native_low_precision("bf16"):
+            return Precision("bf16", f"CPU has native bf16: {cpu_isa()}")
+        return Precision("fp32", f"CPU has no native bf16: {cpu_isa()}")
+    if choice not in DTYPES:
+        raise ValueError(f"--amp must be one of {', '.join(PRECISION_CHOICES)}, not {choice!r}")
+    if cuda:
+        return Precision(choice, f"--amp {choice} on CUDA")
+    if native_low_precision(choice):
+        return Precision(choice, f"--amp {choice}, native on this CPU: {cpu_isa()}")
+    if choice not in _warned:
+        _warned.add(choice)
+        warn(f"warning: --amp {choice} on a CPU without native {choice} ({cpu_isa()}): torch emulates it, "
+             f"often several times slower than fp32 (--amp auto picks fp32 here)")
+    return Precision(choice, f"--amp {choice}, emulated on this CPU: {cpu_isa()}")
+
+
+def autocast(device, precision="fp32"):
+    """Autocast to ``precision`` (a :class:`Precision` or its name) on ``device``; a no-op for fp32."""
+    name = getattr(precision, "name", precision)
+    if DTYPES[name] is None:
         return contextlib.nullcontext()
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=DTYPES[name])
 
 
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-
-
-def memory_format(device, amp, choice="auto"):
-    """The training tensors' memory format: ``--memory-format`` when given, else (``auto``) channels_last with
-    autocast (CPU bf16 and CUDA AMP) and contiguous in fp32.
-
-    ``auto`` is right for the YOLOv3 family; depthwise-heavy nets depend on the CPU: on the 2-core Sapphire Rapids
-    (AMX) of BENCHMARKS.md YOLO Nano's bf16 step is ~1.4x faster contiguous (yolov3-tiny's ~1.3x slower); on a
-    2-core Zen 4 EPYC channels_last is faster for all of them (256 px: Nano 1.1x, YOLOv3-Mobile 1.3x,
-    MobileNetV3-YOLO 1.6x, tiny 1.4x).
-    """
-    if choice != "auto":
-        return MEMORY_FORMATS[choice]
-    return torch.channels_last if amp else torch.contiguous_format
 
 
 @torch.no_grad()
