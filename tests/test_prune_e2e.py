@@ -18,7 +18,7 @@ from .conftest import run_script, script_env
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--cfg", "cfg/yolov3-tiny.cfg", "--img-size", "64", "--batch-size", "8", "--workers", "0",
         "--nominal-batch-size", "8", "--warmup-epochs", "0.5"]  # 16 images: 2 optimiser steps per epoch
-LTH = ["--lth", "--epochs", "2", "--rewind-epoch", "1", "--scope", "global", "--prune-rate", "0.2", "--deterministic",
+LTH = ["--lth", "--epochs", "3", "--rewind-epoch", "1", "--scope", "global", "--prune-rate", "0.2", "--deterministic",
        "--seed", "3"]
 
 pytestmark = pytest.mark.slow
@@ -139,8 +139,8 @@ def test_killed_during_round_2_and_resumed_equals_uninterrupted(reference, shape
     """Killed in round 2 (of 2) after its first epoch was saved, then resumed: round 2 ends with the same masks and
     weights as round 2 of the uninterrupted reference (the round count does not change rounds 0-2)."""
 
-    def kill(self, trainer, epoch):  # a kill at the start of round 2's second epoch (its first is saved)
-        if trainer.save_dir.name == "round_2" and epoch == 1:
+    def kill(self, trainer, epoch):  # a kill at the start of round 2's second epoch (its first, epoch 2, is saved)
+        if trainer.save_dir.name == "round_2" and epoch == 2:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(pruning.MaskPlugin, "before_epoch", kill)
@@ -150,7 +150,7 @@ def test_killed_during_round_2_and_resumed_equals_uninterrupted(reference, shape
     monkeypatch.undo()
     run = tmp_path / "killed"
     assert [int(r["round"]) for r in rows_of(run)] == [0, 1]
-    assert load_checkpoint(run / "round_2/weights/last.pt")["epoch"] == 0
+    assert load_checkpoint(run / "round_2/weights/last.pt")["epoch"] == 1
     done = {p: p.stat().st_mtime_ns for r in (0, 1) for p in (run / f"round_{r}").rglob("*.pt")}
 
     assert prune.main(["--resume", str(run)]) == run
@@ -159,7 +159,7 @@ def test_killed_during_round_2_and_resumed_equals_uninterrupted(reference, shape
     for r in (1, 2):
         a = load_checkpoint(reference / f"round_{r}/weights/last.pt")
         b = load_checkpoint(run / f"round_{r}/weights/last.pt")
-        assert a["epoch"] == b["epoch"] == 1
+        assert a["epoch"] == b["epoch"] == 2
         for k in a["masks"]:
             assert torch.equal(a["masks"][k], b["masks"][k]), f"round {r}: mask {k} differs"
         for key, sa, sb in (("model", a["model"], b["model"]),
@@ -169,3 +169,44 @@ def test_killed_during_round_2_and_resumed_equals_uninterrupted(reference, shape
     for x, y in zip(rows_of(reference)[:3], rows_of(run)):
         assert {k: x[k] for k in ("sparsity", "alive_params", "sparse_macs", "map50", "map")} == \
                {k: y[k] for k in ("sparsity", "alive_params", "sparse_macs", "map50", "map")}
+
+
+def test_pruned_rounds_continue_the_schedule_from_the_rewind_epoch(reference):
+    """--retrain-schedule continue (the default): θ_k is taken after epoch 1 of 3, so each pruned round trains
+    epochs 2 and 3 only, at the learning rates the dense round had there (Frankle et al. 2019: T - k iterations)."""
+    def rows(r):
+        with open(reference / f"round_{r}/results.csv", newline="") as f:
+            return list(csv.DictReader(f))
+    dense = rows(0)
+    assert [int(x["epoch"]) for x in dense] == [1, 2, 3]
+    for r in (1, 2, 3):
+        pruned = rows(r)
+        assert [int(x["epoch"]) for x in pruned] == [2, 3]
+        assert [float(x["lr"]) for x in pruned] == [float(x["lr"]) for x in dense[1:]]
+    assert load_checkpoint(reference / "round_3/weights/last.pt")["args"]["retrain_schedule"] == "continue"
+
+
+def test_restart_retrains_every_epoch_and_raw_ranking_uses_the_trained_weights(reference, shapes_tiny, tmp_path):
+    """--retrain-schedule restart (the original's) trains all 3 epochs in round 1, and --rank-weights raw prunes by
+    the magnitudes of round 0's raw weights (not its EMA)."""
+    run = prune.main([*TINY, *LTH, "--rounds", "1", "--weights", str(reference / "round_0/weights/last.pt"),
+                      "--retrain-schedule", "restart", "--rank-weights", "raw", "--data", str(shapes_tiny),
+                      "--project", str(tmp_path), "--name", "restart"])
+    with open(run / "round_1/results.csv", newline="") as f:
+        assert [int(x["epoch"]) for x in csv.DictReader(f)] == [1, 2, 3]
+    dense = load_checkpoint(reference / "round_0/weights/last.pt")
+    start = Masks.from_model(pruning.build_model(dense, PruneRun(run).load_args()))
+    want = magnitude_prune(dense["train_state"]["model"], start, 0.2, "global")
+    got = Masks.from_state_dict(load_checkpoint(run / "round_1/weights/last.pt")["masks"])
+    assert all(torch.equal(want[k], got[k]) for k in got)
+    ema = magnitude_prune(dense["model"], start, 0.2, "global")
+    assert any(not torch.equal(ema[k], got[k]) for k in got)  # the two rankings differ on this run
+
+
+def test_rewind_epoch_below_one_is_a_fraction_of_the_epochs():
+    from utils.errors import UserError
+
+    assert [pruning.rewind_epochs(v, e) for v, e in ((0.03, 30), (0.03, 300), (10, 300), (0, 30), (None, 30))] == \
+        [1, 9, 10, 0, 0]
+    with pytest.raises(UserError, match="whole number of epochs"):
+        pruning.rewind_epochs(2.5, 30)

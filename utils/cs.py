@@ -69,7 +69,7 @@ from utils.checkpoint import load_checkpoint
 from utils.engine import Plugin
 from utils.errors import UserError
 from utils.general import init_seeds
-from utils.pruning import STRATEGIES, Masks, MaskPlugin, RewindPlugin, Strategy, build_model, rewind
+from utils.pruning import STRATEGIES, Masks, MaskPlugin, RewindPlugin, Strategy, build_model, rewind, rewind_epochs
 from utils.torch_utils import de_parallel
 
 # The original project's params/CS.yaml values, used when an argument is missing (params/CS.yaml sets them all).
@@ -432,7 +432,7 @@ class ContinuousSparsification(Strategy):
         if self.ticket_epochs < 1:
             raise UserError(f"--ticket-epochs must be 1 or more, not {self.ticket_epochs}")
         self.rewind_iter = getattr(args, "rewind_iter", None) or None
-        self.rewind_epoch = 0 if args.rewind_epoch is None else int(args.rewind_epoch)
+        self.rewind_epoch = rewind_epochs(args.rewind_epoch, args.epochs)
         if self.rewind_iter is None and not 0 <= self.rewind_epoch <= args.epochs:
             raise UserError(f"--rewind-epoch {self.rewind_epoch} is outside the first search round's "
                             f"{args.epochs} epochs")

@@ -12,6 +12,7 @@ import csv
 import math
 import os
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def model_from_args(args, nc):
 class Trainer:
     """Trains ``model`` on ``args.data`` with ``args``; plug-ins add loss terms, masks and extra optimisers."""
 
-    def __init__(self, args, model, save_dir, plugins=(), resume_ckpt=None, log=print):
+    def __init__(self, args, model, save_dir, plugins=(), resume_ckpt=None, log=print, first_epoch=0):
         from utils.datasets import parse_data_cfg
 
         self.args, self.plugins, self.log = args, list(plugins), log
@@ -224,6 +225,7 @@ class Trainer:
         self.model = model
         self.resume_ckpt = resume_ckpt
         self.epochs = args.epochs
+        self.first_epoch = first_epoch  # a fresh run may start later in the schedule (LTH's continued retraining)
         self.epoch = 0
         self.rows = []
         self.best_fitness = -1.0
@@ -277,7 +279,22 @@ class Trainer:
         self.start_epoch = 0
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
+        elif self.first_epoch:
+            self.continue_schedule_from(self.first_epoch)
         self.writer = self._tensorboard()
+
+    def continue_schedule_from(self, epoch):
+        """Start a fresh run at ``epoch`` of the schedule: the learning rate as the cosine has it there, the
+        warm-up only where it reaches past that epoch."""
+        if not 0 < epoch < self.epochs:
+            raise UserError(f"a run of {self.epochs} epochs cannot start at epoch {epoch + 1}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # stepping the scheduler before any optimiser step
+            for _ in range(epoch):
+                self.scheduler.step()
+        self.start_epoch = epoch
+        if self.main:
+            self.log(f"schedule continued from epoch {epoch + 1}/{self.epochs} (lr factor {self.lf(epoch):.3g})")
 
     def choose_memory_format(self):
         """``self.fmt``: ``--memory-format``, or the faster layout timed on this machine (rank 0's choice under DDP).

@@ -240,9 +240,12 @@ def resume_args(saved, current, typed, log=print):
 
 def upgrade_saved_args(saved):
     """A run's saved arguments (``argparse.Namespace``) in today's terms, so that older run folders resume:
-    ``no_amp`` became ``--amp off``; the old default (bf16 on a CPU, fp16 on CUDA) is now ``--amp auto``."""
+    ``no_amp`` became ``--amp off``; the old default (bf16 on a CPU, fp16 on CUDA) is now ``--amp auto``; LTH runs
+    from before ``--retrain-schedule`` restarted the schedule in every round and ranked by the EMA weights."""
     if not hasattr(saved, "amp"):
         saved.amp = "off" if vars(saved).pop("no_amp", False) else "auto"
+    if getattr(saved, "lth", False) and not hasattr(saved, "retrain_schedule"):
+        saved.retrain_schedule, saved.rank_weights = "restart", "ema"  # what LTH runs did before the flags
     return saved
 
 
@@ -306,8 +309,16 @@ def add_prune_args(p):
     flag(g, "--rounds", type=int, default=None, help="LTH prune-rewind-retrain rounds / CS search rounds")
     flag(g, "--prune-rate", type=float, default=None, help="LTH: fraction of the remaining weights removed per round")
     flag(g, "--scope", type=scope_type, default=None, help="LTH: global (one threshold) or local (per layer)")
-    flag(g, "--rewind-epoch", "--reseting", type=int, default=None,
-         help="epoch of the dense run whose weights survivors are rewound to (0 = initial weights)")
+    flag(g, "--rewind-epoch", "--reseting", type=float, default=None,
+         help="survivors are rewound to the dense run's weights after this many epochs (0 = initial weights; a "
+              "value below 1 is a fraction of --epochs, e.g. 0.033: the original's 10 of 300)")
+    flag(g, "--retrain-schedule", choices=("continue", "restart"), default="continue",
+         help="LTH: a pruned round trains from the rewind epoch k to --epochs with the schedule continued from k "
+              "(continue: Frankle et al. 2019, open_lth), or all --epochs with warm-up and cosine restarted "
+              "(restart: the original project)")
+    flag(g, "--rank-weights", choices=("ema", "raw"), default="ema",
+         help="LTH: rank by the magnitudes of the previous round's final weights, its EMA (the weights evaluated "
+              "and saved) or the raw trained weights")
     flag(g, "--rewind-iter", type=int, default=None, help="rewind to this iteration instead of an epoch")
     flag(g, "--prune-output", action="store_true", help="also prune the output convs before [yolo] layers")
     flag(g, "--keep-first-dense", action="store_true", help="never prune the first conv")

@@ -470,6 +470,17 @@ def build_model(ckpt, args):
     return model
 
 
+def rewind_epochs(value, epochs):
+    """``--rewind-epoch`` in epochs: 0 or a whole number of epochs, or a fraction of ``epochs`` below 1 (at least
+    one epoch: 0.03 of 300 is 9, as the original project rewound; of 30 it is 1)."""
+    value = float(value or 0)
+    if 0 < value < 1:
+        return max(1, round(value * epochs))
+    if value != int(value) or value < 0:
+        raise UserError(f"--rewind-epoch {value:g}: give a whole number of epochs, or a fraction of --epochs below 1")
+    return int(value)
+
+
 def checkpoint_masks(ckpt):
     return Masks.from_state_dict(ckpt["masks"]) if ckpt.get("masks") else None
 
@@ -519,6 +530,10 @@ class Strategy:
         """The arguments round ``r`` trains with (a strategy may change e.g. its epochs)."""
         return self.args
 
+    def first_epoch(self, r):
+        """The epoch of the schedule a fresh round ``r`` starts at (0: the whole schedule)."""
+        return 0
+
     def row_checkpoint(self, r):
         """The checkpoint a trained round's rounds.csv row describes: best.pt, else last.pt."""
         wdir = self.run.round_dir(r) / "weights"
@@ -553,8 +568,11 @@ class Strategy:
         else:
             ckpt = None
             model, plugins = self.begin_round(r)
-            log(f"{self.describe_start(r)}: training {self.round_args(r).epochs} epochs in {save_dir}")
-        trainer = Trainer(self.round_args(r), model, save_dir, plugins=plugins, resume_ckpt=ckpt, log=log)
+            epochs, first = self.round_args(r).epochs, self.first_epoch(r)
+            what = f"epochs {first + 1}-{epochs} of {epochs}" if first else f"{epochs} epochs"
+            log(f"{self.describe_start(r)}: training {what} in {save_dir}")
+        trainer = Trainer(self.round_args(r), model, save_dir, plugins=plugins, resume_ckpt=ckpt, log=log,
+                          first_epoch=0 if ckpt else self.first_epoch(r))
         try:
             trainer.fit()
         finally:
@@ -610,7 +628,10 @@ class LotteryTicket(Strategy):
     holds a ``rewind`` entry (then round 0 is not trained, only evaluated; a ``masks`` entry there is kept, so a
     pruned checkpoint can be pruned further). Round r ≥ 1 prunes the final weights of round r − 1 (its last.pt's
     ``model``: the EMA when the run uses one, the weights that were evaluated) by ``--prune-rate`` with
-    ``--scope``, rewinds the survivors to θ_k and retrains for ``--epochs`` with a fresh optimiser and schedule.
+    ``--scope``, rewinds the survivors to θ_k and retrains with a fresh optimiser: from epoch k to ``--epochs``
+    with the schedule continued from k (``--retrain-schedule continue``, Frankle et al. 2019's T − k iterations),
+    or all ``--epochs`` with warm-up and cosine restarted (``restart``, the original project). ``--rank-weights``
+    says which final weights are ranked: the EMA (``ema``, the weights evaluated and saved) or the raw ones.
     """
 
     name = "lth"
@@ -622,7 +643,9 @@ class LotteryTicket(Strategy):
         if args.rounds is None or args.rounds < 0:
             raise UserError(f"--rounds must be 0 or more, not {args.rounds}")
         self.rewind_iter = args.rewind_iter or None
-        self.rewind_epoch = 0 if args.rewind_epoch is None else int(args.rewind_epoch)
+        self.rewind_epoch = rewind_epochs(args.rewind_epoch, args.epochs)
+        self.continued = getattr(args, "retrain_schedule", "restart") == "continue"
+        self.rank_raw = getattr(args, "rank_weights", "ema") == "raw"
         self.given = None
         weights = str(args.weights or "")
         if weights.endswith(".pt"):
@@ -648,8 +671,19 @@ class LotteryTicket(Strategy):
         if r == 0:
             where = (f"{self.rewind_iter} optimiser steps" if self.rewind_iter else f"epoch {self.rewind_epoch}")
             return f"round 0/{self.args.rounds} (dense; rewind point after {where})"
-        return (f"round {r}/{self.args.rounds}: pruned {self.rate:g} of the surviving weights ({self.scope}), "
-                f"rewound")
+        return (f"round {r}/{self.args.rounds}: pruned {self.rate:g} of the surviving weights ({self.scope}, by "
+                f"{'raw' if self.rank_raw else 'EMA'} magnitudes), rewound")
+
+    def first_epoch(self, r):
+        """``continue``: a pruned round resumes the schedule at the epoch its θ_k was taken in (with
+        ``--rewind-iter``, at the start of the epoch that held step k)."""
+        if r == 0 or not self.continued:
+            return 0
+        k = int(self.previous(r)["rewind"]["epoch"])
+        if k >= self.args.epochs:
+            raise UserError(f"the rewind point (epoch {k}) leaves no epoch of the {self.args.epochs} to retrain "
+                            f"with --retrain-schedule continue")
+        return k
 
     # -- the state each round starts from ------------------------------------------------------------
     def previous(self, r):
@@ -690,9 +724,18 @@ class LotteryTicket(Strategy):
         prev = self.previous(r)
         model = build_model(prev, self.args)
         masks = checkpoint_masks(prev) if r > 1 else self.start_masks(model)
-        new = magnitude_prune(prev["model"], masks, self.rate, self.scope)
+        new = magnitude_prune(self.ranked_weights(prev, r), masks, self.rate, self.scope)
         rewind(model, prev["rewind"]["model"], new)
         return model, [MaskPlugin(new), RewindPlugin(snapshot=prev["rewind"])]
+
+    def ranked_weights(self, prev, r):
+        """The state dict whose magnitudes decide round ``r``'s pruning: the EMA (``model``) or the raw weights."""
+        if not self.rank_raw:
+            return prev["model"]
+        if "train_state" not in prev:
+            raise UserError(f"round {r}: --rank-weights raw needs a last.pt with its training state "
+                            f"(the given checkpoint has only its evaluated weights)")
+        return prev["train_state"]["model"]
 
     def resume_round(self, r, ckpt):
         model = build_model(ckpt, self.args)
