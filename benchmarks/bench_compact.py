@@ -50,7 +50,7 @@ from common import data_path, read_csv, run_timed  # noqa: E402
 from utils.engine import progressive_img_size  # noqa: E402
 from utils.general import select_device  # noqa: E402
 from utils.memory_format import choose_memory_format  # noqa: E402
-from utils.torch_utils import resolve_precision  # noqa: E402
+from utils.torch_utils import PRECISION_CHOICES, resolve_precision  # noqa: E402
 
 REFERENCE = "cfg/yolov3-tiny.cfg"
 STRIDE = 32  # the largest stride of every cfg here: progressive sizes are its multiples
@@ -75,7 +75,7 @@ def parse_args(argv=None):
                     help="train.py's --device; the rates are timed there too (default: the first GPU, else the CPU)")
     ap.add_argument("--jobs", type=int, default=1, help="training runs side by side (after the rates are timed)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+    ap.add_argument("--amp", choices=PRECISION_CHOICES, default="auto",
                     help="train.py's --amp (passed on; the rates are timed in the precision it resolves to)")
     ap.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off")
     ap.add_argument("--threads", type=int, default=None,

@@ -72,9 +72,8 @@ def kmeans_anchors(wh, k, seed=0, iters=100):
 
 
 def yolo_anchor_order(model):
-    """``(order, n)``: the anchor indexes the heads use, finest stride first (the order area-sorted anchors take;
-    an index two heads share, like 3 in yolov3-tiny's masks 1,2,3 and 3,4,5, counts once), then the unused ones,
-    and the length ``n`` of the model's shared anchor list."""
+    """The anchor indexes the heads use, finest stride first (the order area-sorted anchors take; an index two heads
+    share, like 3 in yolov3-tiny's masks 1,2,3 and 3,4,5, counts once). Anchors no head uses are left out."""
     from models import yolo_mask
 
     heads = []
@@ -84,10 +83,7 @@ def yolo_anchor_order(model):
     lists = {tuple(model.module_defs[i]["anchors"]) for i in model.yolo_layers}
     if len(lists) != 1:
         raise UserError(f"{model.cfg_path}: the [yolo] sections list different anchors; fitting needs one shared list")
-    n = len(next(iter(lists))) // 2
-    order = [m for _, mask in sorted(heads, key=lambda h: h[0]) for m in mask]
-    order = list(dict.fromkeys(order))
-    return order + [m for m in range(n) if m not in order], n
+    return list(dict.fromkeys(m for _, mask in sorted(heads, key=lambda h: h[0]) for m in mask))
 
 
 def anchors_text(anchors):
@@ -118,17 +114,10 @@ def model_anchors(model):
 def fitted_anchors(model, wh, seed=0):
     """k-means anchors for ``wh``, in the model's cfg index order (smallest at its finest-stride head): one cluster
     per anchor a head uses; anchors no head uses (yolov3-tiny's 0) keep their cfg values."""
-    order, n = yolo_anchor_order(model)
-    used = len(used_anchor_indexes(model))  # ``order`` lists the used indexes first
+    order = yolo_anchor_order(model)
     anchors = model_anchors(model).copy()
-    anchors[order[:used]] = kmeans_anchors(wh, used, seed)
+    anchors[order] = kmeans_anchors(wh, len(order), seed)
     return np.round(anchors).clip(1)
-
-
-def used_anchor_indexes(model):
-    from models import yolo_mask
-
-    return {m for i in model.yolo_layers for m in yolo_mask(model.module_defs[i], model.cfg_path)}
 
 
 def apply_anchors(model, anchors):

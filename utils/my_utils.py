@@ -13,6 +13,7 @@ import yaml
 
 from utils.errors import UserError
 from utils.general import ROOT
+from utils.torch_utils import PRECISION_CHOICES
 
 DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
 
@@ -116,7 +117,7 @@ def add_output_args(p, project):
 def add_device_args(p):
     g = p.add_argument_group("device")
     flag(g, "--device", type=str, default="", help="cpu, 0, cuda:1 ... (default: first GPU, else CPU)")
-    flag(g, "--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+    flag(g, "--amp", choices=PRECISION_CHOICES, default="auto",
          help="autocast precision (auto: fp16 + gradient scaler on CUDA, bf16 on a CPU with native bf16 (AMX or "
               "AVX512-BF16), else fp32; off: fp32)")
     flag(g, "--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off")
@@ -128,7 +129,7 @@ def add_device_args(p):
 
 def add_inference_precision_args(g):
     """test.py's and detect.py's precision: fp32 unless asked, and never an emulated bf16 unless forced."""
-    flag(g, "--amp", choices=("auto", "bf16", "fp16", "off"), default="off",
+    flag(g, "--amp", choices=PRECISION_CHOICES, default="off",
          help="inference precision (off: fp32; auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32); "
               "autocast runs channels_last")
     flag(g, "--half", dest="amp", action="store_const", const="auto", help="the same as --amp auto")

@@ -564,6 +564,7 @@ class Strategy:
         ckpt = load_checkpoint(last) if last.is_file() else None
         if ckpt is not None and "train_state" in ckpt:
             model, plugins = self.resume_round(r, ckpt)
+            first = 0  # the checkpoint's scheduler state says where the round stands
             log(f"{self.describe_start(r)}: resuming {save_dir}")
         else:
             ckpt = None
@@ -572,7 +573,7 @@ class Strategy:
             what = f"epochs {first + 1}-{epochs} of {epochs}" if first else f"{epochs} epochs"
             log(f"{self.describe_start(r)}: training {what} in {save_dir}")
         trainer = Trainer(self.round_args(r), model, save_dir, plugins=plugins, resume_ckpt=ckpt, log=log,
-                          first_epoch=0 if ckpt else self.first_epoch(r))
+                          first_epoch=first)
         try:
             trainer.fit()
         finally:
