@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from utils.errors import UserError
 from utils.general import increment_path, select_device, xywh2xyxy
-from utils.metrics import Evaluator, format_metrics, format_per_class, non_max_suppression, scale_boxes
+from utils.metrics import EVAL_BATCH_SIZE, Evaluator, format_metrics, format_per_class, non_max_suppression, scale_boxes
 from utils.torch_utils import autocast, resolve_precision
 
 
@@ -275,7 +275,7 @@ def main(argv=None):
     stride = model_stride(model)
     if img_size % stride:
         raise UserError(f"--img-size {img_size} is not a multiple of the model's stride {stride}")
-    batch_size = args.batch_size or 16
+    batch_size = args.batch_size or EVAL_BATCH_SIZE
     loader, _ = create_dataloader(data["valid"], img_size, batch_size, stride, rect=True, augment=False,
                                   shuffle=False, workers=args.workers, cache=args.cache_images, nc=nc)
     run_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)

@@ -13,7 +13,7 @@ import torch.nn as nn
 from models import Darknet, prunable_parameters
 from utils.cs import ContinuousSparsification, CSPlugin, SoftMasks, reset_logits, temperature
 from utils.pruning import Masks, rewind
-from utils.torch_utils import ModelEMA, build_optimizer
+from utils.torch_utils import ModelEMA, build_optimizer, recompute_bn_stats
 
 CFG = "cfg/yolov3-tiny.cfg"
 
@@ -77,8 +77,7 @@ def test_gates_start_at_exactly_one_and_the_masked_forward_equals_the_unmasked(s
     for n in soft.names():
         assert torch.equal(soft.soft_gate(n), torch.ones_like(soft.logits[n]))  # σ(1·s0)/σ(s0), every element
     soft.attach(model)
-    with torch.no_grad():
-        masked = outputs(model, x)
+    masked = outputs(model, x).detach()  # training mode with gradients: the soft gates
     assert torch.equal(masked, plain)
     soft.detach(model)
     assert all(not m._forward_pre_hooks for m in model.modules())
@@ -99,14 +98,39 @@ def test_large_beta_soft_mask_equals_hard_mask():
     # the network: training mode (soft gates) at β = 200 against eval mode (hard gates), BN frozen in both
     soft.attach(model)
     x = torch.rand(2, 3, 64, 64)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    a = outputs(model, x).detach()  # with gradients: the soft gates
     with torch.no_grad():
-        model.train()
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
-        a = outputs(model, x)
         b = outputs(model.eval(), x)
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    soft.detach(model)
+
+
+def test_precise_bn_recomputes_the_statistics_of_the_hard_gated_network_it_scores():
+    """Before an evaluation the engine recomputes BN statistics in train mode without gradients: the hooked network
+    must use the hard gates there, as the evaluation does, so its statistics equal those of the folded network."""
+    model = darknet()
+    soft = SoftMasks.init(prunable_parameters(model), -0.1)
+    random_logits(soft)
+    soft.beta = 3.0  # mid-round: soft and hard gates differ
+    folded = darknet()
+    folded.load_state_dict(soft.fold(model.state_dict()))
+    soft.attach(model)
+    batches = [torch.rand(2, 3, 64, 64) for _ in range(3)]
+    recompute_bn_stats(model, batches)
+    recompute_bn_stats(folded, batches)
+    bn = lambda m: {k: v for k, v in m.state_dict().items() if "running" in k}  # noqa: E731
+    for k, v in bn(model).items():
+        assert torch.allclose(v, bn(folded)[k], atol=1e-5, rtol=1e-4), k
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(batches[0])[0], folded.eval()(batches[0])[0], atol=1e-4, rtol=1e-4)
+    model.train()
+    trained = outputs(model, batches[0]).detach()  # with gradients the soft gates still train
+    with torch.no_grad():
+        assert not torch.allclose(trained, outputs(folded.train(), batches[0]), atol=1e-3)
     soft.detach(model)
 
 
@@ -130,6 +154,45 @@ def test_reset_rule_is_exact():
     # general values: min(β_T s, s0) elementwise, bit for bit
     g = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     assert torch.equal(reset_logits(g, 200.0, -0.1), torch.minimum(g * 200.0, torch.full_like(g, -0.1)))
+
+
+def test_original_reset_rule_lets_removed_weights_return():
+    """--cs-reset original: beta <- 1 before s <- min(beta s, s0), so s <- min(s, s0): a logit just below 0 stays
+    there (one small step brings its weight back), where the paper's rule sends it to -200x."""
+    s = torch.tensor([-0.5, -0.0078125, 0.0, 0.25, 3.0])
+    s0 = -0.125
+    assert torch.equal(reset_logits(s, 200.0, s0, "original"), torch.tensor([-0.5, -0.125, -0.125, -0.125, -0.125]))
+    soft = SoftMasks({"w": s.clone()}, s0, beta=200.0)
+    soft.reset(200.0, "original")
+    assert soft.beta == 1.0 and soft.logits["w"][1] == -0.125
+    args = cs_args(cs_reset="original", rounds=2)
+    assert ContinuousSparsification(args, None).reset_rule == "original"
+    assert ContinuousSparsification(cs_args(), None).reset_rule == "paper"  # the default
+
+
+def test_gate_penalty_is_the_sigmoid_penalty_over_sigma_s0():
+    soft = SoftMasks.init([("a.weight", torch.zeros(3, 4)), ("b.weight", torch.zeros(5))], -0.1)
+    random_logits(soft)
+    soft.beta = 2.0
+    paper, gate = soft.l1(), soft.l1("gate")
+    assert float(gate) == pytest.approx(float(paper) / float(torch.sigmoid(torch.tensor(-0.1))), rel=1e-6)
+    assert float(gate) / float(paper) == pytest.approx(2.1052, abs=1e-3)  # 1/σ(-0.1): the original weighs λ 2.1x
+    model = darknet()
+    plugin = ContinuousSparsification(cs_args(cs_penalty="gate", cs_lambda=1e-3), None).plugin(
+        SoftMasks.init(prunable_parameters(model), -0.1))
+    plugin.setup(fake_trainer(model))
+    term = plugin.extra_loss(fake_trainer(model), None, None, None, None)["cs_l1"]
+    assert float(term) == pytest.approx(1e-3 * float(plugin.masks.l1()) / float(torch.sigmoid(torch.tensor(-0.1))))
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_mask_optimiser_nesterov_follows_the_flag(nesterov):
+    model = darknet()
+    plugin = ContinuousSparsification(cs_args(mask_nesterov=nesterov), None).plugin(
+        SoftMasks.init(prunable_parameters(model), -0.1))
+    plugin.setup(fake_trainer(model))
+    assert plugin.optimizer.param_groups[0]["nesterov"] is nesterov
+    plugin.close()
 
 
 # --------------------------------------------------------------------------------------- the L1 term

@@ -1,5 +1,6 @@
 """The training engine and train.py: exact resume, plug-in hooks, DDP, end to end with test.py."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -139,7 +140,13 @@ def test_train_then_test_end_to_end(shapes_tiny, tmp_path):
                            "--img-size", "64", "--project", str(tmp_path), "--name", "test"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "test" / "metrics.json").is_file()
+    # one evaluation rule (issue 27): test.py scores best.pt as the engine scored that epoch (fp32, same batches),
+    # whatever precision trained it
+    scored = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    row = next(r for r in csv.DictReader((run / "results.csv").open()) if int(r["epoch"]) == ckpt["epoch"] + 1)
+    assert float(row["metrics/map50"]) > 0
+    assert scored["map50"] == pytest.approx(float(row["metrics/map50"]), abs=1e-4)
+    assert scored["map"] == pytest.approx(float(row["metrics/map"]), abs=1e-4)
 
 
 @pytest.mark.slow
@@ -199,15 +206,24 @@ def test_progressive_img_size_grows_linearly_to_the_final_size():
     assert engine.progressive_img_size(0, 1, 128, 256, 32) == 256  # one epoch: the final size
 
 
+def test_img_size_start_below_one_is_a_fraction_of_img_size():
+    assert engine.start_img_size(0.5, 256, 32) == 128
+    assert engine.start_img_size(0.6, 256, 32) == 128  # 153.6 rounded down to the stride
+    assert engine.start_img_size(0.01, 256, 32) == 32  # never below the stride
+    assert engine.start_img_size(160, 256, 32) == 160  # pixels
+    assert engine.start_img_size(0, 256, 32) == 0  # off
+    assert engine.start_img_size(0.5, 32, 32) == 0  # a fraction that leaves nothing to grow: off, not an error
+
+
 def test_img_size_start_trains_each_epoch_at_its_size(shapes_tiny, tmp_path, monkeypatch):
-    """--img-size-start 32 with --img-size 64 over 2 epochs: the loader's worker builds 32-px batches, then 64-px
-    ones (no resizing after the loader), the network sees them; the evaluation stays at 64."""
+    """--img-size-start 0.5 (32 px) with --img-size 64 over 2 epochs: the loader's worker builds 32-px batches, then
+    64-px ones (no resizing after the loader), the network sees them; the evaluation stays at 64."""
     seen, loaded = [], []
     to_input = engine.Trainer.to_input
     monkeypatch.setattr(engine.Trainer, "to_input", lambda self, imgs: loaded.append(imgs.shape[-1]) or
                         to_input(self, imgs))
     args = train.parse_args(train.train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
-                                                  "--epochs", "2", "--img-size-start", "32", "--precise-bn", "0",
+                                                  "--epochs", "2", "--img-size-start", "0.5", "--precise-bn", "0",
                                                   "--workers", "1"])
     args, model, save_dir, _ = engine.prepare(args)
     model.register_forward_pre_hook(lambda m, inp: seen.append((m.training, inp[0].shape[-1])))

@@ -224,7 +224,7 @@ def settings(*extra):
 
 def test_settings_come_from_flags_then_hyp_then_defaults():
     a = settings()
-    assert (a.img_size, a.epochs, a.batch_size, a.rewind_epoch, a.cs_epochs) == (256, 30, 16, 1, 30)
+    assert (a.img_size, a.epochs, a.batch_size, a.rewind_epoch, a.cs_epochs) == (256, 20, 16, 1, 20)
     assert a.hyp_flags == []
     a = settings("--hyp", "params/voc.yaml", "--epochs", "90")
     assert (a.img_size, a.epochs, a.batch_size, a.nominal_batch_size, a.rewind_epoch) == (416, 90, 16, 64, 3)
@@ -258,7 +258,7 @@ def test_rows_deduplicate_and_select(tmp_path):
 
 def test_students_get_the_compact_recipe_and_nobody_else(tmp_path):
     rows, jobs = table.build_plan(settings("--seeds", "1"), tmp_path)
-    recipe = ["--optimizer", "adam", "--lr0", "0.006", "--cls", "2.0", "--grad-clip", "0"]  # compact.yaml vs default
+    recipe = ["--optimizer", "adam", "--lr0", "0.006", "--grad-clip", "0"]  # compact.yaml vs default
 
     def has_recipe(argv):
         return any(argv[i:i + len(recipe)] == recipe for i in range(len(argv)))

@@ -29,8 +29,10 @@ How it is built here:
   is unchanged, and — unlike ``torch.nn.utils.parametrize``, which renames the weight
   ``parametrizations.weight.original`` — the state dict keeps its plain keys and raw values, the main optimiser
   sees the ordinary ``weight`` parameters (and never the logits), and resume, rewind capture and the EMA work on
-  plain state dicts. In training mode the pre-hook uses the soft gate σ(β·s)/σ(s₀); in eval mode the hard gate
-  1[s > 0]/σ(s₀) (the network one would get by stopping here).
+  plain state dicts. In training mode with gradients the pre-hook uses the soft gate σ(β·s)/σ(s₀); otherwise the
+  hard gate 1[s > 0]/σ(s₀) (the network one would get by stopping here): so the BN statistics recomputed before an
+  evaluation (``--precise-bn``, train mode without gradients) are those of the hard-gated network that is scored.
+  (The original project scored search rounds with the soft gates and running BN statistics.)
 - ``CSPlugin``: the engine plug-in of a search round. ``extra_loss`` returns λ·Σσ(β·s) as a per-image term (the
   engine multiplies it by the batch size exactly as it does the detection loss, which is the per-image mean loss
   times the batch size: so λ weighs the L1 term against the mean detection loss as in the paper's objective).
@@ -73,7 +75,8 @@ from utils.pruning import STRATEGIES, Masks, MaskPlugin, RewindPlugin, Strategy,
 from utils.torch_utils import de_parallel
 
 # The original project's params/CS.yaml values, used when an argument is missing (params/CS.yaml sets them all).
-DEFAULTS = {"mask_init": -0.1, "cs_lambda": 1e-8, "final_temperature": 200.0, "mask_lr": 0.1, "mask_momentum": 0.9}
+DEFAULTS = {"mask_init": -0.1, "cs_lambda": 1e-8, "final_temperature": 200.0, "mask_lr": 0.1, "mask_momentum": 0.9,
+            "cs_reset": "paper", "cs_penalty": "sigmoid", "mask_nesterov": True}
 
 
 def temperature(epoch, epochs, final):
@@ -83,9 +86,12 @@ def temperature(epoch, epochs, final):
     return float(final) ** (epoch / (epochs - 1))
 
 
-def reset_logits(s, final_temperature, mask_init):
-    """The end-of-round rule s ← min(β_T·s, s₀) (Savarese et al. 2019, Algorithm 1), as a new tensor."""
-    return torch.clamp(s * float(final_temperature), max=float(mask_init))
+def reset_logits(s, final_temperature, mask_init, rule="paper"):
+    """The end-of-round rule, as a new tensor: s ← min(β_T·s, s₀) (``paper``: Savarese et al. 2019, Algorithm 1),
+    or s ← min(s, s₀) (``original``: the original project's cs.py sets β to 1 before this step, so removed weights
+    stay near 0 and can return)."""
+    scale = float(final_temperature) if rule == "paper" else 1.0
+    return torch.clamp(s * scale, max=float(mask_init))
 
 
 # ------------------------------------------------------------------------------------------------ soft masks
@@ -161,9 +167,13 @@ class SoftMasks:
         s = self.logits[name].detach()
         return (w * self.hard_gate(name)).masked_fill(s <= 0, 0.0)
 
-    def l1(self):
-        """Σ σ(β·s) over every logit (the paper's ‖σ(βs)‖₁; differentiable)."""
-        return sum(torch.sigmoid(self.beta * s).sum() for s in self.logits.values())
+    def l1(self, penalty="sigmoid"):
+        """Σ σ(β·s) over every logit (the paper's ‖σ(βs)‖₁; differentiable), or with ``penalty="gate"`` the sum of the
+        gates σ(β·s)/σ(s₀) (the original project's term)."""
+        total = sum(torch.sigmoid(self.beta * s).sum() for s in self.logits.values())
+        if penalty == "gate" and self.logits:
+            total = total / self.sig0(next(iter(self.logits.values())).device)
+        return total
 
     @torch.no_grad()
     def soft_sparsity(self):
@@ -179,10 +189,10 @@ class SoftMasks:
         return self.hard_masks().sparsity()
 
     @torch.no_grad()
-    def reset(self, final_temperature):
-        """End of a search round: s ← min(β_T·s, s₀) and β ← 1, in place."""
+    def reset(self, final_temperature, rule="paper"):
+        """End of a search round: s ← min(β_T·s, s₀) (or min(s, s₀), ``reset_logits``) and β ← 1, in place."""
         for s in self.logits.values():
-            s.copy_(reset_logits(s, final_temperature, self.mask_init))
+            s.copy_(reset_logits(s, final_temperature, self.mask_init, rule))
         self.beta = 1.0
 
     # -- hooks ----------------------------------------------------------------------------------------
@@ -218,7 +228,7 @@ class SoftMasks:
         def apply_mask(module, args):
             weight = module._parameters["weight"]
             bank._held[id(module)] = weight
-            if module.training:
+            if module.training and torch.is_grad_enabled():  # learning: the soft gate (its gradient moves s)
                 module._parameters["weight"] = weight * bank.soft_gate(name)
             else:
                 module._parameters["weight"] = bank.hard_weight(name, weight)
@@ -284,10 +294,12 @@ class CSPlugin(Plugin):
 
     name = "cs"
 
-    def __init__(self, soft_masks, cs_lambda=1e-8, mask_lr=0.1, mask_momentum=0.9, final_temperature=200.0):
+    def __init__(self, soft_masks, cs_lambda=1e-8, mask_lr=0.1, mask_momentum=0.9, final_temperature=200.0,
+                 penalty="sigmoid", nesterov=True):
         self.masks = soft_masks
         self.cs_lambda = float(cs_lambda)
         self.mask_lr, self.mask_momentum = float(mask_lr), float(mask_momentum)
+        self.penalty, self.nesterov = penalty, bool(nesterov)
         self.final_temperature = float(final_temperature)
         self.trainer = None
         self.optimizer = None
@@ -301,7 +313,7 @@ class CSPlugin(Plugin):
         self.masks.attach(model)
         momentum = self.mask_momentum
         self.optimizer = torch.optim.SGD(list(self.masks.logits.values()), lr=self.mask_lr, momentum=momentum,
-                                         nesterov=momentum > 0, weight_decay=0.0)
+                                         nesterov=self.nesterov and momentum > 0, weight_decay=0.0)
         if getattr(trainer, "main", False) and getattr(trainer, "save_dir", None) is not None:
             trainer.log(f"continuous sparsification: {len(self.masks)} soft-masked tensors, "
                         f"{self.masks.numel():,} logits at s0={self.masks.mask_init:g}, lambda={self.cs_lambda:g}, "
@@ -318,7 +330,7 @@ class CSPlugin(Plugin):
         self.grad_scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         if self.cs_lambda == 0:
             return {}
-        return {"cs_l1": self.cs_lambda * self.masks.l1()}
+        return {"cs_l1": self.cs_lambda * self.masks.l1(self.penalty)}
 
     @torch.no_grad()
     def after_step(self, trainer):
@@ -419,6 +431,8 @@ class ContinuousSparsification(Strategy):
         self.final_temperature = float(_arg(args, "final_temperature"))
         self.mask_lr = float(_arg(args, "mask_lr"))
         self.mask_momentum = float(_arg(args, "mask_momentum"))
+        self.reset_rule, self.penalty = _arg(args, "cs_reset"), _arg(args, "cs_penalty")
+        self.nesterov = bool(_arg(args, "mask_nesterov"))
         if not math.isfinite(self.mask_init):
             raise UserError(f"--mask-init must be finite, not {self.mask_init}")
         if self.cs_lambda < 0:
@@ -459,13 +473,15 @@ class ContinuousSparsification(Strategy):
             return (f"round {r}/{n} (ticket: m = 1[s > 0] frozen, weights rewound to the first search round's "
                     f"rewind point)")
         where = f"{self.rewind_iter} optimiser steps" if self.rewind_iter else f"epoch {self.rewind_epoch}"
-        extra = f"; rewind point after {where}" if r == 0 else "; s <- min(beta_T s, s0), weights not rewound"
+        reset = "s <- min(beta_T s, s0)" if self.reset_rule == "paper" else "beta <- 1, s <- min(s, s0)"
+        extra = f"; rewind point after {where}" if r == 0 else f"; {reset}, weights not rewound"
         return (f"round {r}/{n} (CS search {r + 1}/{self.search_rounds}: beta 1 -> {self.final_temperature:g}, "
                 f"lambda {self.cs_lambda:g}{extra})")
 
     # -- plug-ins and the state each round starts from -----------------------------------------------
     def plugin(self, soft_masks):
-        return CSPlugin(soft_masks, self.cs_lambda, self.mask_lr, self.mask_momentum, self.final_temperature)
+        return CSPlugin(soft_masks, self.cs_lambda, self.mask_lr, self.mask_momentum, self.final_temperature,
+                        self.penalty, self.nesterov)
 
     def last(self, r):
         return load_checkpoint(self.run.round_dir(r) / "weights" / "last.pt")
@@ -503,7 +519,7 @@ class ContinuousSparsification(Strategy):
         model = build_model(prev, self.args)
         de_parallel(model).load_state_dict(prev["train_state"]["model"])  # raw weights, not rewound
         soft = SoftMasks.from_state_dict(self.search_state(prev, self.run.round_dir(r - 1)))
-        soft.reset(self.final_temperature)
+        soft.reset(self.final_temperature, self.reset_rule)
         return model, [self.plugin(soft), RewindPlugin(snapshot=prev["rewind"])]
 
     def resume_round(self, r, ckpt):

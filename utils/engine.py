@@ -28,6 +28,7 @@ from utils.errors import UserError
 from utils.general import increment_path, init_seeds, is_main_process, select_device
 from utils.my_utils import hyp_from_args, resume_args, save_args, upgrade_saved_args, vars_clean
 from utils.memory_format import choose_memory_format, machine_name
+from utils.metrics import EVAL_BATCH_SIZE
 from utils.torch_utils import (MEMORY_FORMATS, ModelEMA, autocast, build_optimizer, cosine_lr, ddp, de_parallel,
                                recompute_bn_stats, resolve_precision)
 
@@ -250,10 +251,15 @@ class Trainer:
             plugin.setup(self)
         self.feature_layers = sorted({i for p in self.plugins for i in p.feature_layers})
         self.stride = stride = int(max(m.stride for m in self.yolo_modules()))
-        start = getattr(args, "img_size_start", 0)
+        self.img_size_start = start = start_img_size(getattr(args, "img_size_start", 0), args.img_size, stride)
         if start and not stride <= start < args.img_size:
-            raise UserError(f"--img-size-start {start} must be at least the stride {stride} and below --img-size "
-                            f"{args.img_size}")
+            raise UserError(f"--img-size-start {args.img_size_start:g} must be at least the stride {stride} and below "
+                            f"--img-size {args.img_size}")
+        if self.main and start:
+            self.log(f"progressive resizing: {start} px in the first epoch to {args.img_size} px in the last")
+        first = first_scored_epoch(args, self.epochs)
+        if self.main and first > 1 and not args.notest:
+            self.log(f"mAP after epochs {min(first, self.epochs)}-{self.epochs} (--eval-from {args.eval_from:g})")
         self.accumulate = max(round(args.nominal_batch_size / args.batch_size), 1)
         self.optimizer = build_optimizer([self.model] + [m for p in self.plugins for m in p.modules()],
                                          args.optimizer, args.lr0, args.momentum, args.weight_decay)
@@ -273,7 +279,7 @@ class Trainer:
         self.val_loader = None
         if self.main:
             self.val_loader, _ = create_dataloader(
-                self.data["valid"], args.img_size, self.batch_size * 2, stride, hyp=self.hyp, augment=False,
+                self.data["valid"], args.img_size, EVAL_BATCH_SIZE, stride, hyp=self.hyp, augment=False,
                 rect=True, workers=args.workers, shuffle=False, nc=self.data["classes"])
             save_args(args, self.save_dir / "args.yaml")
         self.start_epoch = 0
@@ -468,8 +474,7 @@ class Trainer:
 
     def epoch_img_size(self, epoch):
         """Training image size of ``epoch``: ``--img-size``, or growing from ``--img-size-start`` (progressive)."""
-        return progressive_img_size(epoch, self.epochs, getattr(self.args, "img_size_start", 0), self.args.img_size,
-                                    self.stride)
+        return progressive_img_size(epoch, self.epochs, self.img_size_start, self.args.img_size, self.stride)
 
     def _rescale(self, imgs, size):
         """``imgs`` resized to ``size`` (long side, stride multiples), or with ``--multi-scale`` to a random size
@@ -506,11 +511,13 @@ class Trainer:
     def validate(self, epoch):
         from test import evaluate
 
-        if not self.main or (self.args.notest and epoch != self.epochs - 1):
+        last = epoch == self.epochs - 1
+        if not self.main or (not last and (self.args.notest or epoch + 1 < first_scored_epoch(self.args, self.epochs))):
             return {}
         if getattr(self.args, "precise_bn", 0):  # absent from the args of runs saved before the flag existed
             self.recompute_bn_stats(self.eval_model(), self.args.precise_bn)
-        return evaluate(self.eval_model(), self.val_loader, precision=self.precision, names=self.names,
+        # fp32, as test.py scores by default: the per-epoch mAP and test.py's agree whatever precision trained it
+        return evaluate(self.eval_model(), self.val_loader, precision="fp32", names=self.names,
                         compute_loss=self.compute_loss)
 
     def recompute_bn_stats(self, model, n_batches):
@@ -625,6 +632,21 @@ class Trainer:
         self.start_epoch = ckpt["epoch"] + 1
         if self.main:
             self.log(f"resuming {self.save_dir} at epoch {self.start_epoch + 1}/{self.epochs}")
+
+
+def first_scored_epoch(args, epochs):
+    """The first epoch (1-based) evaluated after training: ``--eval-from``, a fraction below 1 being of ``epochs``."""
+    value = float(getattr(args, "eval_from", 0) or 0)
+    return max(1, math.ceil(value * epochs)) if value < 1 else int(value)
+
+
+def start_img_size(start, img_size, stride):
+    """``--img-size-start`` in pixels: a value below 1 is a fraction of ``img_size``, rounded down to ``stride``
+    (0, no progressive resizing, where that is not below ``img_size``: a fraction in params/ fits any size)."""
+    if 0 < start < 1:
+        size = max(stride, int(start * img_size) // stride * stride)
+        return size if size < img_size else 0
+    return int(start)
 
 
 def progressive_img_size(epoch, epochs, start, end, stride):

@@ -95,6 +95,11 @@ def scale_boxes(img_shape, boxes, img0_shape, ratio_pad=None):
 
 
 # ------------------------------------------------------------------------------------------------------------- NMS
+# Images per evaluation batch, in test.py and in the engine's per-epoch evaluation alike: with rectangular batches
+# the padding depends on the batch, so one size makes both score a checkpoint identically (issue 27).
+EVAL_BATCH_SIZE = 32
+
+
 def non_max_suppression(pred, conf_thres=0.001, iou_thres=0.6, multi_label=False, max_det=300, classes=None,
                         max_nms=30000):
     """Class-aware NMS on the model's eval output.

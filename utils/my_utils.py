@@ -79,8 +79,9 @@ def add_optim_args(p):
         flag(g, "--" + key.replace("_", "-"), type=float, default=None, help=HYP_HELP[key])
     flag(g, "--nominal-batch-size", type=int, default=None, help="gradients are accumulated to this batch size")
     flag(g, "--multi-scale", action="store_true", help="vary the image size +-50%% per batch")
-    flag(g, "--img-size-start", type=int, default=0,
-         help="progressive resizing: train the first epoch at this size, growing linearly to --img-size by the last")
+    flag(g, "--img-size-start", type=float, default=0,
+         help="progressive resizing: train the first epoch at this size (pixels, or a fraction below 1 of --img-size), "
+              "growing linearly to --img-size by the last; 0 disables")
     flag(g, "--no-ema", action="store_true", help="evaluate and save the raw weights instead of their EMA")
     flag(g, "--grad-clip", type=float, default=10.0, help="clip the gradient norm (0 disables)")
     flag(g, "--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
@@ -111,6 +112,9 @@ def add_output_args(p, project):
     flag(g, "--resume", nargs="?", const=True, default=False,
          help="continue the most recent run, or the given run folder or last.pt, where it stopped")
     flag(g, "--notest", action="store_true", help="evaluate only after the last epoch")
+    flag(g, "--eval-from", type=float, default=None,
+         help="evaluate after each epoch from this one on (1-based, or a fraction below 1 of --epochs); the last "
+              "epoch always is")
     return g
 
 
@@ -328,6 +332,14 @@ def add_prune_args(p):
     flag(g, "--mask-lr", type=float, default=None, help="CS: learning rate of the mask logits")
     flag(g, "--mask-momentum", type=float, default=None, help="CS: momentum of the mask logits' SGD")
     flag(g, "--final-temperature", type=float, default=None, help="CS: temperature beta reached at a round's end")
+    flag(g, "--cs-reset", choices=("paper", "original"), default=None,
+         help="CS: logits between search rounds: s <- min(beta_T s, s0) (paper: Savarese et al., Algorithm 1), or "
+              "beta <- 1 first, so s <- min(s, s0) (original: the original project, where removed weights can return)")
+    flag(g, "--cs-penalty", choices=("sigmoid", "gate"), default=None,
+         help="CS: the L1 term lambda * sum sigma(beta s) (sigmoid: the paper's eq. 6) or lambda * sum of the gates "
+              "sigma(beta s)/sigma(s0) (gate: the original project; 1/sigma(s0) = 2.1x at s0 = -0.1)")
+    flag(g, "--mask-nesterov", action=argparse.BooleanOptionalAction, default=None,
+         help="CS: nesterov momentum for the mask logits' SGD")
     flag(g, "--ticket-epochs", type=int, default=None, help="CS: epochs of the ticket's retraining (default --epochs)")
     return g
 

@@ -106,6 +106,7 @@ MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.cont
 
 
 @torch.no_grad()
+@torch.no_grad()
 def recompute_bn_stats(model, batches):
     """Precise BatchNorm (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", arXiv 2105.07576, section 3.1):
     replace every BN layer's running mean and variance by their plain average over ``batches`` (an iterable of input
