@@ -96,6 +96,33 @@ def test_discriminator_shape_and_parameters():
         Discriminator(75, 2)
 
 
+def test_original_discriminator_is_the_original_projects_shape():
+    """--d-arch original: the original's models.py Discriminator (read at 72bb656): five 1x1 convs with biases,
+    BN, leaky 0.1, 7x7 pooling, 3136 -> 1024 -> 128 -> 1: 3,669,569 parameters at 75 channels."""
+    d = Discriminator(75, arch="original")
+    convs = [m for m in d.features if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.bias is not None for c in convs) and d.pool.output_size == 7
+    linears = [(m.in_features, m.out_features) for m in d.head if isinstance(m, torch.nn.Linear)]
+    assert linears == [(3136, 1024), (1024, 128), (128, 1)]
+    assert {m.negative_slope for m in d.modules() if isinstance(m, torch.nn.LeakyReLU)} == {0.1}
+    assert sum(p.numel() for p in d.parameters()) == 3_669_569
+    assert d.eval()(torch.rand(2, 75, 13, 13)).shape == (2,)
+
+
+def test_original_discriminator_optimiser_is_nesterov_with_the_inverse_exp_factor():
+    teacher = Teacher(tiny(seed=1))
+    plug = plugin(teacher, d_arch="original", d_optimizer="original", d_lr=0.01, epochs=4).check(tiny())
+    assert all(g["nesterov"] for g in plug.d_optimizer.param_groups)
+    lrs = []
+    for epoch in range(4):
+        plug.before_epoch(FakeTrainer(epoch), epoch)
+        lrs.append(plug.d_optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.01 * (1 - 10 ** (-4 * (1 - e / 4))) for e in range(4)])
+    plug = plugin(teacher, epochs=4).check(tiny())  # the default: constant lr, plain momentum
+    plug.before_epoch(FakeTrainer(3), 3)
+    assert plug.d_optimizer.param_groups[0]["lr"] == 0.01 and not plug.d_optimizer.param_groups[0]["nesterov"]
+
+
 def test_default_pairs_are_the_prediction_maps_paired_by_stride():
     nano = Darknet("cfg/yolo-nano.cfg", nc=20)
     assert output_feature_pairs(nano, Darknet("cfg/yolov3.cfg", nc=20)) == ([40, 44, 48], [105, 93, 81])

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 import models
 from models import (ACTIVATIONS, Darknet, YOLOLayer, darknet_maxpool, load_darknet_weights, model_summary,
@@ -489,3 +490,34 @@ def test_nc_override_fixes_filters_and_cli_error_is_one_line(tmp_path, capsys):
     assert err.startswith(f"error: {path}:11: filters=20") and err.count("\n") == 1
     with pytest.raises(UserError, match="cfg file not found"):
         Darknet(tmp_path / "missing.cfg")
+
+
+def _activations(model):
+    """(module, inside an SE block) for every activation module of ``model`` (gates included)."""
+    in_se = {id(sub) for m in model.modules() if isinstance(m, models.SqueezeExcite) for sub in m.modules()}
+    plain = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.Identity, nn.AdaptiveAvgPool2d, nn.Upsample, nn.MaxPool2d,
+             nn.ZeroPad2d, models.YOLOLayer, models.Route, models.Shortcut)
+    return [(m, id(m) in in_se) for m in model.modules() if not list(m.children()) and not isinstance(m, plain)]
+
+
+def test_yolo_nano_is_the_original_projects_network_whose_expansion_maps_x_to_x():
+    """docs/models.md: cfg/yolo-nano.cfg is the original project's 2.89 M Nano, not Wong et al.'s 4.0 M network:
+    the 1x1 before every depthwise conv of its PEP/EP blocks keeps the channel count."""
+    nano = Darknet(str(ROOT / "cfg" / "yolo-nano.cfg"), nc=20)
+    assert sum(p.numel() for p in nano.parameters()) == 2_890_527
+    convs = [m for m in nano.modules() if isinstance(m, nn.Conv2d)]
+    expansions = [a for a, b in zip(convs, convs[1:]) if b.groups > 1 and b.groups == b.in_channels]
+    assert len(expansions) >= 10 and all(a.in_channels == a.out_channels for a in expansions)
+
+
+def test_leaky_variants_are_leaky_except_where_docs_models_md_says():
+    """Nano leaky: every activation is leaky 0.1 but the FCA gate (a sigmoid); MobileNetV3-YOLO and YOLOv3-Mobile
+    leaky: leaky 0.1 outside SE, where ReLU and the gate remain (documented in their cfg headers)."""
+    for cfg, se_act in (("yolo-nano_leaky.cfg", nn.LeakyReLU), ("mobilenetv3-yolo_leaky.cfg", nn.ReLU),
+                        ("yolov3-mobile_leaky.cfg", nn.ReLU)):
+        acts = _activations(Darknet(str(ROOT / "cfg" / cfg), nc=20))
+        outside = [m for m, inside in acts if not inside]
+        assert outside and all(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.1 for m in outside), cfg
+        se = [type(m) for m, inside in acts if inside]
+        assert se and se_act in se, cfg
+        assert all(issubclass(t, (se_act, nn.Sigmoid, nn.Hardsigmoid)) for t in se), (cfg, set(se))

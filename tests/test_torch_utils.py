@@ -132,3 +132,13 @@ def test_runs_saved_before_amp_resume_with_the_matching_choice():
     new = upgrade_saved_args(argparse.Namespace(amp="bf16"))
     assert (old_fp32.amp, old_default.amp, new.amp) == ("off", "auto", "bf16")
     assert not hasattr(old_fp32, "no_amp") and old_fp32.epochs == 3
+
+
+def test_inverse_exp_schedule_is_the_original_projects_factor():
+    from utils.torch_utils import lr_schedule
+
+    f = lr_schedule("inverse-exp", 300, 0.05)  # lrf is the cosine's; the original's exponent is fixed at -4
+    assert f(0) == pytest.approx(0.9999) and f(225) == pytest.approx(0.9) and f(300) == 0.0
+    assert f(150) == pytest.approx(1 - 10 ** -2)
+    g = lr_schedule("cosine", 300, 0.05)
+    assert g(0) == 1.0 and g(300) == pytest.approx(0.05) and g(150) == pytest.approx(0.525)

@@ -29,7 +29,7 @@ from utils.general import increment_path, init_seeds, is_main_process, select_de
 from utils.my_utils import hyp_from_args, resume_args, save_args, upgrade_saved_args, vars_clean
 from utils.memory_format import choose_memory_format, machine_name
 from utils.metrics import EVAL_BATCH_SIZE
-from utils.torch_utils import (MEMORY_FORMATS, ModelEMA, autocast, build_optimizer, cosine_lr, ddp, de_parallel,
+from utils.torch_utils import (MEMORY_FORMATS, ModelEMA, autocast, build_optimizer, ddp, de_parallel, lr_schedule,
                                recompute_bn_stats, resolve_precision)
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run stops
@@ -263,7 +263,7 @@ class Trainer:
         self.accumulate = max(round(args.nominal_batch_size / args.batch_size), 1)
         self.optimizer = build_optimizer([self.model] + [m for p in self.plugins for m in p.modules()],
                                          args.optimizer, args.lr0, args.momentum, args.weight_decay)
-        self.lf = cosine_lr(self.epochs, args.lrf)
+        self.lf = lr_schedule(getattr(args, "lr_schedule", "cosine"), self.epochs, args.lrf)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.ema = None if args.no_ema else ModelEMA(self.model)

@@ -61,36 +61,52 @@ import torch.nn.functional as F
 
 from utils.distill import AdaptationLayer, TeacherPlugin, _darknet, _fmt, hint_loss, match_heads
 from utils.errors import UserError
-from utils.torch_utils import ddp
+from utils.torch_utils import ddp, inverse_exp_lr
 
 DEFAULT_WIDTHS = (256, 512, 256, 128, 64)
 REAL_RANGE, FAKE_RANGE = (0.7, 1.0), (0.0, 0.3)
+# D's SGD: a constant learning rate with plain momentum, or the original's nesterov SGD with its inverse-exp factor
+D_OPTIMIZERS = ("constant", "original")
 
 
 # ------------------------------------------------------------------------------------------------ discriminator
+# The discriminator shapes ``--d-arch`` names: this project's compact one, and the original project's (its
+# models.py Discriminator, read at 72bb656: conv biases, 7x7 pooling, 3136 -> 1024 -> 128 -> 1, leaky 0.1).
+D_ARCHS = {"compact": dict(pool=4, hidden=(128,), slope=0.2, bias=False),
+           "original": dict(pool=7, hidden=(1024, 128), slope=0.1, bias=True)}
+
+
 class Discriminator(nn.Module):
     """Wang et al. 2020's discriminator of one feature pair: five conv + BN + leaky ReLU layers
     ``C -> 256 -> 512 -> 256 -> 128 -> 64`` (kernel ``kernel``, stride 1, "same" padding), adaptive average pooling to
-    ``pool x pool`` and a small MLP ``64 pool^2 -> hidden -> 1``. ``forward(x (bs, C, H, W)) -> (bs,)`` logits.
+    ``pool x pool`` and an MLP ``64 pool^2 -> hidden... -> 1``. ``forward(x (bs, C, H, W)) -> (bs,)`` logits.
 
-    Leaky slope 0.2 (Radford et al. 2016's choice for discriminators). At ``C = 75``, kernel 1: 456,065 parameters (kernel 3: 3,034,497).
+    ``arch="compact"``: pool 4, one hidden layer of 128, leaky slope 0.2 (Radford et al. 2016's choice for
+    discriminators), no conv biases (BN follows): 456,065 parameters at ``C = 75``, kernel 1 (kernel 3: 3,034,497).
+    ``arch="original"``: the original project's, pool 7, hidden 1024 and 128, slope 0.1, conv biases: 3,669,569.
     """
 
-    def __init__(self, channels, kernel=1, widths=DEFAULT_WIDTHS, pool=4, hidden=128, slope=0.2):
+    def __init__(self, channels, kernel=1, widths=DEFAULT_WIDTHS, arch="compact"):
         super().__init__()
         kernel = int(kernel)
         if kernel < 1 or kernel % 2 == 0:
             raise UserError(f"--d-kernel-size {kernel}: use an odd kernel size (1, 3, 5, ...)")
+        if arch not in D_ARCHS:
+            raise UserError(f"--d-arch {arch}: use one of {', '.join(D_ARCHS)}")
+        a = D_ARCHS[arch]
         layers, c = [], int(channels)
         for w in widths:
-            layers += [nn.Conv2d(c, w, kernel, 1, kernel // 2, bias=False), nn.BatchNorm2d(w),
-                       nn.LeakyReLU(slope, inplace=True)]
+            layers += [nn.Conv2d(c, w, kernel, 1, kernel // 2, bias=a["bias"]), nn.BatchNorm2d(w),
+                       nn.LeakyReLU(a["slope"], inplace=True)]
             c = w
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(pool)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * pool * pool, hidden), nn.LeakyReLU(slope, inplace=True),
-                                  nn.Linear(hidden, 1))
-        self.channels, self.kernel = int(channels), kernel
+        self.pool = nn.AdaptiveAvgPool2d(a["pool"])
+        mlp, n = [nn.Flatten()], c * a["pool"] ** 2
+        for h in a["hidden"]:
+            mlp += [nn.Linear(n, h), nn.LeakyReLU(a["slope"], inplace=True)]
+            n = h
+        self.head = nn.Sequential(*mlp, nn.Linear(n, 1))
+        self.channels, self.kernel, self.arch = int(channels), kernel, arch
 
     def forward(self, x):
         return self.head(self.pool(self.features(x))).squeeze(1)
@@ -99,9 +115,9 @@ class Discriminator(nn.Module):
 class Discriminators(nn.Module):
     """One ``Discriminator`` per pair; ``forward(list of maps) -> list of (bs,) logits``."""
 
-    def __init__(self, channels, kernels):
+    def __init__(self, channels, kernels, arch="compact"):
         super().__init__()
-        self.nets = nn.ModuleList(Discriminator(c, k) for c, k in zip(channels, kernels))
+        self.nets = nn.ModuleList(Discriminator(c, k, arch=arch) for c, k in zip(channels, kernels))
 
     def forward(self, maps):
         return [d(x) for d, x in zip(self.nets, maps)]
@@ -171,7 +187,8 @@ class GANPlugin(TeacherPlugin):
 
     def __init__(self, teacher, student_features=None, teacher_features=None, adapt_kernel=1, img_size=416,
                  d_kernel_size=1, d_lr=0.01, d_momentum=0.937, adv_weight=1.0, second_stage=2 / 3, epochs=None,
-                 stage1_det_scale=0.05, soft_labels=True, label_flip=0.05, hint_weight=0.0, hint_kind="l2", seed=0):
+                 stage1_det_scale=0.05, soft_labels=True, label_flip=0.05, hint_weight=0.0, hint_kind="l2", seed=0,
+                 d_arch="compact", d_optimizer="constant"):
         super().__init__(teacher, student_features, teacher_features, adapt_kernel, img_size, use_features=True)
         for flag_name, v in (("--d-lr", d_lr), ("--adv-weight", adv_weight), ("--stage1-det-scale", stage1_det_scale),
                              ("--hint-weight", hint_weight)):
@@ -189,6 +206,10 @@ class GANPlugin(TeacherPlugin):
         kernels = [d_kernel_size] if isinstance(d_kernel_size, int) else list(d_kernel_size or [1])
         self.d_kernels = [int(k) for k in kernels]
         self.d_lr, self.d_momentum = float(d_lr), float(d_momentum)
+        if d_arch not in D_ARCHS or d_optimizer not in D_OPTIMIZERS:
+            raise UserError(f"--d-arch {d_arch} / --d-optimizer {d_optimizer}: use {'|'.join(D_ARCHS)} / "
+                            f"{'|'.join(D_OPTIMIZERS)}")
+        self.d_arch, self.d_schedule = d_arch, d_optimizer
         self.adv_weight, self.stage1_det_scale = float(adv_weight), float(stage1_det_scale)
         self.second_stage, self.epochs = second_stage, epochs
         self.soft_labels, self.label_flip = bool(soft_labels), float(label_flip)
@@ -221,7 +242,9 @@ class GANPlugin(TeacherPlugin):
                    second_stage=args.second_stage, epochs=args.epochs, stage1_det_scale=args.stage1_det_scale,
                    soft_labels=True if args.soft_labels is None else args.soft_labels,
                    label_flip=0.0 if args.label_flip is None else args.label_flip,
-                   hint_weight=args.hint_weight or 0.0, hint_kind=args.hint_loss or "l2", seed=args.seed)
+                   hint_weight=args.hint_weight or 0.0, hint_kind=args.hint_loss or "l2", seed=args.seed,
+                   d_arch=getattr(args, "d_arch", None) or "compact",
+                   d_optimizer=getattr(args, "d_optimizer", None) or "constant")
 
     # -- validation, before training -------------------------------------------------------------------
     def check(self, student, img_size=None):
@@ -245,9 +268,10 @@ class GANPlugin(TeacherPlugin):
                             f"or one per pair")
         if self.discriminators is None or [d.channels for d in self.discriminators.nets] != t_ch or \
                 [d.kernel for d in self.discriminators.nets] != self.d_kernels:
-            self.discriminators = Discriminators(t_ch, self.d_kernels).to(self.device)
+            self.discriminators = Discriminators(t_ch, self.d_kernels, self.d_arch).to(self.device)
             self.d_optimizer = torch.optim.SGD(self.discriminators.parameters(), lr=self.d_lr,
-                                               momentum=self.d_momentum)
+                                               momentum=self.d_momentum,
+                                               nesterov=self.d_schedule == "original" and self.d_momentum > 0)
         return self
 
     def stage2_epoch(self, epochs=None):
@@ -270,14 +294,15 @@ class GANPlugin(TeacherPlugin):
             how = "directly" if isinstance(a, PassThrough) else f"via {self.adapt_kernel}x{self.adapt_kernel} adaptation"
             n = sum(p.numel() for p in d.parameters())
             lines.append(f"GAN pair: student {i} ({_fmt(ss)}) vs teacher {j} ({_fmt(ts)}) {how}; discriminator "
-                         f"{d.kernel}x{d.kernel}, {n:,} parameters")
+                         f"{d.kernel}x{d.kernel} ({d.arch}), {n:,} parameters")
         s2 = self.stage2_epoch()
         epochs = self.epochs or s2
         lines.append(f"stage 1 (adversarial, adv weight {self.adv_weight:g}, detection loss x{self.stage1_det_scale:g}"
                      f"{f', hint x{self.hint_weight:g}' if self.hint_weight else ''}): epochs 1-{min(s2, epochs)}; "
                      + (f"stage 2 (detection loss only): epochs {s2 + 1}-{epochs}" if s2 < epochs
                         else "no stage 2 (--second-stage >= --epochs)"))
-        lines.append(f"discriminator: SGD lr {self.d_lr:g} momentum {self.d_momentum:g}, "
+        sgd = "nesterov SGD, inverse-exp lr" if self.d_schedule == "original" else "SGD, constant lr"
+        lines.append(f"discriminator: {sgd} {self.d_lr:g} momentum {self.d_momentum:g}, "
                      f"{'soft labels' if self.soft_labels else 'hard labels'}, {self.label_flip:.0%} label flips")
         return lines
 
@@ -308,6 +333,9 @@ class GANPlugin(TeacherPlugin):
 
     def before_epoch(self, trainer, epoch):
         self.teacher.eval()
+        if self.d_schedule == "original":  # D's learning rate follows the original's inverse-exp factor
+            for group in self.d_optimizer.param_groups:
+                group["lr"] = self.d_lr * inverse_exp_lr(self.epochs or trainer.epochs)(epoch)
         seed = trainer.args.seed if getattr(trainer, "args", None) is not None else self.seed
         self.reseed(seed, epoch)
         self._reset_epoch_stats()

@@ -13,7 +13,7 @@ import yaml
 
 from utils.errors import UserError
 from utils.general import ROOT
-from utils.torch_utils import PRECISION_CHOICES
+from utils.torch_utils import LR_SCHEDULES, PRECISION_CHOICES
 
 DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
 
@@ -75,6 +75,9 @@ def add_optim_args(p):
     g = p.add_argument_group("optimisation (defaults in params/default.yaml)")
     flag(g, "--epochs", type=int, default=None)
     flag(g, "--optimizer", choices=("sgd", "adam"), default=None, help="SGD with nesterov momentum, or Adam")
+    flag(g, "--lr-schedule", choices=LR_SCHEDULES, default="cosine",
+         help="learning-rate factor over the epochs: cosine to --lrf, or inverse-exp 1 - 10^(-4 (1 - e/epochs)) "
+              "(the original project's)")
     for key in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr"):
         flag(g, "--" + key.replace("_", "-"), type=float, default=None, help=HYP_HELP[key])
     flag(g, "--nominal-batch-size", type=int, default=None, help="gradients are accumulated to this batch size")
@@ -379,6 +382,12 @@ def add_gan_args(p):
     flag(g, "--d-kernel-size", type=int, nargs="+", default=None, help="discriminator conv kernel, per pair")
     flag(g, "--d-lr", type=float, default=None, help="discriminator learning rate")
     flag(g, "--d-momentum", type=float, default=None, help="discriminator SGD momentum")
+    flag(g, "--d-arch", choices=("compact", "original"), default=None,
+         help="discriminator: compact (pool 4, 128 hidden, leaky 0.2: 456 k parameters per pair at 75 channels) or "
+              "original (the original project's: pool 7, 1024 and 128 hidden, leaky 0.1: 3.67 M)")
+    flag(g, "--d-optimizer", choices=("constant", "original"), default=None,
+         help="discriminator SGD: constant learning rate with plain momentum, or the original's nesterov with its "
+              "inverse-exp factor 1 - 10^(-4 (1 - e/epochs)) per epoch")
     flag(g, "--adv-weight", type=float, default=None, help="weight of the adversarial term in the student loss")
     flag(g, "--second-stage", type=float, default=None,
          help="epoch at which stage 2 (detection loss only) starts; a value below 1 is a fraction of --epochs")

@@ -173,6 +173,20 @@ def cosine_lr(epochs, lrf):
     return lambda e: ((1 - math.cos(e * math.pi / max(epochs, 1))) / 2) * (lrf - 1) + 1
 
 
+def inverse_exp_lr(epochs, exponent=4.0):
+    """The original project's factor 1 - 10^(-4 (1 - e/epochs)) (its ``lrf: -4``): about 1 for most of the run,
+    0.9 at 75%, 0 at the end."""
+    return lambda e: 1 - 10 ** (-exponent * (1 - e / max(epochs, 1)))
+
+
+LR_SCHEDULES = ("cosine", "inverse-exp")
+
+
+def lr_schedule(name, epochs, lrf):
+    """The learning-rate factor of ``--lr-schedule``: ``cosine`` (to ``lrf``) or the original's ``inverse-exp``."""
+    return inverse_exp_lr(epochs) if name == "inverse-exp" else cosine_lr(epochs, lrf)
+
+
 class ModelEMA:
     """Exponential moving average of the weights (and buffers) used for evaluation and saving.
 
