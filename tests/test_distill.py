@@ -217,6 +217,25 @@ def test_mu_scales_the_detection_loss_only_when_soft_targets_are_on():
     assert plugin(Teacher(tiny()), mu=0.7, soft_weight=0.0).detection_loss_scale(None) == 1.0
 
 
+@pytest.mark.parametrize("scope, mixed", [("classification", ("lobj", "lcls")), ("class", ("lcls",))])
+def test_mu_scope_scales_only_the_terms_it_names(scope, mixed):
+    """--kd-mu-scope classification (Chen et al.: mu mixes the classification loss, objectness being YOLO's
+    background class) or class (the original project): the detection loss stays at full scale and a term takes
+    (1 - mu) off the named hard terms, so box + obj + cls + that term = box + mu*(named) + the rest."""
+    student, imgs = tiny(seed=2).train(), torch.rand(3, 3, 64, 64)
+    plug = plugin(Teacher(tiny(seed=1)), mu=0.7, hint_weight=0.0, bound_weight=0.0, mu_scope=scope).check(student, 64)
+    assert plug.detection_loss_scale(None) == 1.0
+    loss = ComputeLoss(student, hyp_from_args(kd_args()))
+    terms, out = step(plug, student, imgs, loss=loss)
+    hard = loss.details(out, TARGETS)
+    want = -(1 - 0.7) * sum(float(hard[k]) for k in mixed)
+    assert float(terms["hard_mu"]) == pytest.approx(want, rel=1e-5) and want < 0
+    terms["hard_mu"].backward()  # differentiable: it moves the student
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    with pytest.raises(UserError, match="kd-mu-scope"):
+        plugin(Teacher(tiny()), mu_scope="box")
+
+
 def test_yaml_defaults_are_the_originals():
     args = kd_args()
     assert args.kd_mu == 0.7 and args.kd_margin == pytest.approx(1e-5) and args.bound_weight == 0.5

@@ -579,6 +579,11 @@ class TeacherPlugin(Plugin):
         self.adapters.load_state_dict(state["adapters"])
 
 
+# What --kd-mu scales: the whole detection loss, the objectness and class terms (Chen et al.'s classification loss,
+# whose background class YOLO's objectness plays), or the class term alone (the original project's kd_classical.py)
+MU_SCOPES = ("detection", "classification", "class")
+
+
 class DistillPlugin(TeacherPlugin):
     """Chen et al. 2017 classical distillation as engine terms ``{'hint', 'soft', 'bound'}`` (module docstring).
 
@@ -592,7 +597,7 @@ class DistillPlugin(TeacherPlugin):
 
     def __init__(self, teacher, student_features=None, teacher_features=None, adapt_kernel=1, img_size=416,
                  hint_weight=1.0, soft_weight=1.0, bound_weight=0.5, temperature=1.0, mu=0.7, margin=1e-5,
-                 object_weight=1.0, hint_kind="l2", class_cells="all"):
+                 object_weight=1.0, hint_kind="l2", class_cells="all", mu_scope="detection"):
         super().__init__(teacher, student_features, teacher_features, adapt_kernel, img_size,
                          use_features=bool(hint_weight))
         if not 0.0 <= mu <= 1.0:
@@ -611,6 +616,9 @@ class DistillPlugin(TeacherPlugin):
         self.temperature, self.mu, self.margin = float(temperature), float(mu), float(margin)
         self.object_weight, self.hint_kind = float(object_weight), hint_kind
         self.class_cells = check_class_cells(class_cells)
+        if mu_scope not in MU_SCOPES:
+            raise UserError(f"--kd-mu-scope {mu_scope}: use one of {', '.join(MU_SCOPES)}")
+        self.mu_scope = mu_scope
 
     @classmethod
     def from_args(cls, args, teacher=None):
@@ -621,10 +629,11 @@ class DistillPlugin(TeacherPlugin):
                    temperature=args.kd_temperature, mu=args.kd_mu, margin=args.kd_margin,
                    object_weight=args.kd_object_weight, hint_kind=args.hint_loss,
                    # runs saved before --kd-class-cells existed resume with the term they trained with
-                   class_cells=getattr(args, "kd_class_cells", None) or "all")
+                   class_cells=getattr(args, "kd_class_cells", None) or "all",
+                   mu_scope=getattr(args, "kd_mu_scope", None) or "detection")
 
     def detection_loss_scale(self, trainer):
-        return self.mu if self.soft_weight > 0 else 1.0
+        return self.mu if self.soft_weight > 0 and self.mu_scope == "detection" else 1.0
 
     def extra_loss(self, trainer, imgs, targets, outputs, features):
         return self.losses(imgs, targets, outputs, features, trainer.compute_loss)
@@ -647,6 +656,10 @@ class DistillPlugin(TeacherPlugin):
                 lobj, lcls = soft_target_loss(outputs, p_t, self.head_pairs, self.temperature, self.object_weight,
                                               gains, compute_loss.gains["cls"], self.class_cells)
                 terms["soft"] = (1.0 - self.mu) * self.soft_weight * (lobj + lcls)
+                if self.mu_scope != "detection":  # mu scales only the hard terms it mixes with: take (1 - mu) off
+                    hard = compute_loss.details(outputs, targets)
+                    mixed = hard["lcls"] + (hard["lobj"] if self.mu_scope == "classification" else 0.0)
+                    terms["hard_mu"] = -(1.0 - self.mu) * mixed
             if self.bound_weight:
                 build = compute_loss.build_targets(outputs, targets)
                 lb = teacher_bounded_loss(outputs, p_t, self.head_pairs, build, self.teacher_anchors, self.margin)

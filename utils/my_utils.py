@@ -368,6 +368,9 @@ def add_kd_args(p):
     flag(g, "--bound-weight", type=float, default=None, help="weight of the teacher-bounded regression loss")
     flag(g, "--kd-temperature", type=float, default=None, help="temperature T of the soft targets, sigma(z/T)")
     flag(g, "--kd-mu", type=float, default=None, help="hard-loss share mu in mu*hard + (1-mu)*soft")
+    flag(g, "--kd-mu-scope", choices=("detection", "classification", "class"), default=None,
+         help="the hard terms mu scales: the whole detection loss, objectness + classes (Chen et al.'s "
+              "classification loss), or the class term alone (the original project)")
     flag(g, "--kd-margin", type=float, default=None, help="margin m of the teacher-bounded regression")
     flag(g, "--kd-object-weight", type=float, default=None,
          help="weight of cells the teacher considers objects in the soft loss (background cells weigh 1)")
