@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from utils.errors import UserError
 from utils.general import increment_path, select_device, xywh2xyxy
-from utils.metrics import EVAL_BATCH_SIZE, Evaluator, format_metrics, format_per_class, non_max_suppression, scale_boxes
+from utils.metrics import (EVAL_BATCH_SIZE, Evaluator, format_metrics, format_per_class, non_max_suppression,
+                           scale_boxes, score_with_official_annotations)
 from utils.torch_utils import autocast, resolve_precision
 
 
@@ -228,6 +229,9 @@ def build_parser():
     flag(g, "--multi-label", action="store_true", help="a box may be kept for several classes")
     flag(g, "--task", choices=("val", "speed"), default="val", help="val: COCO metrics; speed: ms per image")
     flag(g, "--save-json", action="store_true", help="write predictions.json and ground_truth.json (COCO format)")
+    flag(g, "--coco-json", type=str, default=None,
+         help="score against these official COCO annotations (e.g. instances_val2017.json: their image ids, "
+              "category ids, areas and crowd regions) instead of the YOLO labels, so mAP compares with published ones")
     add_inference_precision_args(g)
     flag(g, "--verbose", action="store_true", help="show pycocotools' own report")
     g = p.add_argument_group("output")
@@ -303,8 +307,14 @@ def main(argv=None):
               f"{speed['batch_shape']}")
     else:
         metrics = evaluate(model, loader, conf_thres=args.conf_thres, iou_thres=args.iou_thres, precision=precision,
-                           names=names, save_json=run_dir if args.save_json else None, verbose=args.verbose,
-                           multi_label=args.multi_label, max_det=args.max_det)
+                           names=names, save_json=run_dir if args.save_json or args.coco_json else None,
+                           verbose=args.verbose, multi_label=args.multi_label, max_det=args.max_det)
+        if args.coco_json:  # the official annotations replace the labels as the ground truth
+            official = score_with_official_annotations(json.loads((run_dir / "ground_truth.json").read_text()),
+                                                       json.loads((run_dir / "predictions.json").read_text()),
+                                                       args.coco_json, names, verbose=args.verbose)
+            metrics.update(official, scored_against=str(args.coco_json))
+            print(f"scored against {args.coco_json} (official image ids, categories, areas and crowd regions)")
         report.update(metrics)
         print(format_metrics(metrics))
         print(format_per_class(metrics["per_class"]))

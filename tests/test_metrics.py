@@ -227,3 +227,51 @@ def test_scale_boxes_inverts_letterbox(shape0):
 def test_scale_boxes_clips():
     b = scale_boxes((100, 100), torch.tensor([[-10.0, -10, 120, 120]]), (100, 100))
     assert b.tolist() == [[0, 0, 100, 100]]
+
+
+# the 80 COCO category ids in class order (COCO's 80 -> 91 map)
+COCO91 = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33,
+          34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61,
+          62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90]
+
+
+def official_json(names, images, annotations):
+    """A COCO annotation file in the official layout: ``images`` as (id, file name), ``annotations`` as (image id,
+    class index, [x, y, w, h], iscrowd)."""
+    return {"images": [{"id": i, "file_name": f, "height": 480, "width": 640} for i, f in images],
+            "categories": [{"id": COCO91[k], "name": n, "supercategory": "x"} for k, n in enumerate(names)],
+            "annotations": [{"id": j + 1, "image_id": i, "category_id": COCO91[c], "bbox": b, "area": b[2] * b[3],
+                             "iscrowd": crowd} for j, (i, c, b, crowd) in enumerate(annotations)]}
+
+
+def test_official_annotations_map_ids_and_categories_and_ignore_crowd_regions(tmp_path):
+    from utils.errors import UserError
+    from utils.metrics import score_with_official_annotations
+
+    names = [f"class {k}" for k in range(80)]
+    # our side: loader ids 1, 2 for two files; the official file numbers them 139 and 785
+    ours = {"images": [{"id": 1, "file_name": "/data/images/000000000139.jpg"},
+                       {"id": 2, "file_name": "/data/images/000000000785.jpg"}]}
+    path = tmp_path / "instances.json"
+    box_a, box_b, crowd = [10.0, 20.0, 100.0, 80.0], [300.0, 200.0, 60.0, 120.0], [400.0, 10.0, 200.0, 150.0]
+    path.write_text(json.dumps(official_json(names, [(139, "000000000139.jpg"), (785, "000000000785.jpg"),
+                                                     (999, "000000000999.jpg")],
+                                             [(139, 62, box_a, 0), (785, 79, box_b, 0), (785, 0, crowd, 1),
+                                              (999, 5, box_a, 0)])))  # image 999 is not scored: not ours
+    perfect = [{"image_id": 1, "category_id": 62, "bbox": box_a, "score": 0.9},
+               {"image_id": 2, "category_id": 79, "bbox": box_b, "score": 0.8}]
+    assert score_with_official_annotations(ours, perfect, path, names)["map50"] == pytest.approx(1.0)
+    # a detection inside the crowd region (class 0) is neither a hit nor a false positive
+    in_crowd = perfect + [{"image_id": 2, "category_id": 0, "bbox": [410.0, 20.0, 80.0, 60.0], "score": 0.95}]
+    assert score_with_official_annotations(ours, in_crowd, path, names)["map50"] == pytest.approx(1.0)
+    not_crowd = json.loads(path.read_text())
+    not_crowd["annotations"][2]["iscrowd"] = 0  # the region as an ordinary object: missed, and the box a miss
+    (tmp_path / "plain.json").write_text(json.dumps(not_crowd))
+    assert score_with_official_annotations(ours, in_crowd, tmp_path / "plain.json", names)["map50"] < 0.7
+    # a wrong category id (class 61, official 70) costs class 62 its only hit
+    wrong = [dict(perfect[0], category_id=61), perfect[1]]
+    assert score_with_official_annotations(ours, wrong, path, names)["map50"] < 0.6
+    with pytest.raises(UserError, match="no image named 000000000001.jpg"):
+        score_with_official_annotations({"images": [{"id": 1, "file_name": "000000000001.jpg"}]}, [], path, names)
+    with pytest.raises(UserError, match="categories do not match"):
+        score_with_official_annotations(ours, perfect, path, names[::-1])

@@ -242,7 +242,7 @@ def test_test_py_and_detect_py_on_coco128(coco128, tmp_path):
                     f"valid={coco128 / 'images' / 'train2017'}\nnames={coco128 / 'coco128.names'}\n")
     ckpt = _checkpoint(tmp_path / "coco.pt", len(names), names, 128)
     _run(["test.py", "--weights", ckpt, "--data", data, "--img-size", 128, "--batch-size", 32, "--workers", 0,
-          "--conf-thres", 0.01, "--max-det", 100, "--save-json", "--project", tmp_path / "test", "--name", "coco"],
+          "--conf-thres", 1e-6, "--max-det", 100, "--save-json", "--project", tmp_path / "test", "--name", "coco"],
          timeout=300)
     run = tmp_path / "test" / "coco"
     m = json.loads((run / "metrics.json").read_text())
@@ -259,6 +259,25 @@ def test_test_py_and_detect_py_on_coco128(coco128, tmp_path):
     xs = sorted(round(a["bbox"][0]) for a in anns)
     ref = sorted(round((r[1] - r[3] / 2) * im["width"]) for r in np.unique(lab, axis=0))
     assert np.allclose(xs, ref, atol=1)
+
+    # --coco-json: an annotation file in the official layout (image ids from the file names, the 80 -> 91 category
+    # map) whose truth is the model's own most confident boxes of the run above: scored against it, the same
+    # detections must rank every true box first (mAP@0.5 1), which holds only if ids and categories are mapped
+    from .test_metrics import official_json
+
+    preds = json.loads((run / "predictions.json").read_text())
+    cut = sorted(d["score"] for d in preds)[len(preds) // 2]
+    ids = {im["id"]: int(Path(im["file_name"]).stem) for im in gt["images"]}
+    truth = [(ids[d["image_id"]], d["category_id"], d["bbox"], 0) for d in preds if d["score"] > cut]
+    assert len(truth) > 100 and len({c for _, c, _, _ in truth}) > 3
+    official = official_json(names, [(ids[im["id"]], Path(im["file_name"]).name) for im in gt["images"]], truth)
+    (tmp_path / "instances.json").write_text(json.dumps(official))
+    _run(["test.py", "--weights", ckpt, "--data", data, "--img-size", 128, "--batch-size", 32, "--workers", 0,
+          "--conf-thres", 1e-6, "--max-det", 100, "--coco-json", tmp_path / "instances.json",
+          "--project", tmp_path / "test", "--name", "official"], timeout=300)
+    m2 = json.loads((tmp_path / "test" / "official" / "metrics.json").read_text())
+    assert m2["scored_against"] == str(tmp_path / "instances.json")
+    assert m2["map50"] == pytest.approx(1.0, abs=1e-6) and m["map50"] < 0.01
 
     src = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:2]
     _run(["detect.py", "--weights", ckpt, "--source", src[0].parent / "00000000000[9]*.jpg", "--img-size", 128,

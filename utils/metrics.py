@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torchvision
 
+from utils.errors import UserError
 from utils.general import xywh2xyxy
 
 # pycocotools' stats vector, in order
@@ -190,6 +191,38 @@ def coco_evaluate(gt, detections, verbose=False, return_eval=False):
     return (stats, E) if return_eval else stats
 
 
+def score_with_official_annotations(gt_ours, detections, coco_json, names, verbose=False):
+    """COCO metrics of ``detections`` (our results: loader image ids, 0-based classes) against the official
+    annotations ``coco_json`` (e.g. instances_val2017.json): its crowd regions and areas, its image ids (matched by
+    file name to ``gt_ours``' images) and its category ids (class k is the k-th category by id: COCO's 80 -> 91 map).
+    Only the images scored here count. Returns ``coco_evaluate``'s dict."""
+    path = Path(coco_json)
+    try:
+        official = json.loads(path.read_text())
+        images, categories = official["images"], sorted(official["categories"], key=lambda c: c["id"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a COCO annotation file ({type(e).__name__}: {e})") from None
+    ours = [c.replace("_", " ").strip().lower() for c in names]
+    theirs = [c["name"].strip().lower() for c in categories]
+    if ours != theirs:
+        k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        raise UserError(f"{path}: its {len(theirs)} categories do not match the data's {len(ours)} class names in "
+                        f"order (first difference at class {k})")
+    by_name = {Path(im["file_name"]).name: im["id"] for im in images}
+    image_id = {}
+    for im in gt_ours["images"]:
+        name = Path(im["file_name"]).name
+        if name not in by_name:
+            raise UserError(f"{path}: no image named {name} (the data's images must be the file's)")
+        image_id[im["id"]] = by_name[name]
+    kept = set(image_id.values())
+    gt = {"images": [im for im in images if im["id"] in kept], "categories": categories,
+          "annotations": [a for a in official.get("annotations", []) if a["image_id"] in kept]}
+    dets = [dict(d, image_id=image_id[d["image_id"]], category_id=categories[d["category_id"]]["id"])
+            for d in detections]
+    return coco_evaluate(gt, dets, verbose)
+
+
 def ap_per_class_from_eval(E):
     """Per category id: ``(ap50, ap)`` from an accumulated ``COCOeval`` (area 'all', 100 detections); NaN where
     the class has no ground truth."""
@@ -290,8 +323,6 @@ class Evaluator:
         labels = np.asarray(labels, dtype=np.float64).reshape(-1, 5)
         det = np.asarray(det, dtype=np.float64).reshape(-1, 6)
         if len(labels) and (labels[:, 0].min() < 0 or labels[:, 0].max() >= self.nc):
-            from utils.errors import UserError
-
             raise UserError(f"{file_name}: label class {int(labels[:, 0].max())} outside 0..{self.nc - 1} "
                             f"(the model has {self.nc} classes)")
         img_id = len(self.images) + 1
