@@ -228,6 +228,8 @@ def build_parser():
     flag(g, "--max-det", type=int, default=300, help="detections kept per image")
     flag(g, "--multi-label", action="store_true", help="a box may be kept for several classes")
     flag(g, "--task", choices=("val", "speed"), default="val", help="val: COCO metrics; speed: ms per image")
+    flag(g, "--split", choices=("valid", "test"), default="valid",
+         help="the .data file's images to score: valid (model selection) or test (held out, scored once)")
     flag(g, "--save-json", action="store_true", help="write predictions.json and ground_truth.json (COCO format)")
     flag(g, "--coco-json", type=str, default=None,
          help="score against these official COCO annotations (e.g. instances_val2017.json: their image ids, "
@@ -280,7 +282,9 @@ def main(argv=None):
     if img_size % stride:
         raise UserError(f"--img-size {img_size} is not a multiple of the model's stride {stride}")
     batch_size = args.batch_size or EVAL_BATCH_SIZE
-    loader, _ = create_dataloader(data["valid"], img_size, batch_size, stride, rect=True, augment=False,
+    if args.split not in data:
+        raise UserError(f"{args.data}: no '{args.split}=' line (--split {args.split})")
+    loader, _ = create_dataloader(data[args.split], img_size, batch_size, stride, rect=True, augment=False,
                                   shuffle=False, workers=args.workers, cache=args.cache_images, nc=nc)
     run_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +298,8 @@ def main(argv=None):
         summary = model_summary(model, img_size=img_size, path=args.weights or None)
         print(json.dumps(summary))
 
-    report = {"task": args.task, "weights": args.weights, "cfg": args.cfg, "data": args.data, "img_size": img_size,
+    report = {"task": args.task, "split": args.split, "weights": args.weights, "cfg": args.cfg, "data": args.data,
+              "img_size": img_size,
               "batch_size": batch_size, "conf_thres": args.conf_thres, "iou_thres": args.iou_thres,
               "precision": precision.name, "device": str(device)}
     if summary is not None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Download Pascal VOC 2007 (trainval + test) and 2012 (trainval), ~3.6 GB, from the Oxford VOC server, and convert
-# them to YOLO labels: train = VOC2007 trainval + VOC2012 trainval (16,551 images), valid = VOC2007 test (4,952).
+# them to YOLO labels: train = VOC2007 trainval + VOC2012 train (10,728 images), valid (model selection) = VOC2012
+# val (5,823), test (scored once: test.py --split test) = VOC2007 test (4,952).
 # usage: bash data/get_voc.sh [DEST] [--keep-difficult]   (default data/voc; writes DEST/voc.data)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

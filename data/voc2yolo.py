@@ -2,11 +2,16 @@
 """Pascal VOC XML annotations -> YOLO labels and a .data file.
 
     python data/voc2yolo.py --voc-root VOCdevkit --out data/voc
-        [--train VOC2007/trainval,VOC2012/trainval] [--valid VOC2007/test] [--keep-difficult] [--copy]
+        [--train VOC2007/trainval,VOC2012/train] [--valid VOC2012/val] [--test VOC2007/test] [--keep-difficult]
+        [--copy]
+
+Splits: the model is selected (best.pt, the per-epoch mAP) on ``valid``, held out of training (by default VOC2012
+val, 5,823 images), and ``test`` (VOC2007 test, 4,952 images) is scored once at the end with ``test.py --split
+test``: selecting on VOC2007 test, as 07+12 recipes often do, tunes on the test set. ``--test ''`` leaves it out.
 
 Reads ``<voc-root>/<VOCyear>/ImageSets/Main/<set>.txt``, ``Annotations/<id>.xml`` and ``JPEGImages/<id>.jpg``;
-writes ``<out>/images/{train,val}/<VOCyear>_<id>.jpg`` (symbolic links, or copies with ``--copy``),
-``<out>/labels/{train,val}/<VOCyear>_<id>.txt``, ``<out>/voc.names`` and ``<out>/voc.data``.
+writes ``<out>/images/{train,val,test}/<VOCyear>_<id>.jpg`` (symbolic links, or copies with ``--copy``),
+``<out>/labels/{train,val,test}/<VOCyear>_<id>.txt``, ``<out>/voc.names`` and ``<out>/voc.data``.
 
 Boxes: VOC corners are 1-based inclusive pixel indices, so a box covers ``[xmin - 1, xmax]`` in continuous
 pixel coordinates: ``x_center = (xmin - 1 + xmax) / 2 / width``, ``w = (xmax - xmin + 1) / width``.
@@ -82,12 +87,12 @@ def convert_annotation(xml_path, classes=VOC_CLASSES, keep_difficult=False, imag
     return lines, stats
 
 
-def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/trainval"), valid=("VOC2007/test",),
-            keep_difficult=False, copy=False, classes=VOC_CLASSES):
+def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("VOC2012/val",),
+            keep_difficult=False, copy=False, classes=VOC_CLASSES, test=("VOC2007/test",)):
     """Convert the listed ``<VOCyear>/<set>`` image sets; returns the path of the written ``voc.data``."""
     voc_root, out = Path(voc_root), Path(out)
     total = dict(images=0, objects=0, difficult=0, unknown=0)
-    for split, sets in (("train", train), ("val", valid)):
+    for split, sets in (("train", train), ("val", valid), ("test", test)):
         for s in sets:
             year, name = s.split("/")
             base = voc_root / year
@@ -107,7 +112,8 @@ def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/trainval"), valid
                     total[k] += st[k]
     (out / "voc.names").write_text("".join(c + "\n" for c in classes))
     data = out / "voc.data"
-    data.write_text(f"classes={len(classes)}\ntrain=images/train\nvalid=images/val\nnames=voc.names\n")
+    data.write_text(f"classes={len(classes)}\ntrain=images/train\nvalid=images/val\n"
+                    + ("test=images/test\n" if test else "") + "names=voc.names\n")
     kept = "kept" if keep_difficult else "dropped (use --keep-difficult to keep them)"
     print(f"{total['images']} images, {total['objects']} objects written; {total['difficult']} difficult objects "
           f"{kept}; {total['unknown']} objects of unknown classes skipped -> {data}")
@@ -118,13 +124,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--voc-root", required=True, help="folder holding VOC2007/, VOC2012/ (e.g. VOCdevkit)")
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--train", default="VOC2007/trainval,VOC2012/trainval", help="comma-separated YEAR/SET lists")
-    ap.add_argument("--valid", default="VOC2007/test")
+    ap.add_argument("--train", default="VOC2007/trainval,VOC2012/train", help="comma-separated YEAR/SET lists")
+    ap.add_argument("--valid", default="VOC2012/val", help="held out of training: model selection")
+    ap.add_argument("--test", default="VOC2007/test", help="scored once at the end (test.py --split test)")
     ap.add_argument("--keep-difficult", action="store_true", help="write difficult objects too (default: drop)")
     ap.add_argument("--copy", action="store_true", help="copy images instead of linking them")
     a = ap.parse_args(argv)
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
-    convert(a.voc_root, a.out, split(a.train), split(a.valid), a.keep_difficult, a.copy)
+    convert(a.voc_root, a.out, split(a.train), split(a.valid), a.keep_difficult, a.copy, test=split(a.test))
 
 
 if __name__ == "__main__":

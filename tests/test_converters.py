@@ -44,7 +44,8 @@ def voc(tmp_path):
 def test_voc2yolo(voc, tmp_path, capsys, keep):
     m = load_script("voc2yolo")
     out = tmp_path / "out"
-    args = ["--voc-root", str(voc), "--out", str(out), "--train", "VOC2007/trainval", "--valid", "VOC2007/test"]
+    args = ["--voc-root", str(voc), "--out", str(out), "--train", "VOC2007/trainval", "--valid", "VOC2007/test",
+            "--test", ""]
     m.main(args + (["--keep-difficult"] if keep else []))
     err = capsys.readouterr().err
     assert "unknown class 'unicorn'" in err
@@ -56,7 +57,7 @@ def test_voc2yolo(voc, tmp_path, capsys, keep):
     tv = read_labels(out / "labels" / "val" / "VOC2007_000002.txt")
     np.testing.assert_allclose(tv, [[19, (16 + 48) / 2 / 64, (12 + 36) / 2 / 48, 32 / 64, 24 / 48]], atol=1e-6)
     d = parse_data_cfg(out / "voc.data")
-    assert d["classes"] == 20 and d["names"][14] == "person"
+    assert d["classes"] == 20 and d["names"][14] == "person" and "test" not in d  # --test given empty below
     ds = LoadImagesAndLabels(d["train"], 64, nc=20, verbose=False)
     assert ds.n == 1 and ds.counts["bad_lines"] == 0 and (out / "images" / "train" / "VOC2007_000001.jpg").is_symlink()
 
@@ -129,3 +130,17 @@ def test_exdark2yolo_random_split(exdark, tmp_path):
     again = tmp_path / "again"
     m.convert(exdark[0], exdark[1], again, val_fraction=0.34, seed=0)
     assert [p.name for p in (again / "images" / "val").iterdir()] == [p.name for p in va]
+
+
+def test_voc2yolo_holds_out_a_validation_split_and_keeps_the_test_split_apart(voc, tmp_path):
+    """The defaults' shape on the fixture's two image sets: selection on `valid`, the test split scored once
+    (test.py --split test), never trained on; the .data file names all three."""
+    m = load_script("voc2yolo")
+    out = tmp_path / "split"
+    m.main(["--voc-root", str(voc), "--out", str(out), "--train", "VOC2007/trainval", "--valid", "VOC2007/trainval",
+            "--test", "VOC2007/test"])
+    d = parse_data_cfg(out / "voc.data")
+    assert Path(d["test"]) == out / "images" / "test" and (out / "images" / "test" / "VOC2007_000002.jpg").exists()
+    assert not (out / "images" / "train" / "VOC2007_000002.jpg").exists()
+    train, valid, *_, test = m.convert.__defaults__  # the defaults: 07 trainval + 12 train / 12 val / 07 test
+    assert (train, valid, test) == (("VOC2007/trainval", "VOC2012/train"), ("VOC2012/val",), ("VOC2007/test",))

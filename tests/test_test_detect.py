@@ -201,6 +201,21 @@ def test_test_py_and_detect_py_end_to_end(request, tiny_data, tmp_path):
     assert m2["images"] == m["images"] and m2["map50"] == pytest.approx(m["map50"], abs=1e-4)
     assert m2["precision"] == pytest.approx(m["precision"], abs=1e-3)
 
+    # --split test scores the .data file's test= images (here two of them); a file without the line: one line
+    test_imgs = tmp_path / "held_out"
+    test_imgs.mkdir()
+    for p in sorted(Path(d["valid"]).glob("*"))[:2]:
+        (test_imgs / p.name).symlink_to(p)
+    data_test = Path(data).parent / f"with_test_{tmp_path.name}.data"  # beside it: its paths are relative
+    data_test.write_text(Path(data).read_text().rstrip("\n").replace("valid=", f"test={test_imgs}\nvalid=", 1) + "\n")
+    _run(["test.py", "--weights", ckpt, "--data", data_test, "--split", "test", "--img-size", 96, "--workers", 0,
+          "--project", tmp_path / "test", "--name", "held_out"])
+    mt = json.loads((tmp_path / "test" / "held_out" / "metrics.json").read_text())
+    assert mt["split"] == "test" and mt["images"] == 2 < m["images"]
+    r = subprocess.run([sys.executable, "test.py", "--weights", str(ckpt), "--data", str(data), "--split", "test"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "no 'test=' line" in r.stderr and "Traceback" not in r.stderr
+
     # --task speed, bf16
     out = _run(["test.py", "--weights", ckpt, "--data", data, "--img-size", 96, "--batch-size", 4, "--workers", 0,
                 "--task", "speed", "--half", "--project", tmp_path / "test", "--name", "speed"])

@@ -90,7 +90,8 @@ def parse_data_cfg(path):
     except (ValueError, AssertionError):
         raise UserError(f"{path}: field 'classes' must be a positive integer, got {d['classes']!r}") from None
     base = path.resolve().parent
-    for field in ("train", "valid", "names"):
+    paths = [f for f in ("train", "valid", "test", "names") if d.get(f)]  # test: optional, scored once
+    for field in paths:
         p = Path(os.path.expanduser(d[field]))
         q = p if p.is_absolute() else base / p
         if not p.is_absolute() and not q.exists() and not d.get("generator") and p.exists():
@@ -106,7 +107,7 @@ def parse_data_cfg(path):
         except ValueError:
             raise UserError(f"{path}: generator options n_train, n_val, img_size, seed must be integers") from None
         shapes.ensure(Path(d["train"]).parents[1], **opts)
-    for field in ("train", "valid", "names"):
+    for field in paths:
         if not glob.has_magic(d[field]) and not Path(d[field]).exists():
             raise UserError(f"{path}: field '{field}': path not found: {d[field]}")
     if glob.has_magic(d["names"]):
