@@ -633,8 +633,9 @@ class Table:
             if rc == 0 and not artefact.is_file():
                 rc = f"no {artefact} after export.py"
         if rc == 0:
+            # test.py's own evaluation batch (the per-epoch rule); the test split where the .data file has one
             test_argv = ["--weights", str(artefact), "--data", str(Path(self.a.data).resolve()), "--img-size",
-                         str(self.a.img_size), "--batch-size", str(self.a.batch_size), "--workers",
+                         str(self.a.img_size), "--split", scored_split(self.a.data), "--workers",
                          str(self.a.workers), "--project", str(job.folder), "--name", "test", "--exist-ok"]
             test_argv += ["--device", device] if device else []
             steps.append(("test", "test.py", test_argv))
@@ -917,6 +918,13 @@ def parse_block(text):
 
 
 # ----------------------------------------------------------------------------------------------------- main
+def scored_split(data):
+    """The split a finished run is scored on: ``test`` where the .data file holds one (held out), else ``valid``."""
+    from utils.datasets import parse_data_cfg
+
+    return "test" if parse_data_cfg(data).get("test") else "valid"
+
+
 def main(argv=None, runner=None, out=print):
     argv = sys.argv[1:] if argv is None else list(argv)
     a = resolve_settings(build_parser().parse_args(argv))
