@@ -501,7 +501,7 @@ def _activations(model):
 
 
 def test_yolo_nano_is_the_original_projects_network_whose_expansion_maps_x_to_x():
-    """docs/models.md: cfg/yolo-nano.cfg is the original project's 2.89 M Nano, not Wong et al.'s 4.0 M network:
+    """docs/models.md: cfg/yolo-nano.cfg is the original project's 2.89 M Nano, not a claim of Wong et al.'s network:
     the 1x1 before every depthwise conv of its PEP/EP blocks keeps the channel count."""
     nano = Darknet(str(ROOT / "cfg" / "yolo-nano.cfg"), nc=20)
     assert sum(p.numel() for p in nano.parameters()) == 2_890_527
