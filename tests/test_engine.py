@@ -286,3 +286,17 @@ def test_a_run_saved_before_amp_resumes(shapes_tiny, tmp_path):
     with open(save_dir / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[1]["dtype"] == "fp32"
+
+
+def test_best_pt_is_written_before_the_last_pt_that_records_its_fitness(shapes_tiny, tmp_path, monkeypatch):
+    """Issue 30: a kill between the two writes must not leave a last.pt whose best_fitness names a best.pt that was
+    never written; a kill while last.pt is written after a new best then resumes that epoch again."""
+    written = []
+    save = engine.save_checkpoint
+    monkeypatch.setattr(engine, "save_checkpoint",
+                        lambda obj, path: written.append((Path(path).name, obj["epoch"])) or save(obj, path))
+    run_train(shapes_tiny, tmp_path, "order", "--epochs", "2", "--precise-bn", "0", "--eval-from", "1")
+    bests = [e for name, e in written if name == "best.pt"]
+    assert bests and [e for name, e in written if name == "last.pt"] == [0, 1]
+    for e in bests:
+        assert written.index(("best.pt", e)) < written.index(("last.pt", e))

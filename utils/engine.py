@@ -608,10 +608,12 @@ class Trainer:
         return ckpt
 
     def save(self, epoch, metrics, best):
-        save_checkpoint(self.checkpoint(epoch, train_state=True), self.wdir / "last.pt")
+        # best.pt before the last.pt that records its fitness: a kill between the two leaves the old last.pt, whose
+        # resume re-runs this epoch and judges it again, instead of a last.pt claiming a best.pt never written
         if best:
             best_ckpt = sparse.compact_checkpoint(self.checkpoint(epoch, train_state=False))  # pruned: zeros not stored
             save_checkpoint(best_ckpt, self.wdir / "best.pt")
+        save_checkpoint(self.checkpoint(epoch, train_state=True), self.wdir / "last.pt")
 
     def _restore(self, ckpt):
         """Continue exactly where ``last.pt`` stopped."""
