@@ -215,22 +215,26 @@ def test_bad_weights_are_one_line_errors():
 def test_mu_scales_the_detection_loss_only_when_soft_targets_are_on():
     assert plugin(Teacher(tiny()), mu=0.7).detection_loss_scale(None) == 0.7
     assert plugin(Teacher(tiny()), mu=0.7, soft_weight=0.0).detection_loss_scale(None) == 1.0
+    assert engine.detection_scales([plugin(Teacher(tiny()), mu=0.7)], None) == dict.fromkeys(("box", "obj", "cls"), 0.7)
 
 
-@pytest.mark.parametrize("scope, mixed", [("classification", ("lobj", "lcls")), ("class", ("lcls",))])
+@pytest.mark.parametrize("scope, mixed", [("classification", ("obj", "cls")), ("class", ("cls",))])
 def test_mu_scope_scales_only_the_terms_it_names(scope, mixed):
     """--kd-mu-scope classification (Chen et al.: mu mixes the classification loss, objectness being YOLO's
-    background class) or class (the original project): the detection loss stays at full scale and a term takes
-    (1 - mu) off the named hard terms, so box + obj + cls + that term = box + mu*(named) + the rest."""
+    background class) or class (the original project): the engine's detection loss is box + obj + cls with mu on
+    the named hard terms only, computed once."""
     student, imgs = tiny(seed=2).train(), torch.rand(3, 3, 64, 64)
     plug = plugin(Teacher(tiny(seed=1)), mu=0.7, hint_weight=0.0, bound_weight=0.0, mu_scope=scope).check(student, 64)
-    assert plug.detection_loss_scale(None) == 1.0
+    scales = engine.detection_scales([plug], None)
+    assert scales == {"box": 1.0, "obj": 0.7 if "obj" in mixed else 1.0, "cls": 0.7}
     loss = ComputeLoss(student, hyp_from_args(kd_args()))
     terms, out = step(plug, student, imgs, loss=loss)
+    assert set(terms) == {"soft"}  # no second pass over the hard loss
+    total, _ = loss(out, TARGETS, scales)
     hard = loss.details(out, TARGETS)
-    want = -(1 - 0.7) * sum(float(hard[k]) for k in mixed)
-    assert float(terms["hard_mu"]) == pytest.approx(want, rel=1e-5) and want < 0
-    terms["hard_mu"].backward()  # differentiable: it moves the student
+    want = (hard["lbox"] + sum((0.7 if k in mixed else 1.0) * hard["l" + k] for k in ("obj", "cls"))) * 3
+    assert float(total) == pytest.approx(float(want), rel=1e-5) and float(total) < float(hard["loss"])
+    total.backward()  # differentiable: it moves the student
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     with pytest.raises(UserError, match="kd-mu-scope"):
         plugin(Teacher(tiny()), mu_scope="box")

@@ -19,8 +19,8 @@ Knowledge Distillation" (NeurIPS), adapted to YOLO's sigmoid outputs. The studen
   ``w_obj`` (``--kd-object-weight``) where it sees an object. Objectness is gained like the detection loss's
   (``obj`` gain and per-scale balance), classes like its ``cls`` gain, so ``mu`` mixes comparable quantities
   (Chen et al. eq. 2: ``L_cls = mu L_hard + (1 - mu) L_soft``). The ``mu`` share is applied through the engine's
-  ``detection_loss_scale``, which scales the whole detection loss (box, objectness and classes; Chen et al. scale
-  only the classification term). With ``--kd-class-cells objects`` (params/KD.yaml's default) the class term is
+  ``detection_loss_scale``: to the whole detection loss (``--kd-mu-scope detection``), to objectness and classes
+  (``classification``, Chen et al.'s classification loss) or to the class term (``class``, the original's). With ``--kd-class-cells objects`` (params/KD.yaml's default) the class term is
   weighted by the teacher's objectness probability instead (``soft_target_loss``): YOLO's class outputs are
   ``p(class | object)`` and mean nothing where the teacher sees background; ``all`` is the plain reading above.
 - **Teacher-bounded regression** (Chen et al. eq. 4): on each positive anchor of the student (``build_targets``),
@@ -633,7 +633,10 @@ class DistillPlugin(TeacherPlugin):
                    mu_scope=getattr(args, "kd_mu_scope", None) or "detection")
 
     def detection_loss_scale(self, trainer):
-        return self.mu if self.soft_weight > 0 and self.mu_scope == "detection" else 1.0
+        if not self.soft_weight:
+            return 1.0
+        return {"detection": self.mu, "classification": {"obj": self.mu, "cls": self.mu},
+                "class": {"cls": self.mu}}[self.mu_scope]
 
     def extra_loss(self, trainer, imgs, targets, outputs, features):
         return self.losses(imgs, targets, outputs, features, trainer.compute_loss)
@@ -656,10 +659,6 @@ class DistillPlugin(TeacherPlugin):
                 lobj, lcls = soft_target_loss(outputs, p_t, self.head_pairs, self.temperature, self.object_weight,
                                               gains, compute_loss.gains["cls"], self.class_cells)
                 terms["soft"] = (1.0 - self.mu) * self.soft_weight * (lobj + lcls)
-                if self.mu_scope != "detection":  # mu scales only the hard terms it mixes with: take (1 - mu) off
-                    hard = compute_loss.details(outputs, targets)
-                    mixed = hard["lcls"] + (hard["lobj"] if self.mu_scope == "classification" else 0.0)
-                    terms["hard_mu"] = -(1.0 - self.mu) * mixed
             if self.bound_weight:
                 build = compute_loss.build_targets(outputs, targets)
                 lb = teacher_bounded_loss(outputs, p_t, self.head_pairs, build, self.teacher_anchors, self.margin)

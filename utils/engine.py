@@ -56,6 +56,7 @@ class Plugin:
         return {}
 
     def detection_loss_scale(self, trainer):
+        """A factor of the whole detection loss, or ``{'box' | 'obj' | 'cls': factor}`` for some of its terms."""
         return 1.0
 
     def after_step(self, trainer):
@@ -257,7 +258,7 @@ class Trainer:
                             f"--img-size {args.img_size}")
         if self.main and start:
             self.log(f"progressive resizing: {start} px in the first epoch to {args.img_size} px in the last")
-        first = first_scored_epoch(args, self.epochs)
+        self.first_scored = first = first_scored_epoch(args, self.epochs)
         if self.main and first > 1 and not args.notest:
             self.log(f"mAP after epochs {min(first, self.epochs)}-{self.epochs} (--eval-from {args.eval_from:g})")
         self.accumulate = max(round(args.nominal_batch_size / args.batch_size), 1)
@@ -433,9 +434,7 @@ class Trainer:
                 features = dict(zip(self.feature_layers, feats))
             else:
                 outputs, features = self.model(imgs), {}
-            loss, terms = self.compute_loss(outputs, targets)
-            scale = math.prod(p.detection_loss_scale(self) for p in self.plugins)
-            total = loss * scale
+            total, terms = self.compute_loss(outputs, targets, detection_scales(self.plugins, self))
             bs = imgs.shape[0]
             for plugin in self.plugins:
                 for k, v in plugin.extra_loss(self, imgs, targets, outputs, features).items():
@@ -512,7 +511,7 @@ class Trainer:
         from test import evaluate
 
         last = epoch == self.epochs - 1
-        if not self.main or (not last and (self.args.notest or epoch + 1 < first_scored_epoch(self.args, self.epochs))):
+        if not self.main or (not last and (self.args.notest or epoch + 1 < self.first_scored)):
             return {}
         if getattr(self.args, "precise_bn", 0):  # absent from the args of runs saved before the flag existed
             self.recompute_bn_stats(self.eval_model(), self.args.precise_bn)
@@ -634,6 +633,16 @@ class Trainer:
         self.start_epoch = ckpt["epoch"] + 1
         if self.main:
             self.log(f"resuming {self.save_dir} at epoch {self.start_epoch + 1}/{self.epochs}")
+
+
+def detection_scales(plugins, trainer):
+    """``{'box', 'obj', 'cls'}``: the product over plug-ins of their ``detection_loss_scale`` for each term."""
+    scales = dict.fromkeys(("box", "obj", "cls"), 1.0)
+    for plugin in plugins:
+        s = plugin.detection_loss_scale(trainer)
+        for k in scales:
+            scales[k] *= s.get(k, 1.0) if isinstance(s, dict) else s
+    return scales
 
 
 def first_scored_epoch(args, epochs):

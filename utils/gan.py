@@ -206,9 +206,8 @@ class GANPlugin(TeacherPlugin):
         kernels = [d_kernel_size] if isinstance(d_kernel_size, int) else list(d_kernel_size or [1])
         self.d_kernels = [int(k) for k in kernels]
         self.d_lr, self.d_momentum = float(d_lr), float(d_momentum)
-        if d_arch not in D_ARCHS or d_optimizer not in D_OPTIMIZERS:
-            raise UserError(f"--d-arch {d_arch} / --d-optimizer {d_optimizer}: use {'|'.join(D_ARCHS)} / "
-                            f"{'|'.join(D_OPTIMIZERS)}")
+        if d_optimizer not in D_OPTIMIZERS:  # (Discriminator checks the arch when check() builds it)
+            raise UserError(f"--d-optimizer {d_optimizer}: use one of {', '.join(D_OPTIMIZERS)}")
         self.d_arch, self.d_schedule = d_arch, d_optimizer
         self.adv_weight, self.stage1_det_scale = float(adv_weight), float(stage1_det_scale)
         self.second_stage, self.epochs = second_stage, epochs

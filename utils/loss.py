@@ -238,11 +238,15 @@ class ComputeLoss:
         return dict(loss=loss, lbox=lbox, lobj=lobj, lcls=lcls, tobj=tobjs, giou=gious,
                     tcls=tcls, tbox=tbox, indices=indices, anchors=anchors)
 
-    def __call__(self, p, targets):
-        """``(loss, terms)``: the scalar to back-propagate (``(box + obj + cls) * bs``) and the detached terms."""
+    def __call__(self, p, targets, scales=None):
+        """``(loss, terms)``: the scalar to back-propagate (``(box + obj + cls) * bs``, each term times its factor in
+        ``scales`` = ``{'box', 'obj', 'cls'}`` when given) and the detached, unscaled terms."""
         d = self.details(p, targets)
         terms = {"box": float(d["lbox"].detach()), "obj": float(d["lobj"].detach()), "cls": float(d["lcls"].detach())}
-        return d["loss"], terms
+        if not scales or len(set(scales.values())) == 1:  # one factor: the whole loss (as before per-term scales)
+            return d["loss"] * (next(iter(scales.values())) if scales else 1.0), terms
+        bs = p[0].shape[0]
+        return sum(d["l" + k] * scales.get(k, 1.0) for k in ("box", "obj", "cls")) * bs, terms
 
 
 __all__ = ["ComputeLoss", "decode_matched", "giou_xywh", "balance_for_strides", "smooth_bce_targets"]
