@@ -17,9 +17,14 @@ import cv2
 import numpy as np
 import torch
 
+from utils.checkpoint import load_model
+from utils.datasets import LoadImages, parse_data_cfg
 from utils.errors import UserError
+from utils.evaluation import model_stride
 from utils.general import increment_path, select_device, xyxy2xywh
 from utils.metrics import non_max_suppression, scale_boxes
+from utils.my_utils import add_inference_precision_args, flag
+from utils.torch_utils import autocast, resolve_precision
 
 
 def colour(c):
@@ -62,8 +67,6 @@ def read_names(path):
     """Class names from a ``.names`` file, or from the ``names=`` entry of a ``.data`` file."""
     path = Path(path)
     if path.suffix == ".data":
-        from utils.datasets import parse_data_cfg
-
         return list(parse_data_cfg(path)["names"])
     if not path.is_file():
         raise UserError(f"{path}: names file not found")
@@ -71,8 +74,6 @@ def read_names(path):
 
 
 def build_parser():
-    from utils.my_utils import add_inference_precision_args, flag
-
     p = argparse.ArgumentParser(description="Detect objects in images or videos with a YOLO detector.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("model")
@@ -99,11 +100,6 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from test import model_stride
-    from utils.checkpoint import load_model
-    from utils.datasets import LoadImages
-    from utils.torch_utils import autocast, resolve_precision
-
     device = select_device(args.device)
     precision = resolve_precision(device, args.amp)
     print(f"precision {precision}")
@@ -129,8 +125,9 @@ def main(argv=None):
     writers = {}  # video path -> cv2.VideoWriter
     n_images = n_dets = 0
     t_start = time.perf_counter()
+    source = LoadImages(args.source, img_size=img_size, stride=stride)
     try:
-        for path, img, img0, cap in LoadImages(args.source, img_size=img_size, stride=stride):
+        for path, img, img0, cap in source:
             path = Path(path)
             t0 = time.perf_counter()
             x = torch.as_tensor(img).to(device).float().div_(255)[None]
@@ -172,9 +169,10 @@ def main(argv=None):
     finally:
         for w in writers.values():
             w.release()
+    skipped = f", {source.skipped} unreadable files skipped" if source.skipped else ""
     if n_images == 0:
-        raise UserError(f"{args.source}: no images or videos found")
-    print(f"{n_images} images, {n_dets} detections in {time.perf_counter() - t_start:.1f} s. "
+        raise UserError(f"{args.source}: no readable images or videos{skipped}")
+    print(f"{n_images} images, {n_dets} detections in {time.perf_counter() - t_start:.1f} s{skipped}. "
           f"Results saved to {run_dir}")
     return run_dir
 

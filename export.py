@@ -22,22 +22,30 @@ from pathlib import Path
 
 import torch
 
+from models import make_checkpoint
+from utils import sparse
+from utils.checkpoint import export_sparse, load_export, load_model, save_checkpoint
+from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError, cli
+from utils.evaluation import evaluate, model_stride
+from utils.export import (bit_equal, check_foldable, check_onnx, compare_outputs, export_darknet, export_onnx,
+                          fold_empty_channels, render_cfg, write_text)
+from utils.my_utils import add_model_args, flag
+from utils.summary import model_summary
 
 FORMATS = ("sparse", "onnx", "darknet")
 
 
 def build_parser():
-    from utils.my_utils import add_model_args, flag
-
     p = argparse.ArgumentParser(description="Export a detector: sparse checkpoint, ONNX, Darknet .weights.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_model_args(p)
     g = p.add_argument_group("export")
     flag(g, "--include", nargs="+", choices=FORMATS, default=["sparse"], help="formats to write")
     flag(g, "--half", action="store_true", help="sparse export with float16 values (loads as float32)")
-    flag(g, "--fold-empty-channels", action="store_true",
-         help="remove conv output channels whose kernels are all zero (and their inputs downstream) first")
+    flag(g, "--fold-empty-channels", "--fold", action="store_true",
+         help="remove conv output channels whose kernels are all zero (and their inputs downstream) first: a "
+              "filter-level ticket (prune.py --granularity filter) becomes a smaller dense network")
     flag(g, "--fold-exact", action="store_true",
          help="with --fold-empty-channels: keep channels whose constant would be folded only approximately "
               "(read by a padded kxk conv)")
@@ -61,9 +69,6 @@ def stem_of(weights):
 
 def evaluate_map(model, data_path, img_size, batch_size, workers):
     """``(mAP@0.5, mAP@.5:.95)`` of ``model`` on the ``valid`` set of a ``.data`` file."""
-    from test import evaluate, model_stride
-    from utils.datasets import create_dataloader, parse_data_cfg
-
     data = parse_data_cfg(data_path)
     if int(data["classes"]) != model.nc:
         raise UserError(f"{data_path}: {data['classes']} classes, but the model has {model.nc}")
@@ -75,8 +80,6 @@ def evaluate_map(model, data_path, img_size, batch_size, workers):
 
 def checkpoint_of(model, ckpt):
     """A toolkit checkpoint (no training state) for ``model``, with ``ckpt``'s names, image size and history."""
-    from models import make_checkpoint
-
     out = make_checkpoint(model, (ckpt or {}).get("names"))
     for key in ("img_size", "epoch", "best_fitness"):
         if (ckpt or {}).get(key) is not None:
@@ -85,9 +88,6 @@ def checkpoint_of(model, ckpt):
 
 
 def fold(model, ckpt, args, out_dir, stem, img_size):
-    from utils.checkpoint import save_checkpoint
-    from utils.export import check_foldable, compare_outputs, fold_empty_channels, render_cfg, write_text
-
     check_foldable(model)
     folded, rep = fold_empty_channels(model, exact=args.fold_exact)
     result = {k: rep[k] for k in ("removed", "folded_constants", "inexact_constants", "passes", "params_before",
@@ -121,11 +121,6 @@ def fold(model, ckpt, args, out_dir, stem, img_size):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from models import model_summary
-    from utils import sparse
-    from utils.checkpoint import load_model
-    from utils.export import bit_equal, check_onnx, export_darknet, export_onnx
-
     if not args.weights:
         raise UserError("export.py: give --weights (a checkpoint .pt, sparse export, or Darknet .weights with --cfg)")
     weights = Path(args.weights)
@@ -151,8 +146,8 @@ def main(argv=None):
         if fmt == "sparse":
             path = out_dir / f"{stem}.sparse{'-fp16' if args.half else ''}.pt"
             info = ckpt if not args.fold_empty_channels else {k: v for k, v in (ckpt or {}).items() if k != "masks"}
-            n = sparse.export_sparse(model, path, info, half=args.half, source=weights)
-            loaded = sparse.load_export(path)["model"]
+            n = export_sparse(model, path, info, half=args.half, source=weights)
+            loaded = load_export(path)["model"]
             state = model.state_dict()
             same = all(bit_equal(loaded[k], v.detach().cpu()) for k, v in state.items())
             check = ("loads bit-identical" if same else "LOAD MISMATCH") if not args.half else "float16 values"

@@ -34,6 +34,7 @@ def main(argv=None):
     first, _ = parser.parse_known_args(argv)
     if first.resume:
         run = PruneRun.find(first.resume, first.project)
+        run.claim()  # a run still going is refused before anything is read into this one
         args = resume_args(run.load_args(), first, typed_dests(parser, argv))
     else:
         method = method_of(first)

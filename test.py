@@ -4,220 +4,30 @@
     python test.py --cfg cfg/yolov3.cfg --weights yolov3.weights --data data/coco.data --img-size 416 --save-json
     python test.py --weights best.pt --data data/shapes.data --task speed --half
 
-``evaluate(model, dataloader, ...)`` is what the training loop calls every epoch.
+The evaluation itself is ``utils.evaluation.evaluate``, which the training loop also calls every epoch.
 """
 import argparse
 import json
 import sys
-import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from models import Darknet
+from utils.checkpoint import load_model
+from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError
-from utils.general import increment_path, select_device, xywh2xyxy
-from utils.metrics import (EVAL_BATCH_SIZE, Evaluator, format_metrics, format_per_class, non_max_suppression,
-                           scale_boxes, score_with_official_annotations)
-from utils.torch_utils import autocast, resolve_precision
-
-
-# ----------------------------------------------------------------------------------------------------- helpers
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _is_channels_last(model):
-    """Whether the model's conv kernels are stored channels_last (judged on the first unambiguous kernel)."""
-    for p in model.parameters():
-        if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1:
-            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-    return False
-
-
-def _model_device(model):
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-def _labels_to_original(targets, si, img_shape, shape):
-    """The ground truth of image ``si`` of a batch as ``(m, 5)`` ``[cls, x1, y1, x2, y2]`` in original pixels."""
-    t = targets[targets[:, 0] == si, 1:].float().cpu()
-    if not len(t):
-        return torch.zeros((0, 5))
-    h, w = img_shape
-    box = xywh2xyxy(t[:, 1:5]) * torch.tensor([w, h, w, h], dtype=torch.float32)
-    shape0, ratio_pad = _original_shape(img_shape, shape)
-    box = scale_boxes(img_shape, box, shape0, ratio_pad)
-    return torch.cat((t[:, :1], box), 1)
-
-
-def _original_shape(img_shape, shape):
-    """``(h0, w0), ratio_pad`` from a dataset's ``shapes`` entry (``None``: the image was not letterboxed)."""
-    if shape is None:
-        return tuple(int(v) for v in img_shape), ((1.0, 1.0), (0.0, 0.0))
-    return shape[0], (shape[1] if len(shape) > 1 else None)
-
-
-class _Timer:
-    """Seconds spent in preprocessing, inference and NMS, and the images they covered."""
-
-    def __init__(self, device):
-        self.device, self.t, self.images = device, defaultdict(float), 0
-
-    def mark(self):
-        _sync(self.device)
-        return time.perf_counter()
-
-    def ms_per_image(self):
-        n = max(self.images, 1)
-        return {k: 1000 * self.t[k] / n for k in ("preprocess", "inference", "nms")}
-
-
-class _EvalMode:
-    """Puts the model in eval mode (and channels_last under autocast), then restores what it found."""
-
-    def __init__(self, model, precision):
-        self.model, self.half = model, _low(precision)
-
-    def __enter__(self):
-        self.training = self.model.training
-        self.model.eval()
-        self.restore_format = False
-        if self.half and not _is_channels_last(self.model):
-            self.model.to(memory_format=torch.channels_last)
-            self.restore_format = True
-        return self.model
-
-    def __exit__(self, *exc):
-        if self.restore_format:
-            self.model.to(memory_format=torch.contiguous_format)
-        self.model.train(self.training)
-        return False
-
-
-def _low(precision):
-    """Whether ``precision`` (a name or ``Precision``) is an autocast one (bf16, fp16) rather than fp32."""
-    return getattr(precision, "name", precision) != "fp32"
-
-
-def _batches(model, dataloader, conf_thres, iou_thres, precision, timer, desc, multi_label=False, max_det=300,
-             compute_loss=None, losses=None):
-    """Run the model over ``dataloader``; yield ``(imgs, targets, paths, shapes, detections)`` per batch with
-    detections in network-input pixels. Times the three stages into ``timer``; loss terms summed into ``losses``."""
-    device = timer.device
-    bar = tqdm(dataloader, desc=desc, total=len(dataloader) if hasattr(dataloader, "__len__") else None,
-               file=sys.stderr, leave=False, dynamic_ncols=True)
-    for imgs, targets, paths, shapes in bar:
-        t0 = timer.mark()
-        imgs = imgs.to(device, non_blocking=True).float().div_(255)
-        if _low(precision):
-            imgs = imgs.contiguous(memory_format=torch.channels_last)
-        targets = targets.to(device)
-        t1 = timer.mark()
-        with torch.no_grad(), autocast(device, precision):
-            out = model(imgs)
-        t2 = timer.mark()
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise TypeError("evaluate: the model in eval mode must return (inf, p)")
-        inf, p = out
-        if compute_loss is not None:
-            with torch.no_grad():
-                _, terms = compute_loss([x.float() for x in p], targets)
-            for k, v in terms.items():
-                losses[k] += float(v)
-            losses["_batches"] += 1
-        t3 = timer.mark()
-        dets = non_max_suppression(inf, conf_thres=conf_thres, iou_thres=iou_thres, multi_label=multi_label,
-                                   max_det=max_det)
-        t4 = timer.mark()
-        timer.t["preprocess"] += t1 - t0
-        timer.t["inference"] += t2 - t1
-        timer.t["nms"] += t4 - t3
-        timer.images += imgs.shape[0]
-        yield imgs, targets, paths, shapes, dets
-
-
-# ---------------------------------------------------------------------------------------------------- evaluate
-def evaluate(model, dataloader, conf_thres=0.001, iou_thres=0.6, precision="fp32", names=None, compute_loss=None,
-             save_json=None, verbose=False, multi_label=False, max_det=300, desc="val"):
-    """COCO evaluation of ``model`` on ``dataloader`` (batches ``(imgs uint8, targets, paths, shapes)``).
-
-    ``precision``: fp32, or bf16 / fp16 autocast with channels_last (a name or ``Precision``). ``compute_loss(p, targets) ->
-    (loss, terms)`` adds ``loss``, the mean of each term over batches. ``save_json``: a folder that receives
-    ``predictions.json`` (COCO results: ``image_id, category_id, bbox`` xywh original pixels, ``score``) and
-    ``ground_truth.json`` (the labels converted to COCO; ``image_id`` runs from 1 in loader order, ``file_name``
-    names the image, ``category_id`` is the 0-based class). The model is evaluated in eval mode and put back in
-    the mode (and memory format) it had.
-
-    Returns ``map`` (AP@[.5:.95]), ``map50``, ``map75``, ``ap_small``, ``ap_medium``, ``ap_large``, ``ar1``,
-    ``ar10``, ``ar100``, ``precision``, ``recall`` (mean over classes at the best-F1 confidence), ``per_class``
-    (rows ``class, name, images, labels, detections, precision, recall, ap50, ap, f1``), ``f1``, ``conf_best``,
-    ``images``, ``labels``, ``speed`` (ms per image: ``preprocess, inference, nms``) and, with ``compute_loss``,
-    ``loss``. pycocotools reports -1 for a size bucket without ground truth.
-    """
-    device = _model_device(model)
-    nc = _num_classes(model, names)
-    evaluator = Evaluator(nc, names)
-    timer = _Timer(device)
-    losses = defaultdict(float)
-    with _EvalMode(model, precision):
-        for imgs, targets, paths, shapes, dets in _batches(model, dataloader, conf_thres, iou_thres, precision, timer,
-                                                           desc, multi_label, max_det, compute_loss, losses):
-            img_shape = imgs.shape[2:]
-            for si, det in enumerate(dets):
-                shape0, ratio_pad = _original_shape(img_shape, shapes[si])
-                labels = _labels_to_original(targets, si, img_shape, shapes[si])
-                det = det.cpu()
-                if len(det):
-                    scale_boxes(img_shape, det[:, :4], shape0, ratio_pad)
-                evaluator.add(paths[si], shape0, labels, det)
-    metrics = evaluator.compute(verbose=verbose)
-    metrics["speed"] = timer.ms_per_image()
-    if compute_loss is not None:
-        n = max(losses.pop("_batches", 0), 1)
-        metrics["loss"] = {k: v / n for k, v in losses.items()}
-    if save_json:
-        evaluator.save_json(save_json)
-    return metrics
-
-
-def _num_classes(model, names):
-    nc = getattr(model, "nc", None)
-    if nc is None:
-        if names is None:
-            raise ValueError("evaluate: the model has no 'nc' attribute; pass names")
-        nc = len(names)
-    return int(nc)
-
-
-def measure_speed(model, dataloader, conf_thres=0.001, iou_thres=0.6, precision="fp32", warmup=1):
-    """Milliseconds per image for preprocessing, inference and NMS over ``dataloader`` (after ``warmup`` batches
-    that are run but not timed). Returns ``{'preprocess', 'inference', 'nms', 'images', 'batch_shape'}``."""
-    device = _model_device(model)
-    timer = _Timer(device)
-    shape = None
-    with _EvalMode(model, precision):
-        for i, (imgs, *_) in enumerate(_batches(model, dataloader, conf_thres, iou_thres, precision, timer, "speed")):
-            shape = tuple(imgs.shape)
-            if i < warmup:
-                timer.t.clear()
-                timer.images = 0
-    out = timer.ms_per_image()
-    out["images"] = timer.images
-    out["batch_shape"] = shape
-    return out
+from utils.evaluation import evaluate, measure_speed, model_stride
+from utils.general import increment_path, select_device
+from utils.metrics import EVAL_BATCH_SIZE, format_metrics, format_per_class, score_with_official_annotations
+from utils.my_utils import add_data_args, add_inference_precision_args, add_model_args, flag
+from utils.summary import model_summary
+from utils.torch_utils import resolve_precision
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
 def build_parser():
     """test.py's flags (model and data groups from utils/my_utils.py)."""
-    from utils.my_utils import add_data_args, add_inference_precision_args, add_model_args, flag
-
     p = argparse.ArgumentParser(description="Evaluate a YOLO detector with the COCO metrics (pycocotools).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_model_args(p)
@@ -247,25 +57,16 @@ def build_parser():
 def load_for_eval(weights, cfg, nc, device):
     """``(model, ckpt)`` from a checkpoint or Darknet weights (+ cfg); a bare ``cfg`` gives random weights."""
     if weights:
-        from utils.checkpoint import load_model
-
         return load_model(weights, cfg, nc, device)
     if not cfg:
         raise UserError("test.py: give --weights (a checkpoint .pt, or Darknet .weights with --cfg)")
-    from models import Darknet
 
     print(f"warning: no --weights: {cfg} with random weights", file=sys.stderr)
     return Darknet(cfg, nc=nc).to(device), {}
 
 
-def model_stride(model):
-    strides = [float(model.module_list[i].stride) for i in getattr(model, "yolo_layers", [])]
-    return int(max(strides)) if strides else 32
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from utils.datasets import create_dataloader, parse_data_cfg
 
     if not args.data:
         raise UserError("test.py: --data is required (a .data file)")
@@ -289,14 +90,8 @@ def main(argv=None):
     run_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    summary = None
-    try:
-        from models import model_summary
-    except ImportError:
-        model_summary = None
-    if model_summary is not None:
-        summary = model_summary(model, img_size=img_size, path=args.weights or None)
-        print(json.dumps(summary))
+    summary = model_summary(model, img_size=img_size, path=args.weights or None)
+    print(json.dumps(summary))
 
     report = {"task": args.task, "split": args.split, "weights": args.weights, "cfg": args.cfg, "data": args.data,
               "img_size": img_size,

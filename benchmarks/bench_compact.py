@@ -201,7 +201,7 @@ def latency_ms(weights, img_size, runs):
 
 
 def figures(run, img_size):
-    from models import model_summary
+    from utils.summary import model_summary
     from utils.checkpoint import load_model
 
     model, _ = load_model(run / "weights" / "best.pt")

@@ -95,7 +95,7 @@ def run_cs(a, out, data, rounds):
 
 def figures(path, img_size):
     """Parameters, sparsity, MACs and storage of a checkpoint (``models.model_summary`` with its file)."""
-    from models import model_summary
+    from utils.summary import model_summary
     from utils.checkpoint import load_model
 
     model, _ = load_model(path)

@@ -42,8 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from models import Darknet, make_checkpoint, prunable_parameters  # noqa: E402
 from utils import sparse  # noqa: E402
-from utils.export import Decoded, export_onnx, fold_empty_channels, onnx_session  # noqa: E402
-from utils.torch_utils import native_low_precision  # noqa: E402
+from utils.checkpoint import export_sparse  # noqa: E402
+from utils.export import Decoded, fold_empty_channels  # noqa: E402
+from common import latencies  # noqa: E402
 
 
 def magnitude_masks(model, sparsity, scope="local"):
@@ -110,43 +111,6 @@ def file_bytes(obj, folder):
     return n
 
 
-def timed(fn, reps, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return 1000 * times[0], 1000 * times[len(times) // 2]
-
-
-def latencies(model, img_size, reps, folder):
-    """``{'fp32': (best, median), 'bf16_cl': ..., 'ort': ...}`` in ms for one image."""
-    model = model.eval()
-    x = torch.rand(1, 3, img_size, img_size)
-    out = {}
-    with torch.inference_mode():
-        out["fp32"] = timed(lambda: model(x), reps)
-        m = model.to(memory_format=torch.channels_last)
-        xc = x.contiguous(memory_format=torch.channels_last)
-
-        def bf16():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                m(xc)
-        # emulated bf16 (no AMX / AVX512-BF16) is many times slower than fp32 and no one would ship it
-        out["bf16_cl"] = timed(bf16, reps) if native_low_precision("bf16") else (float("nan"), float("nan"))
-        model.to(memory_format=torch.contiguous_format)
-    path = export_onnx(model, Path(folder) / "m.onnx", img_size)
-    sess = onnx_session(path, threads=torch.get_num_threads())
-    feed = {"images": x.numpy()}
-    out["ort"] = timed(lambda: sess.run(None, feed), reps)
-    del sess
-    path.unlink()
-    return out
-
-
 def run(cfg, sparsities, args, folder):
     rows = []
     for s in sparsities:
@@ -166,8 +130,8 @@ def run(cfg, sparsities, args, folder):
         row["best_pt"] = file_bytes(best, folder)
         row["last_pt"] = file_bytes(last, folder)
         del best, last
-        row["sparse"] = sparse.export_sparse(model, Path(folder) / "m.sparse.pt", {"masks": masks})
-        row["sparse_fp16"] = sparse.export_sparse(model, Path(folder) / "m.sparse.pt", {"masks": masks}, half=True)
+        row["sparse"] = export_sparse(model, Path(folder) / "m.sparse.pt", {"masks": masks})
+        row["sparse_fp16"] = export_sparse(model, Path(folder) / "m.sparse.pt", {"masks": masks}, half=True)
         (Path(folder) / "m.sparse.pt").unlink()
         row["empty_channels"] = sum(sparse.zero_output_channels(model).values())
         t0 = time.perf_counter()
@@ -177,8 +141,8 @@ def run(cfg, sparsities, args, folder):
         row["folded_params"] = rep["params_after"]
         if rep["removed"]:
             row["folded_dense"] = file_bytes(make_checkpoint(folded), folder)
-            row["folded_sparse"] = sparse.export_sparse(folded, Path(folder) / "f.sparse.pt")
-            row["folded_sparse_fp16"] = sparse.export_sparse(folded, Path(folder) / "f.sparse.pt", half=True)
+            row["folded_sparse"] = export_sparse(folded, Path(folder) / "f.sparse.pt")
+            row["folded_sparse_fp16"] = export_sparse(folded, Path(folder) / "f.sparse.pt", half=True)
             (Path(folder) / "f.sparse.pt").unlink()
             with torch.no_grad():
                 x = torch.rand(1, 3, 416, 416)

@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import Darknet, model_summary  # noqa: E402
+from models import Darknet  # noqa: E402
+from utils.summary import model_summary  # noqa: E402
 from utils.general import select_device  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.memory_format import choose_memory_format, machine_name  # noqa: E402

@@ -5,6 +5,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,3 +47,45 @@ def data_path(a, out):
     n_train, n_val = a.n_train or 128, a.n_val or 32
     return str(make_shapes(Path(out) / f"shapes_{n_train}_{n_val}", n_train=n_train, n_val=n_val, img_size=320,
                            seed=0))
+
+
+def timed(fn, reps, warmup=1):
+    """``(best, median)`` milliseconds of ``fn()`` over ``reps`` runs after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000 * times[0], 1000 * times[len(times) // 2]
+
+
+def latencies(model, img_size, reps, folder, batch=1, warmup=1):
+    """``{'fp32': (best, median), 'bf16_cl': ..., 'ort': ...}``: milliseconds per ``(batch, 3, img_size, img_size)``
+    forward in PyTorch fp32, bf16 + channels_last (NaN where bf16 is not native: emulated bf16 is never shipped)
+    and ONNX Runtime on the CPU, with torch's thread count for both."""
+    from utils.export import export_onnx, onnx_session
+    from utils.torch_utils import native_low_precision
+
+    model = model.eval()
+    x = torch.rand(batch, 3, img_size, img_size)
+    out = {}
+    with torch.inference_mode():
+        out["fp32"] = timed(lambda: model(x), reps, warmup)
+        m = model.to(memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last)
+
+        def bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                m(xc)
+        out["bf16_cl"] = timed(bf16, reps, warmup) if native_low_precision("bf16") else (float("nan"), float("nan"))
+        model.to(memory_format=torch.contiguous_format)
+    path = export_onnx(model, Path(folder) / "m.onnx", img_size, batch=batch)
+    sess = onnx_session(path, threads=torch.get_num_threads())
+    feed = {"images": x.numpy()}
+    out["ort"] = timed(lambda: sess.run(None, feed), reps, warmup)
+    del sess
+    path.unlink()
+    return out

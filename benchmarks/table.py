@@ -135,6 +135,9 @@ def build_parser():
     g = p.add_argument_group("techniques")
     g.add_argument("--lth-rounds", type=int, default=3, help="LTH prune-rewind-retrain rounds")
     g.add_argument("--prune-rate", type=float, default=0.5, help="LTH: fraction of the surviving weights per round")
+    g.add_argument("--filter-rounds", type=int, default=3, help="filter-level LTH rounds (the lth-filter row)")
+    g.add_argument("--filter-rate", type=float, default=0.2,
+                   help="filter-level LTH: fraction of the surviving filters removed per round")
     g.add_argument("--rewind-epoch", type=int, default=None,
                    help="LTH/CS rewind epoch (default: round(epochs / 30), the original's 10 of 300)")
     g.add_argument("--cs-rounds", type=int, nargs="+", default=[1, 3], help="CS search rounds, one row each")
@@ -341,13 +344,17 @@ def build_plan(a, base):
     def add(name, cfg, training, jid, family):
         rows.append(Row(name, model_label(cfg), training, jid, family))
 
-    def lth_job(cfg, scope):
+    def lth_job(cfg, scope, granularity="weight"):
         dense = baseline(cfg)
-        return job(f"lth-{scope}-{cfg.stem}", "prune.py",
+        schedule = lth if granularity == "weight" else ["--rounds", str(a.filter_rounds), "--prune-rate",
+                                                        f"{a.filter_rate:g}", "--granularity", "filter"]
+        tag = "" if granularity == "weight" else "filter-"
+        return job(f"lth-{tag}{scope}-{cfg.stem}", "prune.py",
                    lambda s, J: ["--lth", "--cfg", str(cfg), "--weights",
-                                 str(J[dense].folder / "round_0/weights/last.pt"), "--scope", scope, *lth, *common,
-                                 *own(cfg), "--seed", str(s), *prune_extra],
-                   deps=[dense], final_round=a.lth_rounds, pruned=True)
+                                 str(J[dense].folder / "round_0/weights/last.pt"), "--scope", scope, *schedule,
+                                 *common, *own(cfg), "--seed", str(s), *prune_extra],
+                   deps=[dense], final_round=a.lth_rounds if granularity == "weight" else a.filter_rounds,
+                   pruned=True)
 
     big_label = model_label(big)
     add("tiny", tiny, "default", baseline(tiny), "baseline")
@@ -357,6 +364,8 @@ def build_plan(a, base):
             "baseline")
     add("lth-local", big, f"LTH local, {lth_label}", lth_job(big, "local"), "pruning")
     add("lth-global", big, f"LTH global, {lth_label}", lth_job(big, "global"), "pruning")
+    add("lth-filter", big, f"LTH filters local, {a.filter_rounds} rounds at {a.filter_rate:g}",
+        lth_job(big, "local", "filter"), "pruning")
     for n in a.cs_rounds:
         if n < 1:
             raise UserError(f"--cs-rounds {n}: a CS run needs 1 search round or more")

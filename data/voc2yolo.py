@@ -2,8 +2,8 @@
 """Pascal VOC XML annotations -> YOLO labels and a .data file.
 
     python data/voc2yolo.py --voc-root VOCdevkit --out data/voc
-        [--train VOC2007/trainval,VOC2012/train] [--valid VOC2012/val] [--test VOC2007/test] [--keep-difficult]
-        [--copy]
+        [--train VOC2007/trainval,VOC2012/train] [--valid VOC2012/val] [--test VOC2007/test]
+        [--difficult {ignore,keep,drop}] [--copy]
 
 Splits: the model is selected (best.pt, the per-epoch mAP) on ``valid``, held out of training (by default VOC2012
 val, 5,823 images), and ``test`` (VOC2007 test, 4,952 images) is scored once at the end with ``test.py --split
@@ -16,10 +16,11 @@ writes ``<out>/images/{train,val,test}/<VOCyear>_<id>.jpg`` (symbolic links, or 
 Boxes: VOC corners are 1-based inclusive pixel indices, so a box covers ``[xmin - 1, xmax]`` in continuous
 pixel coordinates: ``x_center = (xmin - 1 + xmax) / 2 / width``, ``w = (xmax - xmin + 1) / width``.
 
-``difficult`` objects: the VOC evaluation ignores them (neither a hit nor a miss). YOLO labels cannot say
-"ignore", so by default they are left out of the labels (train and val alike); ``--keep-difficult`` writes
-them as ordinary objects. Leaving them out means that on the validation split a detection of a difficult
-object counts as a false positive in our COCO-style evaluation, which the VOC protocol would have ignored.
+``difficult`` objects: the VOC evaluation ignores them (neither a hit nor a miss). By default (``--difficult
+ignore``) they go to ``labels/<split>/<stem>.ignore.txt`` beside the labels, in the same YOLO format: training
+never reads them, and the evaluation (per epoch and ``test.py``) scores them as pycocotools crowd regions, where
+a detection is neither a hit nor a false positive, as the devkit does. ``keep`` writes them as ordinary
+objects; ``drop`` leaves them out (a detection of one then counts as a false positive).
 Objects of unknown classes are reported and skipped.
 """
 import argparse
@@ -53,7 +54,8 @@ def _image_size(path):
 
 
 def convert_annotation(xml_path, classes=VOC_CLASSES, keep_difficult=False, image_path=None):
-    """One VOC XML file -> ``(lines, stats)``: YOLO label lines and counts ``objects, difficult, unknown``."""
+    """One VOC XML file -> ``(lines, stats, difficult)``: YOLO label lines, counts ``objects, difficult, unknown``
+    and the difficult objects' lines (in ``lines`` too with ``keep_difficult``)."""
     root = ET.parse(xml_path).getroot()
     size = root.find("size")
     w = int(float(size.findtext("width", "0"))) if size is not None else 0
@@ -62,7 +64,7 @@ def convert_annotation(xml_path, classes=VOC_CLASSES, keep_difficult=False, imag
         w, h = _image_size(image_path)
     if w <= 0 or h <= 0:
         raise ValueError(f"{xml_path}: no image size in <size> and no image to read it from")
-    lines, stats = [], dict(objects=0, difficult=0, unknown=0)
+    lines, stats, hard = [], dict(objects=0, difficult=0, unknown=0), []
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in classes:
@@ -70,10 +72,6 @@ def convert_annotation(xml_path, classes=VOC_CLASSES, keep_difficult=False, imag
             print(f"{xml_path}: unknown class {name!r} skipped", file=sys.stderr)
             continue
         difficult = int(float(obj.findtext("difficult", "0") or 0)) == 1
-        if difficult:
-            stats["difficult"] += 1
-            if not keep_difficult:
-                continue
         bb = obj.find("bndbox")
         x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         x1, y1 = max(x1 - 1, 0.0), max(y1 - 1, 0.0)
@@ -81,14 +79,20 @@ def convert_annotation(xml_path, classes=VOC_CLASSES, keep_difficult=False, imag
         if x2 <= x1 or y2 <= y1:
             print(f"{xml_path}: empty box of {name!r} skipped", file=sys.stderr)
             continue
-        lines.append(f"{classes.index(name)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
-                     f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
+        line = (f"{classes.index(name)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
+                f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
+        if difficult:
+            stats["difficult"] += 1
+            hard.append(line)
+            if not keep_difficult:
+                continue
+        lines.append(line)
         stats["objects"] += 1
-    return lines, stats
+    return lines, stats, hard
 
 
 def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("VOC2012/val",),
-            keep_difficult=False, copy=False, classes=VOC_CLASSES, test=("VOC2007/test",)):
+            difficult="ignore", copy=False, classes=VOC_CLASSES, test=("VOC2007/test",)):
     """Convert the listed ``<VOCyear>/<set>`` image sets; returns the path of the written ``voc.data``."""
     voc_root, out = Path(voc_root), Path(out)
     total = dict(images=0, objects=0, difficult=0, unknown=0)
@@ -101,12 +105,18 @@ def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("
                 raise SystemExit(f"error: {ids_file}: image set not found")
             for img_id in ids_file.read_text().split():
                 img = base / "JPEGImages" / f"{img_id}.jpg"
-                lines, st = convert_annotation(base / "Annotations" / f"{img_id}.xml", classes, keep_difficult, img)
+                lines, st, hard = convert_annotation(base / "Annotations" / f"{img_id}.xml", classes,
+                                                     difficult == "keep", img)
                 stem = f"{year}_{img_id}"
                 place(img, out / "images" / split / f"{stem}.jpg", copy)
                 lab = out / "labels" / split / f"{stem}.txt"
                 lab.parent.mkdir(parents=True, exist_ok=True)
                 lab.write_text("".join(line + "\n" for line in lines))
+                ignore = lab.with_name(f"{stem}.ignore.txt")
+                if difficult == "ignore" and hard:
+                    ignore.write_text("".join(line + "\n" for line in hard))
+                elif ignore.exists():
+                    ignore.unlink()
                 total["images"] += 1
                 for k in st:
                     total[k] += st[k]
@@ -114,7 +124,8 @@ def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("
     data = out / "voc.data"
     data.write_text(f"classes={len(classes)}\ntrain=images/train\nvalid=images/val\n"
                     + ("test=images/test\n" if test else "") + "names=voc.names\n")
-    kept = "kept" if keep_difficult else "dropped (use --keep-difficult to keep them)"
+    kept = {"ignore": "written as ignore regions (labels/*/*.ignore.txt)", "keep": "kept as objects",
+            "drop": "dropped"}[difficult]
     print(f"{total['images']} images, {total['objects']} objects written; {total['difficult']} difficult objects "
           f"{kept}; {total['unknown']} objects of unknown classes skipped -> {data}")
     return data
@@ -127,11 +138,15 @@ def main(argv=None):
     ap.add_argument("--train", default="VOC2007/trainval,VOC2012/train", help="comma-separated YEAR/SET lists")
     ap.add_argument("--valid", default="VOC2012/val", help="held out of training: model selection")
     ap.add_argument("--test", default="VOC2007/test", help="scored once at the end (test.py --split test)")
-    ap.add_argument("--keep-difficult", action="store_true", help="write difficult objects too (default: drop)")
+    ap.add_argument("--difficult", choices=("ignore", "keep", "drop"), default="ignore",
+                    help="difficult objects: ignore regions of the evaluation (the devkit's rule), ordinary objects, "
+                         "or left out")
+    ap.add_argument("--keep-difficult", dest="difficult", action="store_const", const="keep",
+                    help="the same as --difficult keep")
     ap.add_argument("--copy", action="store_true", help="copy images instead of linking them")
     a = ap.parse_args(argv)
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
-    convert(a.voc_root, a.out, split(a.train), split(a.valid), a.keep_difficult, a.copy, test=split(a.test))
+    convert(a.voc_root, a.out, split(a.train), split(a.valid), a.difficult, a.copy, test=split(a.test))
 
 
 if __name__ == "__main__":

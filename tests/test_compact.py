@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 
 import models
-from models import (Block, Darknet, SqueezeExcite, load_darknet_weights, make_divisible, model_summary,
+from models import (Block, Darknet, SqueezeExcite, load_darknet_weights, make_divisible,
                     prunable_parameters, save_darknet_weights)
 from utils.errors import UserError
+from utils.summary import model_summary
 from utils.torch_utils import parameter_groups
 
 from .conftest import ROOT

@@ -40,19 +40,24 @@ def voc(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("keep", [False, True])
-def test_voc2yolo(voc, tmp_path, capsys, keep):
+@pytest.mark.parametrize("difficult", ["ignore", "keep", "drop"])
+def test_voc2yolo(voc, tmp_path, capsys, difficult):
     m = load_script("voc2yolo")
     out = tmp_path / "out"
     args = ["--voc-root", str(voc), "--out", str(out), "--train", "VOC2007/trainval", "--valid", "VOC2007/test",
             "--test", ""]
-    m.main(args + (["--keep-difficult"] if keep else []))
+    m.main(args + (["--keep-difficult"] if difficult == "keep" else ["--difficult", difficult]))
+    keep = difficult == "keep"
     err = capsys.readouterr().err
     assert "unknown class 'unicorn'" in err
     lab = read_labels(out / "labels" / "train" / "VOC2007_000001.txt")
     dog = [m.VOC_CLASSES.index("dog"), 50 / 200, 25 / 100, 100 / 200, 50 / 100]  # 1-based inclusive corners
     person = [m.VOC_CLASSES.index("person"), 175 / 200, 75 / 100, 50 / 200, 50 / 100]
     np.testing.assert_allclose(lab, [dog, person] if keep else [dog], atol=1e-6)
+    ignore = out / "labels" / "train" / "VOC2007_000001.ignore.txt"  # the difficult person: an ignore region
+    assert ignore.is_file() == (difficult == "ignore")
+    if difficult == "ignore":
+        np.testing.assert_allclose(read_labels(ignore), [person], atol=1e-6)
     # no <size>: read from the image (64 x 48)
     tv = read_labels(out / "labels" / "val" / "VOC2007_000002.txt")
     np.testing.assert_allclose(tv, [[19, (16 + 48) / 2 / 64, (12 + 36) / 2 / 48, 32 / 64, 24 / 48]], atol=1e-6)

@@ -408,9 +408,8 @@ def test_cs_yaml_keeps_the_original_settings_and_prune_py_picks_it():
     parser = prune_parser()
     parser.set_defaults(params=str(prune.PARAMS["cs"]))
     args = parse_args(parser, ["--cs"])
-    assert (args.rounds, args.mask_init, args.cs_lambda, args.final_temperature, args.mask_momentum) == \
-           (3, -0.1, 1e-8, 200, 0.9)
+    s = ContinuousSparsification(args, None).settings  # the recipe passes the strategy's checks
+    assert (s.rounds, s.mask_init, s.cs_lambda, s.final_temperature, s.mask_momentum) == (3, -0.1, 1e-8, 200, 0.9)
     assert args.epochs >= 2 and args.ticket_epochs and 0 <= args.rewind_epoch <= args.epochs and args.mask_lr > 0
     assert args.cfg == "cfg/yolov3-tiny.cfg" and args.data == "data/shapes.data"  # from default.yaml
     assert prune.STRATEGIES["cs"] is ContinuousSparsification
-    ContinuousSparsification(args, None)  # the YAML's values pass the strategy's checks

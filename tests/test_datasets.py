@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from utils import datasets as D
-from utils.datasets import (LoadImages, LoadImagesAndLabels, create_dataloader, img2label_paths, parse_data_cfg,
-                            resized_shape)
+from utils.datasets import (LoadImages, LoadImagesAndLabels, cache_candidates, create_dataloader, img2label_paths,
+                            parse_data_cfg, resized_shape)
 from utils.errors import UserError
 from utils.shapes import render_image
 
@@ -173,6 +173,21 @@ def test_cache_falls_back_when_folder_read_only(tmp_path):
         assert b.cache_status == "read" and b.cache_path == a.cache_path
     finally:
         os.chmod(root, 0o755)
+
+
+def test_a_list_file_keeps_its_cache_beside_it_never_at_the_filesystem_root(tmp_path):
+    """Issue 30: a list naming /nonexistent/x.jpg once put the cache at /nonexistent.cache."""
+    imgs = [write_img(tmp_path / "images" / f"{i}.jpg") for i in range(2)]
+    for p in imgs:
+        write_label(p, "0 0.5 0.5 0.3 0.3\n")
+    listing = tmp_path / "lists" / "train.txt"
+    listing.parent.mkdir()
+    listing.write_text("\n".join([*map(str, imgs), "/nonexistent/x.jpg"]) + "\n")
+    a = LoadImagesAndLabels(listing, 64, nc=1)
+    assert a.cache_status == "written" and Path(a.cache_path) == tmp_path / "lists" / "train.cache"
+    assert not Path("/nonexistent.cache").exists() and not (tmp_path / "labels.cache").exists()
+    assert LoadImagesAndLabels(listing, 64, nc=1).cache_status == "read"
+    assert cache_candidates(["/nonexistent/y.txt"], "/nonexistent/images")[0].parent == tmp_path / "usercache"
 
 
 def test_damaged_cache_is_rebuilt(tmp_path):

@@ -69,7 +69,7 @@ def test_every_term_is_zero_when_the_student_equals_the_teacher():
             p.add_(torch.randn_like(p) * 0.05)
     student = copy.deepcopy(teacher).eval()
     plug = plugin(Teacher(teacher), student_features=[8, 13], teacher_features=[8, 13], hint_weight=1.0,
-                  object_weight=4.0, temperature=2.0).check(student, 64)
+                  kd_object_weight=4.0, kd_temperature=2.0).check(student, 64)
     for layer in plug.adapters.layers:
         layer.identity_()
     terms, _ = step(plug, student, torch.rand(3, 3, 64, 64))
@@ -205,17 +205,17 @@ def test_class_count_mismatch_is_a_one_line_error():
 
 
 def test_bad_weights_are_one_line_errors():
-    for kw, pattern in ((dict(mu=1.5), "--kd-mu"), (dict(temperature=0.0), "--kd-temperature"),
-                        (dict(hint_kind="l3"), "--hint-loss"), (dict(soft_weight=-1.0), "--soft-weight")):
+    for kw, pattern in ((dict(kd_mu=1.5), "--kd-mu"), (dict(kd_temperature=0.0), "--kd-temperature"),
+                        (dict(hint_loss="l3"), "--hint-loss"), (dict(soft_weight=-1.0), "--soft-weight")):
         with pytest.raises(UserError, match=pattern):
             plugin(Teacher(tiny()), **kw)
 
 
 # ------------------------------------------------------------------------------------------------------ engine
 def test_mu_scales_the_detection_loss_only_when_soft_targets_are_on():
-    assert plugin(Teacher(tiny()), mu=0.7).detection_loss_scale(None) == 0.7
-    assert plugin(Teacher(tiny()), mu=0.7, soft_weight=0.0).detection_loss_scale(None) == 1.0
-    assert engine.detection_scales([plugin(Teacher(tiny()), mu=0.7)], None) == dict.fromkeys(("box", "obj", "cls"), 0.7)
+    assert plugin(Teacher(tiny()), kd_mu=0.7).detection_loss_scale(None) == 0.7
+    assert plugin(Teacher(tiny()), kd_mu=0.7, soft_weight=0.0).detection_loss_scale(None) == 1.0
+    assert engine.detection_scales([plugin(Teacher(tiny()), kd_mu=0.7)], None) == dict.fromkeys(("box", "obj", "cls"), 0.7)
 
 
 @pytest.mark.parametrize("scope, mixed", [("classification", ("obj", "cls")), ("class", ("cls",))])
@@ -224,7 +224,7 @@ def test_mu_scope_scales_only_the_terms_it_names(scope, mixed):
     background class) or class (the original project): the engine's detection loss is box + obj + cls with mu on
     the named hard terms only, computed once."""
     student, imgs = tiny(seed=2).train(), torch.rand(3, 3, 64, 64)
-    plug = plugin(Teacher(tiny(seed=1)), mu=0.7, hint_weight=0.0, bound_weight=0.0, mu_scope=scope).check(student, 64)
+    plug = plugin(Teacher(tiny(seed=1)), kd_mu=0.7, hint_weight=0.0, bound_weight=0.0, kd_mu_scope=scope).check(student, 64)
     scales = engine.detection_scales([plug], None)
     assert scales == {"box": 1.0, "obj": 0.7 if "obj" in mixed else 1.0, "cls": 0.7}
     loss = ComputeLoss(student, hyp_from_args(kd_args()))
@@ -237,7 +237,7 @@ def test_mu_scope_scales_only_the_terms_it_names(scope, mixed):
     total.backward()  # differentiable: it moves the student
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     with pytest.raises(UserError, match="kd-mu-scope"):
-        plugin(Teacher(tiny()), mu_scope="box")
+        plugin(Teacher(tiny()), kd_mu_scope="box")
 
 
 def test_yaml_defaults_are_the_originals():

@@ -102,26 +102,86 @@ def test_checkpoint_for_another_cfg_is_one_line_error(shapes_tiny, tmp_path):
     assert len(err) == 1 and "last.pt" in err[0] and "yolov3.cfg" in err[0], proc.stderr
 
 
-def test_non_finite_losses_stop_the_run_with_a_usable_checkpoint(shapes_tiny, tmp_path):
+def test_non_finite_losses_stop_the_run_and_last_pt_keeps_the_last_finite_epoch(shapes_tiny, tmp_path):
     class Explode(engine.Plugin):
         name = "nan"
 
         def extra_loss(self, trainer, imgs, targets, outputs, features):
-            return {"nan": outputs[0].sum() * float("nan")}
+            return {"nan": outputs[0].sum() * (float("nan") if trainer.epoch == 1 else 0.0)}
 
     args = train.parse_args(train.train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
-                                                  "--epochs", "2"])
+                                                  "--epochs", "3", "--eval-from", "1"])
     args, model, save_dir, _ = engine.prepare(args)
-    before = {k: v.detach().clone() for k, v in model.named_parameters()}  # BN statistics may move
     engine.MAX_BAD_STEPS, old = 3, engine.MAX_BAD_STEPS
     try:
-        with pytest.raises(UserError, match="consecutive non-finite losses"):
-            engine.Trainer(args, model, save_dir, plugins=[Explode()]).fit()
+        trainer = engine.Trainer(args, model, save_dir, plugins=[Explode()])
+        with pytest.raises(UserError, match="consecutive non-finite losses in epoch 2") as e:
+            trainer.fit()
     finally:
         engine.MAX_BAD_STEPS = old
+    assert "last.pt holds epoch 1, the last finite state" in str(e.value)
     ckpt = load_checkpoint(save_dir / "weights" / "last.pt")
-    for k, v in before.items():
-        assert torch.equal(ckpt["train_state"]["model"][k], v), f"a skipped step changed {k}"
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["train_state"]["model"].values()
+                                      if v.is_floating_point())
+
+
+class Corrupt(engine.Plugin):
+    """Puts an infinite BN variance into the trained weights during epoch ``at`` (0-based)."""
+
+    name = "corrupt"
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_step(self, trainer):
+        if trainer.epoch == self.at:
+            bn = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var.fill_(float("inf"))
+
+
+def finite(state):
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_a_non_finite_bn_statistic_stops_the_run_before_it_is_saved(shapes_tiny, tmp_path):
+    """Issue 30: the state is checked before every save; last.pt and best.pt keep the last finite epoch."""
+    args = train.parse_args(train.train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
+                                                  "--epochs", "3", "--eval-from", "1", "--precise-bn", "0"])
+    args, model, save_dir, _ = engine.prepare(args)
+    with pytest.raises(UserError, match=r"non-finite values after epoch 2 \(weights module_list\.\d+\.bn\.running_var"
+                       ) as e:
+        engine.Trainer(args, model, save_dir, plugins=[Corrupt(at=1)]).fit()
+    assert "last.pt holds epoch 1, the last finite state, best.pt epoch 1" in str(e.value) and "\n" not in str(e.value)
+    last = load_checkpoint(save_dir / "weights" / "last.pt")
+    best = load_checkpoint(save_dir / "weights" / "best.pt")
+    assert last["epoch"] == best["epoch"] == 0
+    assert finite(last["model"]) and finite(last["train_state"]["model"]) and finite(best["model"])
+
+
+def test_a_non_finite_validation_loss_never_ends_in_success(shapes_tiny, tmp_path, monkeypatch):
+    evaluate = engine.evaluate
+
+    def nan_loss(*a, **k):
+        metrics = evaluate(*a, **k)
+        metrics["loss"]["obj"] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(engine, "evaluate", nan_loss)
+    with pytest.raises(UserError, match=r"after epoch 1 \(validation loss obj\).*no last.pt was written, no best.pt"):
+        run_train(shapes_tiny, tmp_path, "nanval", "--epochs", "1")
+    assert not (tmp_path / "nanval" / "weights" / "last.pt").exists()
+
+
+def test_a_diverged_run_exits_non_zero_without_results_saved(shapes_tiny, tmp_path):
+    """The reported case: a learning rate that blows the network up ends with exit 2, not 'results saved'."""
+    proc = subprocess.run([sys.executable, "train.py", *TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
+                           "--name", "diverged", "--epochs", "3", "--lr0", "1e6", "--no-amp", "--precise-bn", "0",
+                           "--eval-from", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "results saved" not in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'diverged'}: non-finite values")
+    for name in ("last.pt", "best.pt"):
+        f = tmp_path / "diverged" / "weights" / name
+        assert not f.exists() or finite(load_checkpoint(f)["model"])
 
 
 @pytest.mark.slow
@@ -300,3 +360,96 @@ def test_best_pt_is_written_before_the_last_pt_that_records_its_fitness(shapes_t
     assert bests and [e for name, e in written if name == "last.pt"] == [0, 1]
     for e in bests:
         assert written.index(("best.pt", e)) < written.index(("last.pt", e))
+
+
+# ------------------------------------------------------------------------------------- one run per folder, saves
+def test_a_second_run_on_a_live_runs_folder_stops_and_changes_nothing(shapes_tiny, tmp_path):
+    from utils import runlock
+
+    folder = tmp_path / "live"
+    folder.mkdir()
+    (folder / "args.yaml").write_text("the live run's\n")
+    (folder / runlock.LOCK_NAME).write_text(f"{os.getppid()}\n{__import__('socket').gethostname()}\nnow\n")
+    proc = subprocess.run([sys.executable, "train.py", *TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
+                           "--name", "live", "--exist-ok", "--epochs", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"in use by another run (pid {os.getppid()}" in proc.stderr
+    assert (folder / "args.yaml").read_text() == "the live run's\n" and not (folder / "results.csv").exists()
+
+
+def test_a_finished_folder_is_reused_and_stale_temporaries_are_removed(shapes_tiny, tmp_path, capsys):
+    from utils import runlock
+
+    save_dir = run_train(shapes_tiny, tmp_path, "again", "--epochs", "1", "--notest")
+    assert not (save_dir / runlock.LOCK_NAME).exists()  # released when the run ended
+    orphan = save_dir / "weights" / ".last.pt.k1ll3d.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    capsys.readouterr()
+    run_train(shapes_tiny, tmp_path, "again", "--epochs", "1", "--notest", "--exist-ok")
+    assert not orphan.exists() and "removed temporary files" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt", "results.csv"])
+def test_a_kill_during_any_save_leaves_the_previous_file_and_the_run_resumes(shapes_tiny, tmp_path, monkeypatch,
+                                                                            name):
+    """Issue 30: a kill while the second epoch writes ``name`` (at its rename, the last moment) leaves the first
+    epoch's file whole and no temporary file; --resume then finishes the run with one results row per epoch."""
+    from utils import checkpoint
+
+    replace, seen = os.replace, []
+
+    def killed(src, dst):
+        if Path(dst).name == name:
+            seen.append(dst)
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+        return replace(src, dst)
+
+    common = ["--epochs", "2", "--eval-from", "1", "--precise-bn", "0", "--lr0", "0"]  # lr 0: every epoch ties
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
+    if name == "best.pt":
+        monkeypatch.setattr(engine, "fitness_of", lambda metrics: float(len(seen)))  # each epoch a new best
+    with pytest.raises(KeyboardInterrupt):
+        run_train(shapes_tiny, tmp_path, "kill", *common)
+    save_dir = tmp_path / "kill"
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    assert not list(save_dir.rglob(".*.tmp"))
+    if name == "results.csv":
+        assert len((save_dir / "results.csv").read_text().strip().splitlines()) == 2  # header + epoch 1
+    else:
+        assert load_checkpoint(save_dir / "weights" / name)["epoch"] == 0
+    train.main(["--resume", str(save_dir), "--workers", "0"])
+    assert load_checkpoint(save_dir / "weights" / "last.pt")["epoch"] == 1
+    assert len((save_dir / "results.csv").read_text().strip().splitlines()) == 3
+
+
+def test_a_full_disk_is_one_line_and_the_previous_checkpoint_is_intact(tmp_path, monkeypatch):
+    import errno
+    import io
+
+    from utils import checkpoint
+
+    path = tmp_path / "last.pt"
+    checkpoint.save_checkpoint({"epoch": 0, "w": torch.zeros(1000)}, path)
+    before = path.read_bytes()
+
+    def full(obj, f):
+        if not isinstance(f, io.BytesIO):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return torch.serialization.save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(UserError, match=r"last.pt: No space left on device: the file needs 0.0 MiB, .* MiB are free; "
+                                        r"the previous last.pt is intact") as e:
+        checkpoint.save_checkpoint({"epoch": 1, "w": torch.ones(1000)}, path)
+    assert "\n" not in str(e.value) and path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_lr_schedule_inverse_exp_reaches_the_optimiser(shapes_tiny, tmp_path):
+    """--lr-schedule inverse-exp (the original project's 1 - 10^(-4 (1 - e/E))) drives the learning rate of a run,
+    as results.csv's lr column (after each epoch's scheduler step) shows."""
+    save_dir = run_train(shapes_tiny, tmp_path, "invexp", "--epochs", "3", "--notest", "--warmup-epochs", "0",
+                         "--lr-schedule", "inverse-exp", "--lr0", "0.02")
+    with open(save_dir / "results.csv", newline="") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert lrs == pytest.approx([0.02 * (1 - 10 ** (-4 * (1 - e / 3))) for e in (1, 2, 3)], rel=1e-6)

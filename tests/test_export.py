@@ -11,11 +11,13 @@ import torch
 import export
 import models
 import test
-from models import Darknet, make_checkpoint, model_summary, prunable_parameters
+from models import Darknet, make_checkpoint, prunable_parameters
 from utils import sparse
-from utils.checkpoint import load_checkpoint, load_model, save_checkpoint
+from utils import summary
+from utils.checkpoint import export_sparse, load_checkpoint, load_model, save_checkpoint, save_export
 from utils.errors import UserError, cli
 from utils.export import bit_equal, check_onnx, compare_outputs, fold_empty_channels, render_cfg
+from utils.summary import model_summary
 
 from .conftest import ROOT
 
@@ -65,8 +67,8 @@ def test_sparse_size_at_90_percent_and_bit_identical_round_trip(tmp_path):
     alive = sum(int(m.sum()) for m in masks.values())
     assert alive / sum(m.numel() for m in masks.values()) == pytest.approx(0.1, abs=1e-6)
     dense_bytes = (tmp_path / "dense.pt").stat().st_size
-    n32 = sparse.export_sparse(model, tmp_path / "m.sparse.pt", ckpt)
-    n16 = sparse.export_sparse(model, tmp_path / "m.sparse-fp16.pt", ckpt, half=True)
+    n32 = export_sparse(model, tmp_path / "m.sparse.pt", ckpt)
+    n16 = export_sparse(model, tmp_path / "m.sparse-fp16.pt", ckpt, half=True)
     assert n32 / dense_bytes <= 0.14, f"fp32 sparse export is {n32 / dense_bytes:.2%} of the dense file"
     assert n16 / dense_bytes <= 0.08, f"fp16 sparse export is {n16 / dense_bytes:.2%} of the dense file"
 
@@ -149,14 +151,14 @@ def test_compact_checkpoint_leaves_other_checkpoints_alone(tmp_path):
     compact = sparse.compact_checkpoint(dict(ckpt, masks=masks))
     compact["model"]["tensors"][name]["values"][0] += 1.0
     save_checkpoint(compact, tmp_path / "bad.pt")
-    with pytest.raises(UserError, match=r"bad.pt: corrupt checkpoint \(checksum mismatch\)"):
+    with pytest.raises(UserError, match=r"bad.pt: corrupt checkpoint \(checksum mismatch"):
         load_checkpoint(tmp_path / "bad.pt")
 
 
 def test_summary_reports_file_and_sparse_bytes(shapes_ckpt, tmp_path):
     path = tmp_path / "pruned.sparse.pt"
     ref, ckpt = load_model(shapes_ckpt)
-    sparse.export_sparse(ref, path, ckpt, source=shapes_ckpt)
+    export_sparse(ref, path, ckpt, source=shapes_ckpt)
     model, _ = load_model(path)
     s = model_summary(model, img_size=64, path=path)
     assert s["file_bytes"] == path.stat().st_size
@@ -172,7 +174,7 @@ def test_summary_reports_file_and_sparse_bytes(shapes_ckpt, tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "flip", "foreign"])
 def test_broken_export_is_one_line_error(shapes_ckpt, tmp_path, capsys, damage):
     good = tmp_path / "good.sparse.pt"
-    sparse.export_sparse(load_model(shapes_ckpt)[0], good)
+    export_sparse(load_model(shapes_ckpt)[0], good)
     data = bytearray(good.read_bytes())
     broken = tmp_path / "broken.sparse.pt"
     if damage == "truncate":
@@ -188,7 +190,7 @@ def test_broken_export_is_one_line_error(shapes_ckpt, tmp_path, capsys, damage):
         code, stderr = proc.returncode, proc.stderr
     else:  # the same path in-process (saves a torch start-up per case)
         with pytest.raises(SystemExit) as e:
-            cli(lambda: models.main(["--weights", str(broken)]))
+            cli(lambda: summary.main(["--weights", str(broken)]))
         code, stderr = e.value.code, capsys.readouterr().err
     assert code == 2, stderr[-2000:]
     lines = stderr.strip().splitlines()
@@ -198,9 +200,61 @@ def test_broken_export_is_one_line_error(shapes_ckpt, tmp_path, capsys, damage):
 def test_newer_format_version_is_refused(shapes_ckpt, tmp_path):
     enc = sparse.encode_model(load_model(shapes_ckpt)[0])
     enc["format_version"] = sparse.FORMAT_VERSION + 1
-    sparse.save_export(enc, tmp_path / "future.sparse.pt")
-    with pytest.raises(UserError, match=r"future\.sparse\.pt: sparse export format version 2 is newer"):
+    save_export(enc, tmp_path / "future.sparse.pt")
+    with pytest.raises(UserError, match=rf"future\.sparse\.pt: sparse export format version {sparse.FORMAT_VERSION + 1} "
+                                        r"is newer"):
         load_model(tmp_path / "future.sparse.pt")
+
+
+def tampered(obj, key, path):
+    """``obj`` saved as written, then with one entry changed and its old checksum kept (what a byte edit does)."""
+    value = obj[key]
+    if isinstance(value, str):
+        value = value.replace("3,4,5", "3,4,4") if "3,4,5" in value else value + "x"
+    elif isinstance(value, bool):
+        value = not value
+    elif isinstance(value, (int, float)):
+        value = value + 1
+    elif isinstance(value, list):
+        value = value[:-1] + [str(value[-1]) + "x"]
+    elif isinstance(value, dict):
+        first = next(iter(value))
+        inner = value[first]
+        value = {**value, first: (inner + "x" if isinstance(inner, str) else (inner or 0) + 1)
+                 if not torch.is_tensor(inner) and not isinstance(inner, dict) else None}
+    torch.save({**obj, key: value}, path)
+    return path
+
+
+def test_every_field_of_a_sparse_export_is_covered_by_its_checksum(shapes_ckpt, tmp_path):
+    """Issue 30: a one-byte edit of the cfg's mask (3,4,5 -> 3,4,4) once loaded silently and moved boxes 215 px."""
+    export_sparse(load_model(shapes_ckpt)[0], tmp_path / "good.sparse.pt")
+    obj = torch.load(tmp_path / "good.sparse.pt", weights_only=True)
+    assert "mask = 3,4,5" in obj["cfg"] and obj["format_version"] == 2
+    for key in [k for k in obj if k != "crc32"]:
+        with pytest.raises(UserError, match="bad.sparse.pt: ") as e:
+            load_model(tampered(obj, key, tmp_path / "bad.sparse.pt"))
+        assert "\n" not in str(e.value), key
+
+
+def test_dense_checkpoints_carry_a_checksum_that_models_py_verifies(shapes_ckpt, tmp_path, capsys):
+    model, ckpt = load_model(shapes_ckpt)
+    save_checkpoint(make_checkpoint(model, ckpt["names"]), tmp_path / "dense.pt")
+    assert summary.main(["--verify", str(tmp_path / "dense.pt")]) == {str(tmp_path / "dense.pt"): "ok"}
+    assert "checksum ok" in capsys.readouterr().out
+    obj = torch.load(tmp_path / "dense.pt", weights_only=True)
+    for key in ("cfg", "names", "nc", "img_size"):
+        with pytest.raises(UserError, match="checksum mismatch"):
+            summary.main(["--verify", str(tampered(obj, key, tmp_path / "bad.pt"))])
+    data = bytearray((tmp_path / "dense.pt").read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of a stored weight
+    (tmp_path / "flip.pt").write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as e:
+        cli(lambda: summary.main(["--verify", str(tmp_path / "flip.pt")]))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and "flip.pt: checksum mismatch" in lines[0]
+    torch.save(sparse.without_crc(obj), tmp_path / "old.pt")  # written before checksums: loads, said
+    assert summary.main(["--verify", str(tmp_path / "old.pt")]) == {str(tmp_path / "old.pt"): "no checksum"}
 
 
 # ----------------------------------------------------------------------------------------------------- ONNX, Darknet

@@ -310,7 +310,7 @@ def test_yaml_defaults_are_the_originals():
     assert args.d_lr == 0.01 and args.d_momentum == 0.937 and args.stage1_det_scale == 0.05
     assert args.soft_labels is True and args.label_flip == 0.05 and args.d_kernel_size == [1]
     assert args.second_stage == pytest.approx(2 / 3, abs=1e-3) and args.adv_weight == 1.0
-    assert args.hint_weight == 0.0 and args.soft_weight is None and args.bound_weight is None
+    assert args.hint_weight == 0.0 and not hasattr(args, "soft_weight") and not hasattr(args, "bound_weight")
     typed = parse_args(gan_parser(), ["--second-stage", "7", "--d-kernel-size", "1", "3", "--soft-labels", "false"])
     assert typed.second_stage == 7 and typed.d_kernel_size == [1, 3] and typed.soft_labels is False
 
@@ -329,10 +329,14 @@ def test_setup_problems_are_one_line_errors(kw, pattern):
     assert pattern in str(e.value) and "\n" not in str(e.value)
 
 
-def test_classical_kd_terms_are_refused_with_a_pointer_to_my_kd():
-    args = parse_args(gan_parser(), ["--teacher-weights", "t.pt", "--soft-weight", "1"])
-    with pytest.raises(UserError, match="--soft-weight 1.0: my_kd_gan.py adds the adversarial"):
-        GANPlugin.from_args(args, Teacher(tiny()))
+def test_classical_kd_terms_are_not_flags_of_my_kd_gan(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(gan_parser(), ["--teacher-weights", "t.pt", "--soft-weight", "1"])
+    assert "unrecognized arguments: --soft-weight 1" in capsys.readouterr().err
+    recipe = tmp_path / "gan.yaml"
+    recipe.write_text("soft_weight: 1.0\n")
+    with pytest.raises(UserError, match="unknown key 'soft_weight'"):
+        parse_args(gan_parser(), ["--teacher-weights", "t.pt", "--params", str(recipe)])
 
 
 def test_hint_term_is_optional():

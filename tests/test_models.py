@@ -8,10 +8,12 @@ import torch
 import torch.nn as nn
 
 import models
-from models import (ACTIVATIONS, Darknet, YOLOLayer, darknet_maxpool, load_darknet_weights, model_summary,
+from models import (ACTIVATIONS, Darknet, YOLOLayer, darknet_maxpool, load_darknet_weights,
                     prunable_parameters, save_darknet_weights)
+from utils import summary
 from utils.checkpoint import load_model, save_checkpoint
 from utils.errors import UserError
+from utils.summary import model_summary
 
 from .conftest import ROOT
 
@@ -61,7 +63,7 @@ def test_yolov3_voc_params_and_macs(yolov3_voc):
 
 
 def test_cli_summary_tiny_voc(capsys):
-    models.main(["--cfg", str(CFG / "yolov3-tiny.cfg"), "--img-size", "416", "--nc", "20"])
+    summary.main(["--cfg", str(CFG / "yolov3-tiny.cfg"), "--img-size", "416", "--nc", "20"])
     lines = capsys.readouterr().out.strip().splitlines()
     s = json.loads(lines[-1])
     assert set(s) == {"layers", "params", "nonzero_params", "sparsity", "macs", "sparse_macs", "size_mb"}
@@ -410,15 +412,15 @@ def test_convert_cli_round_trip_and_load_model(tmp_path, capsys):
     a = randomise(tiny(nc=3)).eval()
     w1, pt, w2 = tmp_path / "a.weights", tmp_path / "b.pt", tmp_path / "c.weights"
     save_darknet_weights(a, w1)
-    models.main(["--convert", str(w1), str(pt), "--cfg", str(CFG / "yolov3-tiny.cfg"), "--nc", "3"])
-    models.main(["--convert", str(pt), str(w2)])
+    summary.main(["--convert", str(w1), str(pt), "--cfg", str(CFG / "yolov3-tiny.cfg"), "--nc", "3"])
+    summary.main(["--convert", str(pt), str(w2)])
     assert w1.read_bytes() == w2.read_bytes()
     b, ckpt = load_model(pt)
     assert ckpt["nc"] == 3 and ckpt["cfg_name"] == "yolov3-tiny.cfg" and not b.training
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(a(x)[0], b(x)[0])
-    s = models.main(["--weights", str(pt), "--img-size", "64"])
+    s = summary.main(["--weights", str(pt), "--img-size", "64"])
     assert s["size_mb"] == pt.stat().st_size / 2 ** 20 and s["params"] == n_params(a)
     with pytest.raises(UserError, match="has 3 classes, --nc asks for 5"):
         load_model(pt, nc=5)
@@ -484,7 +486,7 @@ def test_nc_override_fixes_filters_and_cli_error_is_one_line(tmp_path, capsys):
     assert model.module_list[1].conv.out_channels == 21 and model.nc == 2
     with pytest.raises(SystemExit) as e:
         from utils.errors import cli
-        cli(lambda: models.main(["--cfg", str(path)]))
+        cli(lambda: summary.main(["--cfg", str(path)]))
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}:11: filters=20") and err.count("\n") == 1

@@ -210,3 +210,28 @@ def test_rewind_epoch_below_one_is_a_fraction_of_the_epochs():
         [1, 9, 10, 0, 0]
     with pytest.raises(UserError, match="whole number of epochs"):
         pruning.rewind_epochs(2.5, 30)
+
+
+def test_a_filter_level_ticket_trains_and_folds_into_a_smaller_network(shapes_tiny, tmp_path):
+    """Issue 28: prune.py --granularity filter prunes whole filters with their BN, the masks hold through training
+    and rewinding, and export.py --fold turns the ticket into a smaller dense network that scores the same."""
+    import export
+
+    common = [*TINY, "--lth", "--epochs", "2", "--rewind-epoch", "1", "--prune-rate", "0.5", "--rounds", "1",
+              "--granularity", "filter", "--data", str(shapes_tiny), "--project", str(tmp_path), "--name", "f"]
+    run = prune.main(common)
+    last = load_checkpoint(run / "round_1" / "weights" / "last.pt")
+    masks = Masks.from_state_dict(last["masks"])
+    kernels = [k for k in masks.names() if masks[k].dim() == 4]
+    for k in kernels:
+        keep = masks[k].flatten(1).all(1)
+        w = last["train_state"]["model"][k]
+        assert (masks[k].flatten(1).any(1) == keep).all() and not w[~keep].any()
+        assert not last["train_state"]["model"][k.replace("conv.weight", "bn.weight")][~keep].any()
+    pruned = sum(int((~masks[k].flatten(1).all(1)).sum()) for k in kernels)
+    out = export.main(["--weights", str(run / "round_1" / "weights" / "last.pt"), "--include", "sparse", "--fold",
+                       "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8", "--workers", "0"])
+    fold = out["fold"]
+    assert fold["removed"] == pruned and fold["folded_constants"] == 0
+    assert fold["params_after"] < 0.5 * fold["params_before"] and fold["max_abs_diff"]["raw"] < 1e-4
+    assert fold["map_before"] == pytest.approx(fold["map_after"], abs=1e-6)

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils.pruning import (MaskPlugin, Masks, RewindPlugin, expected_alive, expected_sparsity, magnitude_prune,
-                           prune_count, rewind)
+from utils.pruning import (MaskPlugin, Masks, RewindPlugin, expected_alive, expected_sparsity, filter_prune,
+                           magnitude_prune, prune_count, rewind)
 from utils.torch_utils import ModelEMA, build_optimizer
 
 
@@ -229,3 +229,90 @@ def test_rewind_plugin_captures_once_at_the_given_iteration():
     initial = RewindPlugin(epoch=0)
     initial.setup(trainer)  # epoch 0: the initial weights, taken at setup
     assert initial.checkpoint_entries(trainer)["rewind"]["step"] == 0
+
+
+# ------------------------------------------------------------------------------------------- filter granularity
+def shifted_tiny(seed=0):
+    """yolov3-tiny with random BN shifts, scales and statistics: a pruned filter left to BN would emit a constant."""
+    from models import Darknet
+
+    torch.manual_seed(seed)
+    model = Darknet("cfg/yolov3-tiny.cfg", img_size=64, nc=6).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.uniform_(-0.5, 0.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_filter_masks_cover_plain_convs_with_their_bn():
+    from models import prunable_parameters
+
+    model = shifted_tiny()
+    masks = Masks.from_model(model, granularity="filter")
+    kernels = [n for n in masks.names() if masks[n].dim() == 4]
+    assert kernels == [n for n, _ in prunable_parameters(model)]  # tiny: every prunable kernel is a plain conv
+    for k in kernels:
+        prefix = k.rsplit(".", 2)[0]
+        assert f"{prefix}.bn.weight" in masks and f"{prefix}.bn.bias" in masks
+    nano = __import__("models").Darknet("cfg/yolo-nano.cfg", img_size=64, nc=6)
+    inside_blocks = [n for n in Masks.from_model(nano, granularity="filter").names() if n.count(".") > 3]
+    assert not inside_blocks  # composite sections keep their filters: folding cannot remove them
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_filter_prune_removes_whole_filters_by_l1_and_keeps_one_per_layer(scope):
+    model = shifted_tiny()
+    weights = dict(model.state_dict())
+    masks = Masks.from_model(model, granularity="filter")
+    kernels = [n for n in masks.names() if masks[n].dim() == 4]
+    one = filter_prune(weights, masks, 0.5, scope)
+    two = filter_prune(weights, one, 0.5, scope)
+    for new, old in ((one, masks), (two, one)):
+        alive_before = sum(int(old[k].flatten(1).all(1).sum()) for k in kernels)
+        alive_after = sum(int(new[k].flatten(1).all(1).sum()) for k in kernels)
+        if scope == "global":
+            assert alive_before - alive_after == prune_count(alive_before, 0.5)
+        for k in kernels:
+            rows = new[k].flatten(1)
+            keep = rows.all(1)
+            assert (rows.any(1) == keep).all(), "a filter is pruned whole or not at all"
+            assert keep.sum() >= 1 and not (keep & ~old[k].flatten(1).all(1)).any()  # pruned filters stay pruned
+            prefix = k.rsplit(".", 2)[0]
+            assert torch.equal(new[f"{prefix}.bn.weight"], keep) and torch.equal(new[f"{prefix}.bn.bias"], keep)
+            if scope == "local":
+                a = int(old[k].flatten(1).all(1).sum())
+                assert a - int(keep.sum()) == min(prune_count(a, 0.5), a - 1)
+    k = kernels[3]  # local: the filters that go are those of smallest L1 norm
+    if scope == "local":
+        l1 = weights[k].abs().flatten(1).sum(1)
+        gone = ~one[k].flatten(1).all(1)
+        assert float(l1[gone].max()) <= float(l1[~gone].min())
+
+
+def test_filter_prune_by_bn_gamma_ranks_by_the_scale():
+    model = shifted_tiny()
+    weights = dict(model.state_dict())
+    masks = filter_prune(weights, Masks.from_model(model, granularity="filter"), 0.25, "local", criterion="bn")
+    k = "module_list.2.conv.weight"
+    gamma = weights["module_list.2.bn.weight"].abs()
+    gone = ~masks[k].flatten(1).all(1)
+    assert gone.any() and float(gamma[gone].max()) <= float(gamma[~gone].min())
+
+
+def test_a_filter_ticket_folds_into_a_smaller_network_with_the_same_outputs():
+    """The pruned filters' BN scale and shift are masked too, so their channels are exactly 0 and export.py --fold
+    removes them with no constant to approximate, even with BN shifts that would otherwise leave one."""
+    from utils.export import compare_outputs, fold_empty_channels
+
+    model = shifted_tiny()
+    masks = filter_prune(dict(model.state_dict()), Masks.from_model(model, granularity="filter"), 0.5, "local")
+    masks.apply(model)
+    pruned = sum(int((~masks[k].flatten(1).all(1)).sum()) for k in masks.names() if masks[k].dim() == 4)
+    folded, rep = fold_empty_channels(model)
+    assert rep["removed"] == pruned and rep["folded_constants"] == 0
+    assert rep["params_after"] < 0.5 * rep["params_before"]
+    assert compare_outputs(model, folded, img_size=64)["raw"] < 1e-4

@@ -19,13 +19,14 @@ from benchmarks import table
 from .conftest import ROOT
 
 FAST = ["--seeds", "2", "--epochs", "1", "--img-size", "64", "--batch-size", "8", "--nominal-batch-size", "8",
-        "--workers", "0", "--big-cfg", "cfg/yolov3-tiny.cfg", "--lth-rounds", "1", "--prune-rate", "0.5"]
+        "--workers", "0", "--big-cfg", "cfg/yolov3-tiny.cfg", "--lth-rounds", "1", "--prune-rate", "0.5",
+        "--filter-rounds", "1"]
 
 # every row with --big-cfg = --tiny-cfg (the "big" row is then the "tiny" row: one run, one row)
-ROWS = ["tiny", "nano", "nano-leaky", "mnv3", "mnv3-leaky", "lth-local", "lth-global", "cs1", "cs3", "kd-nano",
-        "kd-nano-leaky", "kd-mnv3", "kd-mnv3-leaky", "gan-nano", "gan-nano-leaky", "gan-mnv3", "gan-mnv3-leaky",
+ROWS = ["tiny", "nano", "nano-leaky", "mnv3", "mnv3-leaky", "lth-local", "lth-global", "lth-filter", "cs1", "cs3",
+        "kd-nano", "kd-nano-leaky", "kd-mnv3", "kd-mnv3-leaky", "gan-nano", "gan-nano-leaky", "gan-mnv3", "gan-mnv3-leaky",
         "lth-nano-leaky", "lth+kd", "kd+lth"]
-PRUNED = {"lth-local", "lth-global", "cs1", "cs3", "lth-nano-leaky", "lth+kd", "kd+lth"}
+PRUNED = {"lth-local", "lth-global", "lth-filter", "cs1", "cs3", "lth-nano-leaky", "lth+kd", "kd+lth"}
 
 
 def events(base):

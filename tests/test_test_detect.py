@@ -78,7 +78,7 @@ def test_evaluate_oracle_is_perfect_and_matches_pycocotools(tiny_data, tmp_path)
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from test import evaluate
+    from utils.evaluation import evaluate
     from utils.datasets import create_dataloader, parse_data_cfg
 
     d = parse_data_cfg(tiny_data)
@@ -119,8 +119,35 @@ def test_evaluate_oracle_is_perfect_and_matches_pycocotools(tiny_data, tmp_path)
     assert ann["area"] == pytest.approx(lab[3] * 256 * lab[4] * 192, rel=1e-3)
 
 
+def test_ignore_regions_are_neither_hits_nor_false_positives(tiny_data, tmp_path):
+    """VOC's difficult objects (data/voc2yolo.py writes them to ``<stem>.ignore.txt``): a detection of one costs
+    nothing, where the same object simply dropped from the labels makes the detection a false positive."""
+    import shutil
+
+    from utils.datasets import create_dataloader
+    from utils.evaluation import evaluate
+
+    root = tmp_path / "set"
+    shutil.copytree(Path(tiny_data).parent, root)
+    lines = (root / "labels" / "im1.txt").read_text().splitlines()  # im1 holds two objects
+    (root / "labels" / "im1.txt").write_text(lines[0] + "\n")
+    scores = {}
+    for case in ("dropped", "ignored"):
+        if case == "ignored":
+            (root / "labels" / "im1.ignore.txt").write_text(lines[1] + "\n")
+        loader, _ = create_dataloader(str(root / "images"), 128, 3, 32, rect=True, augment=False, shuffle=False,
+                                      workers=0, nc=2, verbose=False)
+        scores[case] = evaluate(Oracle(), loader, names=["red", "green"], save_json=tmp_path / case)
+    assert scores["dropped"]["labels"] == scores["ignored"]["labels"] == 11
+    assert scores["dropped"]["precision"] < 1 and scores["dropped"]["map50"] < 1
+    assert scores["ignored"]["precision"] == pytest.approx(1.0) and scores["ignored"]["map50"] == pytest.approx(1.0)
+    crowd = [a for a in json.loads((tmp_path / "ignored" / "ground_truth.json").read_text())["annotations"]
+             if a["iscrowd"]]
+    assert len(crowd) == 1 and crowd[0]["category_id"] == int(lines[1].split()[0])
+
+
 def test_evaluate_in_bf16_restores_memory_format(tiny_data):
-    from test import _is_channels_last, evaluate
+    from utils.evaluation import evaluate, is_channels_last
     from utils.datasets import create_dataloader, parse_data_cfg
 
     d = parse_data_cfg(tiny_data)
@@ -129,7 +156,7 @@ def test_evaluate_in_bf16_restores_memory_format(tiny_data):
     model.conv = nn.Conv2d(3, 4, 3)  # gives the model a kernel whose memory format can be judged
     m = evaluate(model, loader, precision="bf16")
     assert m["map50"] == pytest.approx(1.0)
-    assert not model.training and not _is_channels_last(model)
+    assert not model.training and not is_channels_last(model)
 
 
 def im_paths(data):
@@ -232,8 +259,11 @@ def test_test_py_and_detect_py_end_to_end(request, tiny_data, tmp_path):
     for p in imgs:
         vw.write(cv2.resize(cv2.imread(p), (256, 192)))
     vw.release()
-    _run(["detect.py", "--weights", ckpt, "--source", src, "--img-size", 96, "--conf-thres", 0.001,
-          "--save-txt", "--project", tmp_path / "detect", "--name", "exp"])
+    (src / "broken.mp4").write_bytes(b"not a video")  # skipped and counted like the unreadable image (issue 30)
+    (src / "broken.jpg").write_bytes(b"not an image")
+    out = _run(["detect.py", "--weights", ckpt, "--source", src, "--img-size", 96, "--conf-thres", 0.001,
+                "--save-txt", "--project", tmp_path / "detect", "--name", "exp"])
+    assert "6 images" in out and "2 unreadable files skipped" in out
     det = tmp_path / "detect" / "exp"
     for p in imgs:
         out_img = cv2.imread(str(det / Path(p).name))

@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from models import Darknet, read_sections, yolo_mask  # noqa: E402
+from utils.datasets import img2label_paths, list_image_files, parse_data_cfg, scan_labels  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
 
 MIN_BOX_PX = 2.0  # boxes smaller than this (in training pixels) are left out of the fit
@@ -38,8 +40,6 @@ MIN_BOX_PX = 2.0  # boxes smaller than this (in training pixels) are left out of
 
 def label_wh(train_path, img_size, nc=None):
     """Widths and heights ``(n, 2)`` in pixels of every training box at ``img_size`` (long side resized to it)."""
-    from utils.datasets import img2label_paths, list_image_files, scan_labels
-
     imgs = list_image_files(train_path)
     res = scan_labels(imgs, img2label_paths(imgs), nc, source=str(train_path), verbose=False)
     wh = [lab[:, 3:5] * shape * (img_size / max(shape))
@@ -74,8 +74,6 @@ def kmeans_anchors(wh, k, seed=0, iters=100):
 def yolo_anchor_order(model):
     """The anchor indexes the heads use, finest stride first (the order area-sorted anchors take; an index two heads
     share, like 3 in yolov3-tiny's masks 1,2,3 and 3,4,5, counts once). Anchors no head uses are left out."""
-    from models import yolo_mask
-
     heads = []
     for i in model.yolo_layers:
         d = model.module_defs[i]
@@ -93,8 +91,6 @@ def anchors_text(anchors):
 
 def set_anchors(cfg_text, anchors, path="cfg"):
     """``cfg_text`` with ``anchors=`` of every ``[yolo]`` replaced by ``anchors`` ``(n, 2)`` (rounded to pixels)."""
-    from models import read_sections
-
     value = anchors_text(anchors)
     lines = cfg_text.splitlines()
     for kind, _, keys in read_sections(cfg_text, path):
@@ -122,8 +118,6 @@ def fitted_anchors(model, wh, seed=0):
 
 def apply_anchors(model, anchors):
     """Give ``model`` the anchors ``(n, 2)``: its ``[yolo]`` layers' buffers, parsed defs and cfg text."""
-    from models import yolo_mask
-
     anchors = np.asarray(anchors, np.float64)
     for i in model.yolo_layers:
         d = model.module_defs[i]
@@ -167,9 +161,6 @@ def warn_if_poor(model, train_path, img_size, thr=4.0, nc=None, log=print, min_b
 
 
 def main(argv=None):
-    from models import Darknet
-    from utils.datasets import parse_data_cfg
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="dataset .data file (its train split is fitted)")

@@ -2,34 +2,75 @@
 
 The layout of a checkpoint dict is documented in ``docs/architecture.md``.
 """
+import contextlib
+import errno
+import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from models import Darknet, load_darknet_weights
+from utils import sparse
 from utils.errors import UserError
 
 
-def save_checkpoint(obj, path):
-    """Write ``obj`` with ``torch.save`` to a temporary file beside ``path``, then rename it into place.
-
-    A kill at any moment leaves either the old file or the new one, never a half-written file.
-    """
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path beside ``path`` to write to; renamed over ``path`` when the block ends without an error, and
+    removed when it does not. A kill at any moment leaves the old file or the new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    obj = plain(obj)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path, data):
+    """Write ``data`` (str or bytes) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary files an interrupted atomic write left in ``folder``; returns how many. Call it only where
+    no other process writes (the run folder's lock is held)."""
+    stale = list(Path(folder).glob(".*.tmp"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return len(stale)
+
+
+FULL_DISK = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def save_checkpoint(obj, path):
+    """Write ``obj`` with ``torch.save`` atomically (``atomic_path``), synced to disk, with a ``crc32`` entry over
+    everything else it holds (``load_checkpoint`` checks it). A full disk is a one-line ``UserError`` saying how
+    much space the file needs; the previous file at ``path`` is left as it was."""
+    obj = plain(obj)
+    if isinstance(obj, dict):
+        obj = {**sparse.without_crc(obj), "crc32": sparse.payload_crc(sparse.without_crc(obj))}
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    except OSError as e:
+        if e.errno not in FULL_DISK:
+            raise
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        free = shutil.disk_usage(Path(path).parent).free
+        raise UserError(f"{path}: {os.strerror(e.errno)}: the file needs {buf.tell() / 2**20:.1f} MiB, "
+                        f"{free / 2**20:.1f} MiB are free; the previous {Path(path).name} is intact") from None
 
 
 def plain(obj):
@@ -59,15 +100,48 @@ def load_checkpoint(path, map_location="cpu"):
         if not isinstance(e, (RuntimeError, OSError, EOFError)) or not first:
             first = f"{type(e).__name__}: {first}" if first else type(e).__name__
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first}") from None
-    from utils import sparse
-
-    if sparse.is_export(ckpt):  # export.py --include sparse: decode it to a plain checkpoint dict
-        ckpt = sparse.decode(ckpt, path)
-    elif sparse.is_compact(ckpt):  # a pruned network's best.pt: zeros not stored
+    if sparse.is_export(ckpt):  # export.py --include sparse: decode (and check) it to a plain checkpoint dict
+        return _checked_layout(sparse.decode(ckpt, path), path)
+    if isinstance(ckpt, dict) and "crc32" in ckpt:  # files written before checksums have none
+        verify(ckpt, path)
+        ckpt = sparse.without_crc(ckpt)
+    if sparse.is_compact(ckpt):  # a pruned network's best.pt: zeros not stored
         ckpt = sparse.expand_checkpoint(ckpt, path)
+    return _checked_layout(ckpt, path)
+
+
+def _checked_layout(ckpt, path):
     if not isinstance(ckpt, dict) or "model" not in ckpt or "cfg" not in ckpt:
         raise UserError(f"{path}: not a yolo-compression checkpoint (no 'model' and 'cfg' entries)")
     return ckpt
+
+
+# ------------------------------------------------------------------------------------------ sparse exports
+def save_export(obj, path):
+    """Write a sparse-export dict atomically; returns ``path``."""
+    save_checkpoint(obj, path)
+    return Path(path)
+
+
+def export_sparse(model, path, ckpt=None, half=False, source=None):
+    """Write ``model``'s sparse export to ``path``; returns its size in bytes."""
+    save_export(sparse.encode_model(model, ckpt, half=half, source=source), path)
+    return Path(path).stat().st_size
+
+
+def load_export(path):
+    """Read a sparse export file (``load_checkpoint`` decodes it)."""
+    ckpt = load_checkpoint(path)
+    if "sparse_export" not in ckpt:
+        raise UserError(f"{path}: a checkpoint, not a sparse export")
+    return ckpt
+
+
+def verify(ckpt, path):
+    """A one-line ``UserError`` unless the checkpoint dict's ``crc32`` matches what it holds."""
+    if sparse.payload_crc(sparse.without_crc(ckpt)) != ckpt["crc32"]:
+        raise UserError(f"{path}: checksum mismatch: the file was changed after it was written (a flipped byte, an "
+                        f"edit); it cannot be trusted")
 
 
 def load_model(weights, cfg=None, nc=None, device="cpu"):
@@ -79,8 +153,6 @@ def load_model(weights, cfg=None, nc=None, device="cpu"):
     - a Darknet ``.weights`` file: needs ``cfg`` (and ``nc`` when the file was trained with another class count);
       ``ckpt`` is ``None``.
     """
-    from models import Darknet, load_darknet_weights
-
     weights = Path(weights)
     if weights.suffix == ".weights":
         if cfg is None:

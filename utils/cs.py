@@ -61,23 +61,20 @@ How it is built here:
   the next round and the ticket derive from), the ticket its best.pt.
 """
 import copy
-import math
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from models import prunable_parameters
 from utils.checkpoint import load_checkpoint
-from utils.engine import Plugin
+from utils.datasets import parse_data_cfg
+from utils.engine import Plugin, model_from_args
 from utils.errors import UserError
 from utils.general import init_seeds
-from utils.pruning import STRATEGIES, Masks, MaskPlugin, RewindPlugin, Strategy, build_model, rewind, rewind_epochs
+from utils.pruning import STRATEGIES, MaskPlugin, Masks, RewindPlugin, Strategy, build_model, rewind, rewind_epochs
+from utils.settings import CSSettings
 from utils.torch_utils import de_parallel
-
-# The original project's params/CS.yaml values, used when an argument is missing (params/CS.yaml sets them all).
-DEFAULTS = {"mask_init": -0.1, "cs_lambda": 1e-8, "final_temperature": 200.0, "mask_lr": 0.1, "mask_momentum": 0.9,
-            "cs_reset": "paper", "cs_penalty": "sigmoid", "mask_nesterov": True}
-
 
 def temperature(epoch, epochs, final):
     """β_e = β_T^(e/(E−1)) for epoch ``epoch`` (0-based) of ``epochs``: 1 at the first epoch, β_T at the last."""
@@ -294,13 +291,13 @@ class CSPlugin(Plugin):
 
     name = "cs"
 
-    def __init__(self, soft_masks, cs_lambda=1e-8, mask_lr=0.1, mask_momentum=0.9, final_temperature=200.0,
-                 penalty="sigmoid", nesterov=True):
+    def __init__(self, soft_masks, settings=None, **changes):
+        """``settings``: a ``CSSettings`` (default: its fallbacks), ``changes``: fields to override."""
         self.masks = soft_masks
-        self.cs_lambda = float(cs_lambda)
-        self.mask_lr, self.mask_momentum = float(mask_lr), float(mask_momentum)
-        self.penalty, self.nesterov = penalty, bool(nesterov)
-        self.final_temperature = float(final_temperature)
+        self.settings = s = (settings or CSSettings()).but(**changes)
+        self.cs_lambda, self.final_temperature = float(s.cs_lambda), float(s.final_temperature)
+        self.mask_lr, self.mask_momentum = float(s.mask_lr), float(s.mask_momentum)
+        self.penalty, self.nesterov = s.cs_penalty, bool(s.mask_nesterov)
         self.trainer = None
         self.optimizer = None
         self.grad_scale = 1.0
@@ -404,11 +401,6 @@ class CSPlugin(Plugin):
 
 
 # --------------------------------------------------------------------------------------------------- strategy
-def _arg(args, key):
-    value = getattr(args, key, None)
-    return DEFAULTS[key] if value is None else value
-
-
 class ContinuousSparsification(Strategy):
     """Continuous Sparsification ticket search (Savarese et al. 2019, arXiv 1912.04427, Algorithm 1).
 
@@ -420,33 +412,16 @@ class ContinuousSparsification(Strategy):
 
     def __init__(self, args, run):
         super().__init__(args, run)
-        if args.rounds is None or args.rounds < 1:
-            raise UserError(f"--rounds (CS search rounds) must be 1 or more, not {args.rounds}")
+        self.settings = s = CSSettings.from_args(args)
         if args.epochs is None or args.epochs < 2:
             raise UserError(f"--epochs {args.epochs}: a CS search round needs at least 2 epochs (beta grows from 1 "
                             f"to --final-temperature over its epochs)")
-        self.search_rounds = int(args.rounds)
-        self.mask_init = float(_arg(args, "mask_init"))
-        self.cs_lambda = float(_arg(args, "cs_lambda"))
-        self.final_temperature = float(_arg(args, "final_temperature"))
-        self.mask_lr = float(_arg(args, "mask_lr"))
-        self.mask_momentum = float(_arg(args, "mask_momentum"))
-        self.reset_rule, self.penalty = _arg(args, "cs_reset"), _arg(args, "cs_penalty")
-        self.nesterov = bool(_arg(args, "mask_nesterov"))
-        if not math.isfinite(self.mask_init):
-            raise UserError(f"--mask-init must be finite, not {self.mask_init}")
-        if self.cs_lambda < 0:
-            raise UserError(f"--cs-lambda must be 0 or more, not {self.cs_lambda}")
-        if not self.final_temperature >= 1:
-            raise UserError(f"--final-temperature must be at least 1, not {self.final_temperature}")
-        if not self.mask_lr > 0 or not 0 <= self.mask_momentum < 1:
-            raise UserError(f"--mask-lr must be > 0 and --mask-momentum in [0, 1) "
-                            f"(got {self.mask_lr}, {self.mask_momentum})")
-        self.ticket_epochs = int(getattr(args, "ticket_epochs", None) or args.epochs)
-        if self.ticket_epochs < 1:
-            raise UserError(f"--ticket-epochs must be 1 or more, not {self.ticket_epochs}")
-        self.rewind_iter = getattr(args, "rewind_iter", None) or None
-        self.rewind_epoch = rewind_epochs(args.rewind_epoch, args.epochs)
+        self.search_rounds = int(s.rounds)
+        self.mask_init, self.final_temperature = float(s.mask_init), float(s.final_temperature)
+        self.cs_lambda, self.reset_rule = float(s.cs_lambda), s.cs_reset
+        self.ticket_epochs = int(s.ticket_epochs or args.epochs)
+        self.rewind_iter = s.rewind_iter or None
+        self.rewind_epoch = rewind_epochs(s.rewind_epoch, args.epochs)
         if self.rewind_iter is None and not 0 <= self.rewind_epoch <= args.epochs:
             raise UserError(f"--rewind-epoch {self.rewind_epoch} is outside the first search round's "
                             f"{args.epochs} epochs")
@@ -480,8 +455,7 @@ class ContinuousSparsification(Strategy):
 
     # -- plug-ins and the state each round starts from -----------------------------------------------
     def plugin(self, soft_masks):
-        return CSPlugin(soft_masks, self.cs_lambda, self.mask_lr, self.mask_momentum, self.final_temperature,
-                        self.penalty, self.nesterov)
+        return CSPlugin(soft_masks, self.settings)
 
     def last(self, r):
         return load_checkpoint(self.run.round_dir(r) / "weights" / "last.pt")
@@ -501,15 +475,11 @@ class ContinuousSparsification(Strategy):
         return model, masks
 
     def begin_round(self, r):
-        from models import prunable_parameters
-        from utils.datasets import parse_data_cfg
-        from utils.engine import model_from_args
-
         if r == 0:
             init_seeds(self.args.seed, self.args.deterministic)  # the initial network is reproducible
             model, _ = model_from_args(self.args, parse_data_cfg(self.args.data)["classes"])
-            named = prunable_parameters(model, include_output=self.args.prune_output,
-                                        skip_first=self.args.keep_first_dense)
+            named = prunable_parameters(model, include_output=self.settings.prune_output,
+                                        skip_first=self.settings.keep_first_dense)
             soft = SoftMasks.init(named, self.mask_init)
             return model, [self.plugin(soft), RewindPlugin(self.rewind_epoch, self.rewind_iter)]
         prev = self.last(r - 1)

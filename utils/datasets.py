@@ -36,6 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from utils import shapes
 from utils.errors import UserError
 
 IMG_FORMATS = ("bmp", "jpg", "jpeg", "png", "tif", "tiff", "webp")
@@ -100,7 +101,6 @@ def parse_data_cfg(path):
     if d.get("generator"):
         if d["generator"] != "shapes":
             raise UserError(f"{path}: field 'generator': unknown generator {d['generator']!r} (known: shapes)")
-        from utils import shapes
 
         try:
             opts = {k: int(d[k]) for k in ("n_train", "n_val", "img_size", "seed") if k in d}
@@ -130,6 +130,24 @@ def img2label_paths(img_paths):
             p = p[:i] + b + p[i + len(a):]
         out.append(os.path.splitext(p)[0] + ".txt")
     return out
+
+
+IGNORE_SUFFIX = ".ignore.txt"  # beside a label file: regions evaluation ignores (VOC's difficult objects)
+
+
+def ignore_regions(img_path, shape0, nc=None):
+    """The ignore regions of an image (``<label stem>.ignore.txt``, YOLO lines like a label file; training never
+    reads them) as ``(k, 5)`` ``[cls, x1, y1, x2, y2]`` in original pixels, ``shape0 = (h0, w0)``; none: ``(0, 5)``."""
+    path = Path(os.path.splitext(img2label_paths([img_path])[0])[0] + IGNORE_SUFFIX)
+    if not path.is_file():
+        return np.zeros((0, 5), np.float32)
+    lab, msgs, _, _ = parse_label_file(path, nc)
+    for m in msgs[:MAX_MESSAGES]:
+        _warn(m)
+    h, w = shape0
+    xyxy = np.stack((lab[:, 1] - lab[:, 3] / 2, lab[:, 2] - lab[:, 4] / 2, lab[:, 1] + lab[:, 3] / 2,
+                     lab[:, 2] + lab[:, 4] / 2), 1) * np.array([w, h, w, h], np.float32) if len(lab) else lab[:, 1:]
+    return np.concatenate((lab[:, :1], xyxy), 1).astype(np.float32)
 
 
 def _is_image(p):
@@ -179,11 +197,17 @@ def _user_cache_dir():
 
 
 def cache_candidates(label_files, source):
-    """Where the label cache may live: beside the labels folder first, then the user's and the temp cache dir."""
-    ldir = Path(label_files[0]).parent if label_files else Path(str(source))
-    local = ldir.parent / (ldir.name + ".cache")
-    tag = hashlib.sha1(str(ldir.resolve()).encode()).hexdigest()[:16] + f"-{ldir.name}.cache"
-    return [local, _user_cache_dir() / tag, Path(tempfile.gettempdir()) / "yolo-compression" / tag]
+    """Where the label cache may live: beside the data it describes (a list file: ``LIST.cache`` next to it; a
+    folder: ``labels.cache`` next to an existing labels folder), then the user's and the temp cache dir."""
+    src = Path(str(source))
+    if src.is_file():
+        local, key = src.with_suffix(".cache"), src
+    else:
+        ldir = Path(label_files[0]).parent if label_files else src
+        key = ldir
+        local = ldir.parent / (ldir.name + ".cache") if ldir.is_dir() else None  # not beside a missing folder
+    tag = hashlib.sha1(str(key.resolve()).encode()).hexdigest()[:16] + f"-{key.stem}.cache"
+    return [c for c in (local, _user_cache_dir() / tag, Path(tempfile.gettempdir()) / "yolo-compression" / tag) if c]
 
 
 def _files_hash(img_files, label_files, nc):
@@ -792,6 +816,7 @@ class LoadImages:
         self.video_flag = [False] * len(self.images) + [True] * len(self.videos)
         self.img_size, self.stride = img_size, stride
         self.mode, self.cap, self.frame, self.nframes = "image", None, 0, 0
+        self.skipped = 0  # unreadable images and videos that cannot be opened
         if not self.nf:
             raise UserError(f"{source}: no images or videos found "
                             f"(images: {', '.join(IMG_FORMATS)}; videos: {', '.join(VID_FORMATS)})")
@@ -804,11 +829,16 @@ class LoadImages:
         return self
 
     def _new_video(self, path):
+        """Open ``path``; False (the video skipped and counted, like an unreadable image) if it cannot be."""
         self.frame = 0
         self.cap = cv2.VideoCapture(path)
         if not self.cap.isOpened():
-            raise UserError(f"{path}: video cannot be opened")
+            self.cap = None
+            self.skipped += 1
+            _warn(f"{path}: video cannot be opened, skipped")
+            return False
         self.nframes = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        return True
 
     def __next__(self):
         while True:
@@ -820,8 +850,9 @@ class LoadImages:
             path = self.files[self.count]
             if self.video_flag[self.count]:
                 self.mode = "video"
-                if self.cap is None:
-                    self._new_video(path)
+                if self.cap is None and not self._new_video(path):
+                    self.count += 1
+                    continue
                 ok, img0 = self.cap.read()
                 if not ok:
                     self.cap.release()
@@ -835,6 +866,7 @@ class LoadImages:
                 self.count += 1
                 img0 = cv2.imread(path)
                 if img0 is None:
+                    self.skipped += 1
                     _warn(f"{path}: corrupt or unreadable image skipped")
                     continue
                 cap = None

@@ -1,49 +1,5 @@
-"""Knowledge distillation for YOLO: teacher loading, feature pairs, adaptation layers and the Chen et al. losses.
-
-Classical KD after Chen, Choi, Yu, Han & Chandraker 2017, "Learning Efficient Object Detection Models with
-Knowledge Distillation" (NeurIPS), adapted to YOLO's sigmoid outputs. The student's total loss is
-
-    L = mu * L_det(student, labels) + lambda_hint * L_hint + (1 - mu) * lambda_soft * L_soft + lambda_b * L_b
-
-- **Hint** (Chen et al. eq. 5, after FitNets): ``L_hint = || r(F_s) - F_t ||`` with ``r`` an adaptation layer
-  (1x1 or 3x3 conv, student channels -> teacher channels); squared L2 or L1, **mean over elements**, then mean over
-  the feature pairs. Pairs are layer indexes (as ``python models.py --cfg ...`` prints them) whose outputs have the
-  same spatial size.
-- **Soft targets** (Chen et al. eq. 2-3, the class-weighted soft loss, for sigmoid outputs): on every anchor cell,
-  the binary cross-entropy between the student's and the teacher's objectness and class probabilities, both
-  softened by a temperature, ``sigma(z / T)``. We return ``BCE(p_s, p_t) - H(p_t)``, the binary KL divergence
-  ``KL(p_t || p_s)``: the teacher's entropy is a constant, so the gradient is the BCE's, and the term is exactly 0
-  when the student equals the teacher. It is multiplied by ``T**2`` (Hinton et al. 2015) so its gradient does not
-  shrink with the temperature. Chen et al. weight the classes of the soft loss (``w_c`` in their eq. 3); YOLO has no
-  background class, so a cell weighs ``1 + (w_obj - 1) * sigma(z_t,obj)``: 1 where the teacher sees background,
-  ``w_obj`` (``--kd-object-weight``) where it sees an object. Objectness is gained like the detection loss's
-  (``obj`` gain and per-scale balance), classes like its ``cls`` gain, so ``mu`` mixes comparable quantities
-  (Chen et al. eq. 2: ``L_cls = mu L_hard + (1 - mu) L_soft``). The ``mu`` share is applied through the engine's
-  ``detection_loss_scale``: to the whole detection loss (``--kd-mu-scope detection``), to objectness and classes
-  (``classification``, Chen et al.'s classification loss) or to the class term (``class``, the original's). With ``--kd-class-cells objects`` (params/KD.yaml's default) the class term is
-  weighted by the teacher's objectness probability instead (``soft_target_loss``): YOLO's class outputs are
-  ``p(class | object)`` and mean nothing where the teacher sees background; ``all`` is the plain reading above.
-- **Teacher-bounded regression** (Chen et al. eq. 4): on each positive anchor of the student (``build_targets``),
-  ``L_b = ||R_s - y||^2  if  ||R_s - y||^2 + m > ||R_t - y||^2,  else 0``, per box, with ``R`` YOLOv3's regression
-  parametrisation ``(sigma(t_x), sigma(t_y), log w, log h)`` (grid units; the log makes it independent of the
-  anchor, so teacher and student anchors may differ) and ``y`` the target in the same terms. We return
-  ``L_b - ||R_t - y||^2`` where ``L_b`` is active: the teacher's error is a constant, so the gradient is exactly eq.
-  4's, and the value reads "how much worse than the teacher" (0 when the student equals the teacher, positive where
-  it is worse, and never below ``-m``). Mean over the positive boxes, times the detection loss's box gain, so
-  ``--bound-weight`` is Chen et al.'s ``nu`` (0.5) relative to the box loss.
-
-The teacher runs in **eval** mode under ``torch.no_grad()``, on the same images and under the same autocast as
-the student (the engine calls ``extra_loss`` inside its autocast region); ``Teacher.train()`` cannot put it back
-in training mode, so its BN statistics never move (the original project left its teacher in train mode).
-
-Heads: the soft and bounded terms compare the student's and the teacher's YOLO outputs scale by scale, paired by
-stride. A student scale the teacher lacks gets no soft/bounded term (a note says so). Where anchors differ, each
-student anchor is paired with the teacher anchor of the same stride closest in shape (largest ``|log ratio|`` of
-width or height smallest).
-
-Reuse (GAN-KD, ``my_kd_gan.py``): ``load_teacher``/``Teacher``, ``layer_shapes``, ``default_feature_pairs``,
-``check_pairs``, ``HintAdapters`` and the ``TeacherPlugin`` base class (teacher forward once per step, adaptation
-layers in ``modules()`` and ``state_dict()``, never in the exported student).
+"""Knowledge distillation for YOLO (Chen et al. 2017): teacher loading, feature pairs, adaptation layers, the hint,
+soft-target and teacher-bounded losses, and the plug-in of ``my_kd.py``. How each term works: docs/techniques.md.
 """
 import math
 
@@ -52,9 +8,13 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils import engine
+from utils.checkpoint import load_checkpoint, load_model
 from utils.engine import Plugin
 from utils.errors import UserError
 from utils.loss import MAX_WH_LOG
+from utils.pruning import MaskPlugin, Masks
+from utils.settings import KDSettings
 from utils.torch_utils import ddp, de_parallel
 
 
@@ -93,8 +53,6 @@ def load_teacher(cfg, weights, device="cpu"):
 
     Returns a ``Teacher`` on ``device``, in eval mode, with ``requires_grad=False`` everywhere.
     """
-    from utils.checkpoint import load_model
-
     if not weights:
         raise UserError("--teacher-weights is required (a checkpoint .pt, or Darknet .weights with --teacher-cfg)")
     model, _ = load_model(weights, cfg=cfg or None, device=device)
@@ -581,9 +539,6 @@ class TeacherPlugin(Plugin):
 
 # What --kd-mu scales: the whole detection loss, the objectness and class terms (Chen et al.'s classification loss,
 # whose background class YOLO's objectness plays), or the class term alone (the original project's kd_classical.py)
-MU_SCOPES = ("detection", "classification", "class")
-
-
 class DistillPlugin(TeacherPlugin):
     """Chen et al. 2017 classical distillation as engine terms ``{'hint', 'soft', 'bound'}`` (module docstring).
 
@@ -595,42 +550,23 @@ class DistillPlugin(TeacherPlugin):
 
     name = "distill"
 
-    def __init__(self, teacher, student_features=None, teacher_features=None, adapt_kernel=1, img_size=416,
-                 hint_weight=1.0, soft_weight=1.0, bound_weight=0.5, temperature=1.0, mu=0.7, margin=1e-5,
-                 object_weight=1.0, hint_kind="l2", class_cells="all", mu_scope="detection"):
-        super().__init__(teacher, student_features, teacher_features, adapt_kernel, img_size,
-                         use_features=bool(hint_weight))
-        if not 0.0 <= mu <= 1.0:
-            raise UserError(f"--kd-mu {mu}: the hard-loss share must lie in [0, 1]")
-        if temperature <= 0:
-            raise UserError(f"--kd-temperature {temperature}: must be positive")
-        if hint_kind not in ("l1", "l2"):
-            raise UserError(f"--hint-loss {hint_kind}: use l2 or l1")
-        for flag_name, v in (("--hint-weight", hint_weight), ("--soft-weight", soft_weight),
-                             ("--bound-weight", bound_weight), ("--kd-margin", margin),
-                             ("--kd-object-weight", object_weight)):
-            if v is None or v < 0:
-                raise UserError(f"{flag_name} {v}: must be a number >= 0")
-        self.hint_weight, self.soft_weight = float(hint_weight), float(soft_weight)
-        self.bound_weight = float(bound_weight)
-        self.temperature, self.mu, self.margin = float(temperature), float(mu), float(margin)
-        self.object_weight, self.hint_kind = float(object_weight), hint_kind
-        self.class_cells = check_class_cells(class_cells)
-        if mu_scope not in MU_SCOPES:
-            raise UserError(f"--kd-mu-scope {mu_scope}: use one of {', '.join(MU_SCOPES)}")
-        self.mu_scope = mu_scope
+    def __init__(self, teacher, settings=None, img_size=416, **changes):
+        """``settings``: a ``KDSettings`` (default: its fallbacks, what my_kd.py does with no flags); ``changes``:
+        fields to override."""
+        self.settings = k = (settings or KDSettings()).but(**changes)
+        super().__init__(teacher, k.student_features, k.teacher_features, k.adapt_kernel, img_size,
+                         use_features=bool(k.hint_weight))
+        self.hint_weight, self.soft_weight = float(k.hint_weight), float(k.soft_weight)
+        self.bound_weight = float(k.bound_weight)
+        self.temperature, self.mu, self.margin = float(k.kd_temperature), float(k.kd_mu), float(k.kd_margin)
+        self.object_weight, self.hint_kind = float(k.kd_object_weight), k.hint_loss
+        self.class_cells, self.mu_scope = k.kd_class_cells, k.kd_mu_scope
 
     @classmethod
     def from_args(cls, args, teacher=None):
         """The plug-in ``my_kd.py`` builds from its resolved arguments (teacher loaded on the CPU if not given)."""
         teacher = teacher or load_teacher(args.teacher_cfg, args.teacher_weights)
-        return cls(teacher, args.student_features, args.teacher_features, args.adapt_kernel, args.img_size,
-                   hint_weight=args.hint_weight, soft_weight=args.soft_weight, bound_weight=args.bound_weight,
-                   temperature=args.kd_temperature, mu=args.kd_mu, margin=args.kd_margin,
-                   object_weight=args.kd_object_weight, hint_kind=args.hint_loss,
-                   # runs saved before --kd-class-cells existed resume with the term they trained with
-                   class_cells=getattr(args, "kd_class_cells", None) or "all",
-                   mu_scope=getattr(args, "kd_mu_scope", None) or "detection")
+        return cls(teacher, KDSettings.from_args(args), args.img_size)
 
     def detection_loss_scale(self, trainer):
         if not self.soft_weight:
@@ -670,7 +606,6 @@ def mask_plugin_for(ckpt):
     """The pruning module's ``MaskPlugin`` for a student checkpoint that holds ``masks`` (else ``None``)."""
     if not ckpt or not ckpt.get("masks"):
         return None
-    from utils.pruning import MaskPlugin, Masks
 
     return MaskPlugin(Masks.from_state_dict(ckpt["masks"]))
 
@@ -678,8 +613,6 @@ def mask_plugin_for(ckpt):
 def student_plugins(args, model, plugin_cls, resume=None):
     """The distillation plug-in ``plugin_cls`` (validated against ``model``) and, for a pruned student, its mask
     plug-in, so that distilling into a pruned network keeps its mask fixed."""
-    from utils.checkpoint import load_checkpoint
-
     teacher = load_teacher(args.teacher_cfg, args.teacher_weights)
     plugins = [plugin_cls.from_args(args, teacher).check(model, args.img_size)]
     source = resume
@@ -697,7 +630,6 @@ def run(args, plugin_cls):
     import os
     import shutil
 
-    from utils import engine
 
     if not args.teacher_weights and not args.resume:
         raise UserError("--teacher-weights is required (a checkpoint .pt, or Darknet .weights with --teacher-cfg)")

@@ -9,6 +9,7 @@ noise do not depend on how many epochs ran before in the same process; ``last.pt
 (raw and EMA weights, optimiser, scheduler, grad scaler, plug-in states).
 """
 import csv
+import io
 import math
 import os
 import time
@@ -22,13 +23,17 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from utils import sparse
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from models import Darknet, load_darknet_weights
+from utils import anchors, runlock, sparse
+from utils.checkpoint import atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_atomic
+from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError
+from utils.evaluation import evaluate
 from utils.general import increment_path, init_seeds, is_main_process, select_device
-from utils.my_utils import hyp_from_args, resume_args, save_args, upgrade_saved_args, vars_clean
+from utils.loss import ComputeLoss
 from utils.memory_format import choose_memory_format, machine_name
 from utils.metrics import EVAL_BATCH_SIZE
+from utils.my_utils import hyp_from_args, resume_args, save_args, upgrade_saved_args, vars_clean
 from utils.torch_utils import (MEMORY_FORMATS, ModelEMA, autocast, build_optimizer, ddp, de_parallel, lr_schedule,
                                recompute_bn_stats, resolve_precision)
 
@@ -106,9 +111,6 @@ def prepare(args, nc=None):
 
     Returns (args, model, save_dir, resume_checkpoint or None); on resume, ``args`` are the saved ones.
     """
-    from models import Darknet
-    from utils.datasets import parse_data_cfg
-
     init_distributed(args)
     if args.resume:
         args, ckpt, save_dir = load_for_resume(args)
@@ -186,8 +188,6 @@ def model_from_args(args, nc):
     ``--weights`` may be a toolkit checkpoint (its own cfg is used when ``--cfg`` is not given) or Darknet
     ``.weights``. Returns (model, checkpoint or None).
     """
-    from models import Darknet, load_darknet_weights
-
     weights = str(args.weights or "")
     if weights.endswith(".pt"):
         ckpt = load_checkpoint(weights)
@@ -211,14 +211,15 @@ class Trainer:
     """Trains ``model`` on ``args.data`` with ``args``; plug-ins add loss terms, masks and extra optimisers."""
 
     def __init__(self, args, model, save_dir, plugins=(), resume_ckpt=None, log=print, first_epoch=0):
-        from utils.datasets import parse_data_cfg
-
         self.args, self.plugins, self.log = args, list(plugins), log
         self.save_dir, self.wdir = Path(save_dir), Path(save_dir) / "weights"
         self.wdir.mkdir(parents=True, exist_ok=True)
         self.rank, self.world = int(os.environ.get("RANK", -1)), int(os.environ.get("WORLD_SIZE", 1))
         self.local_rank = int(os.environ.get("LOCAL_RANK", -1))
         self.main = self.rank in (-1, 0)
+        self.lock = runlock.acquire(self.save_dir, log) if self.main else None  # one run per folder
+        if self.main and remove_stale_temporaries(self.wdir) + remove_stale_temporaries(self.save_dir):
+            log(f"note: {self.save_dir}: removed temporary files an interrupted run left behind")
         self.device = select_device(args.device)
         self.precision = resolve_precision(self.device, args.amp, warn=log if self.main else (lambda *_: None))
         self.hyp = hyp_from_args(args)
@@ -233,12 +234,11 @@ class Trainer:
         self.best_fitness = -1.0
         self.bad_steps = 0
         self.skipped_steps = 0
+        self.saved_epoch = resume_ckpt["epoch"] if resume_ckpt else None  # what last.pt holds (checked finite)
+        self.best_epoch = None  # the epoch best.pt holds, when this process wrote it
 
     # -- setup ---------------------------------------------------------------------------------------
     def setup(self):
-        from utils.datasets import create_dataloader
-        from utils.loss import ComputeLoss
-
         args = self.args
         init_seeds(args.seed, args.deterministic)
         if self.world > 1:
@@ -325,8 +325,6 @@ class Trainer:
     def check_anchors(self):
         """``--autoanchor`` on a fresh network: k-means anchors for this data (``utils.anchors``); else a warning
         when the cfg's anchors cannot match every target. Networks from ``--weights`` or a resume keep theirs."""
-        from utils import anchors
-
         if self.resume_ckpt is not None or self.args.weights:
             return
         model, log = de_parallel(self.model), (self.log if self.main else (lambda *_: None))
@@ -370,6 +368,8 @@ class Trainer:
             dist.destroy_process_group()
         if self.writer:
             self.writer.close()
+        if self.lock:
+            runlock.release(self.lock)
         return metrics
 
     def train_one_epoch(self, epoch):
@@ -492,10 +492,44 @@ class Trainer:
         self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         if self.bad_steps >= MAX_BAD_STEPS:
-            if self.main:
-                self.save(epoch - 1, {}, best=False)
             raise UserError(f"{self.save_dir}: {self.bad_steps} consecutive non-finite losses in epoch {epoch + 1}; "
-                            f"stopped (lower --lr0 or check the data); last.pt holds the weights before the failure")
+                            f"stopped (lower --lr0 or check the data); {self.files_held()}")
+
+    def files_held(self):
+        """What the run's checkpoint files hold, for the message of a run stopped by non-finite values."""
+        last = ("no last.pt was written" if self.saved_epoch is None
+                else f"last.pt holds epoch {self.saved_epoch + 1}, the last finite state")
+        if self.best_epoch is not None:
+            return f"{last}, best.pt epoch {self.best_epoch + 1}"
+        return last + (", best.pt an earlier epoch" if (self.wdir / "best.pt").is_file() else ", no best.pt")
+
+    def health_problems(self, metrics):
+        """Names of the non-finite values the next save would write: weights and BN buffers (trained and EMA),
+        optimiser moments, validation losses and metrics."""
+        problems = []
+        states = [("weights", de_parallel(self.model).state_dict())]
+        if self.ema:
+            states.append(("EMA", self.ema.ema.state_dict()))
+        for what, state in states:
+            problems += [f"{what} {k}" for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        moments = sum(1 for st in self.optimizer.state.values() for v in st.values()
+                      if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all())
+        problems += [f"{moments} optimiser moments"] if moments else []
+        values = {f"validation loss {k}": v for k, v in metrics.get("loss", {}).items()}
+        values.update({f"metric {k}": metrics[k] for k in ("precision", "recall", "map50", "map") if k in metrics})
+        return problems + [k for k, v in values.items() if not math.isfinite(float(v))]
+
+    def stop_if_unhealthy(self, epoch, metrics):
+        """Stop the run (one-line ``UserError``) before a save would write non-finite values; every process stops."""
+        problems = self.health_problems(metrics)
+        flag = torch.tensor([float(bool(problems))], device=self.device)
+        if self.world > 1 and dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+            raise UserError(f"{self.save_dir}: non-finite values after epoch {epoch + 1} "
+                            f"({shown or 'on another process'}); stopped (lower --lr0 or check the data); "
+                            f"{self.files_held()}")
 
     @staticmethod
     def _postfix(sums, count, img_per_s):
@@ -508,8 +542,6 @@ class Trainer:
         return self.ema.ema if self.ema else de_parallel(self.model)
 
     def validate(self, epoch):
-        from test import evaluate
-
         last = epoch == self.epochs - 1
         if not self.main or (not last and (self.args.notest or epoch + 1 < self.first_scored)):
             return {}
@@ -532,6 +564,7 @@ class Trainer:
             recompute_bn_stats(model, batches())
 
     def end_epoch(self, epoch, losses, metrics, img_per_s, seconds):
+        self.stop_if_unhealthy(epoch, metrics)
         if self.main:
             row = {"epoch": epoch + 1}
             row.update({f"train/{k}": v for k, v in losses.items()})
@@ -566,13 +599,15 @@ class Trainer:
             dist.barrier()
 
     def write_results(self):
+        """results.csv and results.png, each written atomically."""
         keys = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]
-        with open(self.save_dir / "results.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_atomic(self.save_dir / "results.csv", text.getvalue())
         plot_results(self.save_dir / "results.csv")
 
     # -- checkpoints ---------------------------------------------------------------------------------
@@ -612,7 +647,9 @@ class Trainer:
         if best:
             best_ckpt = sparse.compact_checkpoint(self.checkpoint(epoch, train_state=False))  # pruned: zeros not stored
             save_checkpoint(best_ckpt, self.wdir / "best.pt")
+            self.best_epoch = epoch
         save_checkpoint(self.checkpoint(epoch, train_state=True), self.wdir / "last.pt")
+        self.saved_epoch = epoch
 
     def _restore(self, ckpt):
         """Continue exactly where ``last.pt`` stopped."""
@@ -696,7 +733,8 @@ def plot_results(csv_path):
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(Path(csv_path).with_suffix(".png"), dpi=100)
+    with atomic_path(Path(csv_path).with_suffix(".png")) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models import ConvBlock, Darknet, parse_cfg, save_darknet_weights
 from utils.errors import UserError
 
 PASS_THROUGH = ("maxpool", "upsample", "dropout")
@@ -41,8 +42,6 @@ def render_cfg(model, filters=None):
     """The model's cfg text with ``filters=`` of each conv and ``classes=`` of each ``[yolo]`` set to the network's
     actual values (so an ``nc`` override is written into the file), and ``filters`` ``{layer: n}`` applied on top.
     Other lines (comments included) are kept as they are."""
-    from models import parse_cfg
-
     filters = filters or {}
     _, written = parse_cfg(model.cfg_text, model.cfg_path)
     lines = model.cfg_text.splitlines(keepends=True)
@@ -61,8 +60,6 @@ def render_cfg(model, filters=None):
 # ------------------------------------------------------------------------------------------------ Darknet
 def export_darknet(model, path):
     """Write ``path`` (``.weights``) and a cfg beside it (``.cfg``, class count written in); returns both paths."""
-    from models import save_darknet_weights
-
     path = Path(path)
     save_darknet_weights(model, path)
     cfg = path.with_suffix(".cfg")
@@ -189,8 +186,6 @@ def _input_layer(defs, i):
 
 
 def _plain_conv(d, m):
-    from models import ConvBlock
-
     return d["type"] == "convolutional" and isinstance(m, ConvBlock) and m.conv.groups == 1
 
 
@@ -277,8 +272,6 @@ def plan_fold(model, exact=False):
 @torch.no_grad()
 def fold_once(model, exact=False):
     """One folding pass: ``(new model, report)``; the model itself is not changed."""
-    from models import Darknet
-
     keep, g, roots, consumers, notes = plan_fold(model, exact)
     defs, mods, chans = model.module_defs, model.module_list, model.channels
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}

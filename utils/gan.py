@@ -1,55 +1,5 @@
-"""GAN knowledge distillation for YOLO: per-pair discriminators and the adversarial plug-in of ``my_kd_gan.py``.
-
-After Wang, Wei, Zhang, Lu & Zhang 2020, "GAN-Knowledge Distillation for One-Stage Object Detection" (IEEE Access
-8), with the minimax objective of Goodfellow et al. 2014, "Generative Adversarial Nets" (NeurIPS). The student plays
-the generator of feature maps; for each feature pair (by default the raw prediction maps, the output conv before
-every ``[yolo]`` layer, paired by stride) a discriminator ``D`` learns to tell the teacher's map ("real") from the
-student's ("fake"):
-
-    L_D = BCE(D(F_t), y_real) + BCE(D(F_s.detach()), y_fake)             (D's own SGD, its parameters only)
-    L_student = s * L_det + adv_weight * mean_pairs BCE(D(F_s), 1) [+ hint_weight * L_hint]
-
-- **Gradient through D.** The adversarial term is the non-saturating generator loss ``-log D(F_s)`` (Goodfellow et
-  al. 2014, sec. 3) and its gradient flows through ``D`` into the student (and its adaptation layers). The original
-  project detached the student's maps here, so no adversarial gradient ever reached the student. ``D``'s
-  parameters have ``requires_grad=False`` while the term is built, so the student's loss never gives ``D`` a
-  gradient; ``D``'s optimiser holds ``D``'s parameters only, the main optimiser the student's (+ adaptation layers).
-- **When D steps.** In ``extra_loss``, once per batch, *before* the generator term: one step of ``D`` on this
-  batch's teacher maps and (detached) student maps, then the generator term against the updated ``D`` - the
-  alternation of Goodfellow et al.'s Algorithm 1 with k = 1. (``after_step`` would run once per accumulated
-  optimiser step only, and without the maps.) With gradient accumulation ``D`` therefore steps every batch, the
-  student every ``nominal_batch_size / batch_size`` batches.
-- **Batch normalisation.** ``D`` always sees one batch holding the teacher's and the student's maps together, in
-  train mode, so its BN statistics cannot normalise a difference between the two away (with separate batches a
-  shift or scale of the whole student map would be invisible to ``D``). The generator term runs ``D`` the same way
-  on ``[teacher maps (detached); student maps]`` and scores the student half: the very function ``D`` was trained
-  as. (Eval mode with running statistics is not that function: they lag behind ``D``'s weights, and on a toy pair
-  a ``D`` with 100% train-mode accuracy scored 50% in eval mode.) ``D``'s running statistics are never used.
-- **Labels.** Real 1, fake 0; with ``soft_labels`` real ~ U(0.7, 1) and fake ~ U(0, 0.3) per sample (Salimans et
-  al. 2016's one-sided smoothing, as in the original, on both sides); each label is flipped (``1 - y``) with
-  probability ``label_flip`` (0.05). The generator's target is always a hard 1. The noise comes from a generator
-  seeded by (seed, epoch, rank), so a resumed run draws the same labels.
-- **Two stages** (the original's ``second_stage``). Epochs ``0 .. second_stage - 1`` (0-based): stage 1, the
-  adversarial game, with the detection loss scaled by ``stage1_det_scale`` (0.05). From ``second_stage`` on:
-  stage 2, the detection loss alone at full scale, as in the original: the teacher and ``D`` do not run and ``D``
-  is frozen where it stood. ``second_stage`` below 1 is a fraction of the epochs (``params/KD_GAN.yaml``: 2/3, the
-  original's 200 of 300); ``second_stage >= epochs`` keeps the game running to the end.
-- **Precision.** ``D`` runs under the engine's autocast (bf16 on CPU, fp16 on CUDA, with its own ``GradScaler``)
-  with the autocast weight cache off (``D`` changes inside the engine's autocast region); its losses are fp32.
-- **Monitoring.** Each batch adds ``D_loss``, ``D_real`` and ``D_fake`` (D's accuracy on the teacher's maps and
-  on the student's, at probability 0.5, against the true labels) to the engine's terms: they show in the progress bar and as
-  ``train/...`` columns of results.csv. They are constants (no gradient), so adding them to the student's total
-  changes no gradient. ``adv`` is the weighted adversarial term. A discriminator that collapsed for a whole epoch
-  (accuracy 1 on every batch: the game is lost; or accuracy 0 on every batch on the real or on the fake side: ``D``
-  answers one class whatever it sees) is reported as a warning and in the ``gan/collapsed`` column.
-- **Where channels differ** the student's map goes through a Chen et al. adaptation layer (``utils.distill``),
-  trained by the main optimiser; pairs of equal channels (the raw prediction maps of the same class count) are
-  compared directly. An optional hint term (``hint_weight``, ``utils.distill.hint_loss``) pulls the (adapted)
-  student map towards the teacher's in stage 1.
-- **Resume.** ``state_dict()`` holds the discriminators, their optimiser and grad scaler (and the adaptation
-  layers), so ``--resume`` continues the game where it stood; none of it is in the exported student.
-- **Distributed.** Under DDP each discriminator's step goes through its own ``DistributedDataParallel`` wrapper
-  (gradients averaged over processes, BN buffers broadcast from rank 0); the generator term uses the bare module.
+"""GAN knowledge distillation for YOLO (Wang et al. 2020): per-pair discriminators and the adversarial plug-in of
+``my_kd_gan.py``. How the game, its stages, labels and precision work: docs/techniques.md.
 """
 import copy
 import math
@@ -59,14 +9,13 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.distill import AdaptationLayer, TeacherPlugin, _darknet, _fmt, hint_loss, match_heads
+from utils.distill import AdaptationLayer, TeacherPlugin, _darknet, _fmt, hint_loss, load_teacher, match_heads
 from utils.errors import UserError
+from utils.settings import GANSettings
 from utils.torch_utils import ddp, inverse_exp_lr
 
 DEFAULT_WIDTHS = (256, 512, 256, 128, 64)
 REAL_RANGE, FAKE_RANGE = (0.7, 1.0), (0.0, 0.3)
-# D's SGD: a constant learning rate with plain momentum, or the original's nesterov SGD with its inverse-exp factor
-D_OPTIMIZERS = ("constant", "original")
 
 
 # ------------------------------------------------------------------------------------------------ discriminator
@@ -185,34 +134,20 @@ class GANPlugin(TeacherPlugin):
 
     name = "gan"
 
-    def __init__(self, teacher, student_features=None, teacher_features=None, adapt_kernel=1, img_size=416,
-                 d_kernel_size=1, d_lr=0.01, d_momentum=0.937, adv_weight=1.0, second_stage=2 / 3, epochs=None,
-                 stage1_det_scale=0.05, soft_labels=True, label_flip=0.05, hint_weight=0.0, hint_kind="l2", seed=0,
-                 d_arch="compact", d_optimizer="constant"):
-        super().__init__(teacher, student_features, teacher_features, adapt_kernel, img_size, use_features=True)
-        for flag_name, v in (("--d-lr", d_lr), ("--adv-weight", adv_weight), ("--stage1-det-scale", stage1_det_scale),
-                             ("--hint-weight", hint_weight)):
-            if v is None or not math.isfinite(float(v)) or v < 0:
-                raise UserError(f"{flag_name} {v}: must be a number >= 0")
-        if d_momentum is None or not 0.0 <= d_momentum < 1.0:
-            raise UserError(f"--d-momentum {d_momentum}: must lie in [0, 1)")
-        if label_flip is None or not 0.0 <= label_flip < 0.5:
-            raise UserError(f"--label-flip {label_flip}: a probability in [0, 0.5)")
-        if second_stage is None or second_stage <= 0:
-            raise UserError(f"--second-stage {second_stage}: the adversarial stage would never run (give an epoch "
-                            f">= 1, or a fraction of the epochs in (0, 1)); train.py trains without a teacher")
-        if hint_kind not in ("l1", "l2"):
-            raise UserError(f"--hint-loss {hint_kind}: use l2 or l1")
-        kernels = [d_kernel_size] if isinstance(d_kernel_size, int) else list(d_kernel_size or [1])
+    def __init__(self, teacher, settings=None, img_size=416, epochs=None, seed=0, **changes):
+        """``settings``: a ``GANSettings`` (default: its fallbacks, what my_kd_gan.py does with no flags);
+        ``epochs``/``seed``: the run's; ``changes``: settings fields to override."""
+        self.settings = g = (settings or GANSettings()).but(**changes)
+        super().__init__(teacher, g.student_features, g.teacher_features, g.adapt_kernel, img_size,
+                         use_features=True)
+        kernels = [g.d_kernel_size] if isinstance(g.d_kernel_size, int) else list(g.d_kernel_size or [1])
         self.d_kernels = [int(k) for k in kernels]
-        self.d_lr, self.d_momentum = float(d_lr), float(d_momentum)
-        if d_optimizer not in D_OPTIMIZERS:  # (Discriminator checks the arch when check() builds it)
-            raise UserError(f"--d-optimizer {d_optimizer}: use one of {', '.join(D_OPTIMIZERS)}")
-        self.d_arch, self.d_schedule = d_arch, d_optimizer
-        self.adv_weight, self.stage1_det_scale = float(adv_weight), float(stage1_det_scale)
-        self.second_stage, self.epochs = second_stage, epochs
-        self.soft_labels, self.label_flip = bool(soft_labels), float(label_flip)
-        self.hint_weight, self.hint_kind = float(hint_weight), hint_kind
+        self.d_lr, self.d_momentum = float(g.d_lr), float(g.d_momentum)
+        self.d_arch, self.d_schedule = g.d_arch, g.d_optimizer
+        self.adv_weight, self.stage1_det_scale = float(g.adv_weight), float(g.stage1_det_scale)
+        self.second_stage, self.epochs = g.second_stage, epochs
+        self.soft_labels, self.label_flip = bool(g.soft_labels), float(g.label_flip)
+        self.hint_weight, self.hint_kind = float(g.hint_weight), g.hint_loss
         self.seed = int(seed)
         self.discriminators = None
         self.d_optimizer = None
@@ -228,22 +163,8 @@ class GANPlugin(TeacherPlugin):
     @classmethod
     def from_args(cls, args, teacher=None):
         """The plug-in ``my_kd_gan.py`` builds from its resolved arguments (teacher loaded on the CPU if not given)."""
-        from utils.distill import load_teacher
-
-        for flag_name, key in (("--soft-weight", "soft_weight"), ("--bound-weight", "bound_weight")):
-            if getattr(args, key, None):
-                raise UserError(f"{flag_name} {getattr(args, key)}: my_kd_gan.py adds the adversarial and (optional) "
-                                f"hint terms only; soft targets and bounded regression are my_kd.py's")
         teacher = teacher or load_teacher(args.teacher_cfg, args.teacher_weights)
-        return cls(teacher, args.student_features, args.teacher_features, args.adapt_kernel or 1, args.img_size,
-                   d_kernel_size=args.d_kernel_size if args.d_kernel_size is not None else 1,
-                   d_lr=args.d_lr, d_momentum=args.d_momentum, adv_weight=args.adv_weight,
-                   second_stage=args.second_stage, epochs=args.epochs, stage1_det_scale=args.stage1_det_scale,
-                   soft_labels=True if args.soft_labels is None else args.soft_labels,
-                   label_flip=0.0 if args.label_flip is None else args.label_flip,
-                   hint_weight=args.hint_weight or 0.0, hint_kind=args.hint_loss or "l2", seed=args.seed,
-                   d_arch=getattr(args, "d_arch", None) or "compact",
-                   d_optimizer=getattr(args, "d_optimizer", None) or "constant")
+        return cls(teacher, GANSettings.from_args(args), args.img_size, epochs=args.epochs, seed=args.seed)
 
     # -- validation, before training -------------------------------------------------------------------
     def check(self, student, img_size=None):

@@ -314,10 +314,12 @@ class Evaluator:
         self._n_labels = np.zeros(self.nc, dtype=np.int64)
         self._n_images = np.zeros(self.nc, dtype=np.int64)
 
-    def add(self, file_name, shape0, labels, det):
+    def add(self, file_name, shape0, labels, det, ignore=None):
         """One image. ``shape0 = (h0, w0)``; ``labels``: ``(m, 5)`` ``[cls, x1, y1, x2, y2]`` in original pixels;
-        ``det``: ``(n, 6)`` ``[x1, y1, x2, y2, conf, cls]`` in original pixels (torch or numpy). Returns the
-        image id."""
+        ``det``: ``(n, 6)`` ``[x1, y1, x2, y2, conf, cls]`` in original pixels (torch or numpy); ``ignore``:
+        ``(k, 5)`` like ``labels``, regions a detection may hit without counting (VOC's difficult objects): crowd
+        annotations for pycocotools, and for precision/recall a detection that is no hit but overlaps one of its
+        class by IoU >= 0.5 is left out, as the VOC devkit does. Returns the image id."""
         labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         det = det.detach().float().cpu().numpy() if isinstance(det, torch.Tensor) else np.asarray(det)
         labels = np.asarray(labels, dtype=np.float64).reshape(-1, 5)
@@ -343,12 +345,30 @@ class Evaluator:
         gt_r = np.concatenate((labels[:, :1], gt_xywh[:, :2], gt_xywh[:, :2] + gt_xywh[:, 2:]), 1)
         det_r = np.concatenate((det_xywh[:, :2], det_xywh[:, :2] + det_xywh[:, 2:], scores[:, None], cls[:, None]), 1)
         tp = match_detections(det_r, gt_r, 0.5)
-        self._match.append((scores, tp, cls))
+        keep = ~(~tp & self._add_ignored(img_id, ignore, det_r))
+        self._match.append((scores[keep], tp[keep], cls[keep]))
         if len(labels):
             lc = labels[:, 0].astype(int)
             self._n_labels += np.bincount(lc, minlength=self.nc)
             self._n_images[np.unique(lc)] += 1
         return img_id
+
+    def _add_ignored(self, img_id, ignore, det_r):
+        """Record ``ignore`` as crowd annotations; ``(n,)`` bool: detections overlapping one of their class."""
+        if ignore is None or not len(ignore):
+            return np.zeros(len(det_r), dtype=bool)
+        ignore = np.asarray(ignore.detach().cpu().numpy() if isinstance(ignore, torch.Tensor) else ignore,
+                            dtype=np.float64).reshape(-1, 5)
+        xywh = np.round(np.stack((ignore[:, 1], ignore[:, 2], ignore[:, 3] - ignore[:, 1],
+                                  ignore[:, 4] - ignore[:, 2]), 1), 3)
+        for c, b in zip(ignore[:, 0].astype(int), xywh):
+            self.annotations.append({"id": len(self.annotations) + 1, "image_id": img_id, "category_id": int(c),
+                                     "bbox": [float(v) for v in b], "area": float(b[2] * b[3]), "iscrowd": 1})
+        if not len(det_r):
+            return np.zeros(0, dtype=bool)
+        iou = box_iou_np(det_r[:, :4], np.concatenate((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), 1))
+        iou[det_r[:, 5:6] != ignore[None, :, 0]] = -1.0
+        return (iou >= 0.5).any(1)
 
     def coco_gt(self):
         return {"info": {"description": "yolo-compression ground truth (from YOLO labels, original pixels)"},

@@ -7,12 +7,14 @@ argparse defaults silently overrode its YAML files; here a YAML value loses only
 Every ``--dashed-flag`` also answers to ``--dashed_flag`` (the original's underscore spellings).
 """
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
 from utils.errors import UserError
 from utils.general import ROOT
+from utils.settings import CSSettings, GANSettings, KDSettings, LTHSettings, flag_kwargs
 from utils.torch_utils import LR_SCHEDULES, PRECISION_CHOICES
 
 DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
@@ -249,11 +251,14 @@ def resume_args(saved, current, typed, log=print):
 def upgrade_saved_args(saved):
     """A run's saved arguments (``argparse.Namespace``) in today's terms, so that older run folders resume:
     ``no_amp`` became ``--amp off``; the old default (bf16 on a CPU, fp16 on CUDA) is now ``--amp auto``; LTH runs
-    from before ``--retrain-schedule`` restarted the schedule in every round and ranked by the EMA weights."""
+    from before ``--retrain-schedule`` restarted the schedule in every round and ranked by the EMA weights; KD runs
+    from before ``--kd-class-cells`` used every cell."""
     if not hasattr(saved, "amp"):
         saved.amp = "off" if vars(saved).pop("no_amp", False) else "auto"
     if getattr(saved, "lth", False) and not hasattr(saved, "retrain_schedule"):
         saved.retrain_schedule, saved.rank_weights = "restart", "ema"  # what LTH runs did before the flags
+    if hasattr(saved, "kd_mu") and not hasattr(saved, "kd_class_cells"):
+        saved.kd_class_cells = "all"  # the soft class term of KD runs from before --kd-class-cells
     return saved
 
 
@@ -298,52 +303,13 @@ def vars_clean(args):
 
 
 # ----------------------------------------------------------------------------------------------- techniques
-SCOPES = {"global": "global", "local": "local", "imp_global": "global", "imp_local": "local"}
-
-
-def scope_type(value):
-    """``global``/``local``; the original's ``IMP_GLOBAL``/``IMP_LOCAL`` spellings are accepted."""
-    try:
-        return SCOPES[str(value).lower()]
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"scope must be global or local, not {value!r}") from None
-
-
 def add_prune_args(p):
-    g = p.add_argument_group("pruning (defaults in params/IMP.yaml and params/CS.yaml)")
+    g = p.add_argument_group("pruning (utils/settings.py LTHSettings and CSSettings)")
     method = g.add_mutually_exclusive_group()
     method.add_argument("--lth", action="store_true", help="Lottery Ticket: iterative magnitude pruning + rewinding")
     method.add_argument("--cs", action="store_true", help="Continuous Sparsification")
-    flag(g, "--rounds", type=int, default=None, help="LTH prune-rewind-retrain rounds / CS search rounds")
-    flag(g, "--prune-rate", type=float, default=None, help="LTH: fraction of the remaining weights removed per round")
-    flag(g, "--scope", type=scope_type, default=None, help="LTH: global (one threshold) or local (per layer)")
-    flag(g, "--rewind-epoch", "--reseting", type=float, default=None,
-         help="survivors are rewound to the dense run's weights after this many epochs (0 = initial weights; a "
-              "value below 1 is a fraction of --epochs, e.g. 0.033: the original's 10 of 300)")
-    flag(g, "--retrain-schedule", choices=("continue", "restart"), default="continue",
-         help="LTH: a pruned round trains from the rewind epoch k to --epochs with the schedule continued from k "
-              "(continue: Frankle et al. 2019, open_lth), or all --epochs with warm-up and cosine restarted "
-              "(restart: the original project)")
-    flag(g, "--rank-weights", choices=("ema", "raw"), default="ema",
-         help="LTH: rank by the magnitudes of the previous round's final weights, its EMA (the weights evaluated "
-              "and saved) or the raw trained weights")
-    flag(g, "--rewind-iter", type=int, default=None, help="rewind to this iteration instead of an epoch")
-    flag(g, "--prune-output", action="store_true", help="also prune the output convs before [yolo] layers")
-    flag(g, "--keep-first-dense", action="store_true", help="never prune the first conv")
-    flag(g, "--mask-init", type=float, default=None, help="CS: initial mask logit s0")
-    flag(g, "--cs-lambda", type=float, default=None, help="CS: weight of the L1 penalty on the soft mask")
-    flag(g, "--mask-lr", type=float, default=None, help="CS: learning rate of the mask logits")
-    flag(g, "--mask-momentum", type=float, default=None, help="CS: momentum of the mask logits' SGD")
-    flag(g, "--final-temperature", type=float, default=None, help="CS: temperature beta reached at a round's end")
-    flag(g, "--cs-reset", choices=("paper", "original"), default=None,
-         help="CS: logits between search rounds: s <- min(beta_T s, s0) (paper: Savarese et al., Algorithm 1), or "
-              "beta <- 1 first, so s <- min(s, s0) (original: the original project, where removed weights can return)")
-    flag(g, "--cs-penalty", choices=("sigmoid", "gate"), default=None,
-         help="CS: the L1 term lambda * sum sigma(beta s) (sigmoid: the paper's eq. 6) or lambda * sum of the gates "
-              "sigma(beta s)/sigma(s0) (gate: the original project; 1/sigma(s0) = 2.1x at s0 = -0.1)")
-    flag(g, "--mask-nesterov", action=argparse.BooleanOptionalAction, default=None,
-         help="CS: nesterov momentum for the mask logits' SGD")
-    flag(g, "--ticket-epochs", type=int, default=None, help="CS: epochs of the ticket's retraining (default --epochs)")
+    add_settings_flags(g, LTHSettings, "LTH: ", CSSettings)
+    add_settings_flags(g, CSSettings, "CS: ", LTHSettings)
     return g
 
 
@@ -355,57 +321,31 @@ def prune_parser():
     return show_yaml_defaults(p, None)
 
 
-def add_kd_args(p):
-    g = p.add_argument_group("distillation (defaults in params/KD.yaml and params/KD_GAN.yaml)")
-    flag(g, "--teacher-cfg", type=str, default=None, help="teacher network cfg (default: the one in its checkpoint)")
-    flag(g, "--teacher-weights", type=str, default=None, help="teacher checkpoint .pt or Darknet .weights")
-    flag(g, "--student-features", type=int, nargs="+", default=None, help="student layer indexes, one per pair")
-    flag(g, "--teacher-features", type=int, nargs="+", default=None, help="teacher layer indexes, one per pair")
-    flag(g, "--adapt-kernel", type=int, choices=(1, 3), default=None, help="kernel of the adaptation convs")
-    flag(g, "--hint-loss", choices=("l2", "l1"), default=None, help="distance of the hint loss")
-    flag(g, "--hint-weight", type=float, default=None, help="weight of the hint loss")
-    flag(g, "--soft-weight", type=float, default=None, help="weight of the soft-target loss")
-    flag(g, "--bound-weight", type=float, default=None, help="weight of the teacher-bounded regression loss")
-    flag(g, "--kd-temperature", type=float, default=None, help="temperature T of the soft targets, sigma(z/T)")
-    flag(g, "--kd-mu", type=float, default=None, help="hard-loss share mu in mu*hard + (1-mu)*soft")
-    flag(g, "--kd-mu-scope", choices=("detection", "classification", "class"), default=None,
-         help="the hard terms mu scales: the whole detection loss, objectness + classes (Chen et al.'s "
-              "classification loss), or the class term alone (the original project)")
-    flag(g, "--kd-margin", type=float, default=None, help="margin m of the teacher-bounded regression")
-    flag(g, "--kd-object-weight", type=float, default=None,
-         help="weight of cells the teacher considers objects in the soft loss (background cells weigh 1)")
-    flag(g, "--kd-class-cells", choices=("all", "objects"), default=None,
-         help="cells of the soft class term: all (weighted like objectness) or objects (weighted by the teacher's "
-              "objectness probability)")
-    return g
-
-
-def add_gan_args(p):
-    g = p.add_argument_group("GAN distillation (defaults in params/KD_GAN.yaml)")
-    flag(g, "--d-kernel-size", type=int, nargs="+", default=None, help="discriminator conv kernel, per pair")
-    flag(g, "--d-lr", type=float, default=None, help="discriminator learning rate")
-    flag(g, "--d-momentum", type=float, default=None, help="discriminator SGD momentum")
-    flag(g, "--d-arch", choices=("compact", "original"), default=None,
-         help="discriminator: compact (pool 4, 128 hidden, leaky 0.2: 456 k parameters per pair at 75 channels) or "
-              "original (the original project's: pool 7, 1024 and 128 hidden, leaky 0.1: 3.67 M)")
-    flag(g, "--d-optimizer", choices=("constant", "original"), default=None,
-         help="discriminator SGD: constant learning rate with plain momentum, or the original's nesterov with its "
-              "inverse-exp factor 1 - 10^(-4 (1 - e/epochs)) per epoch")
-    flag(g, "--adv-weight", type=float, default=None, help="weight of the adversarial term in the student loss")
-    flag(g, "--second-stage", type=float, default=None,
-         help="epoch at which stage 2 (detection loss only) starts; a value below 1 is a fraction of --epochs")
-    flag(g, "--stage1-det-scale", type=float, default=None, help="scale of the detection loss in stage 1")
-    flag(g, "--soft-labels", type=lambda s: str(s).lower() in ("1", "true", "yes"), default=None,
-         help="real labels U(0.7,1), fake U(0,0.3) instead of 1/0")
-    flag(g, "--label-flip", type=float, default=None, help="probability of flipping a discriminator label")
-    return g
+def add_settings_flags(group, cls, prefix="", other=None):
+    """One flag per field of the settings dataclass ``cls`` (utils/settings.py), its default the field's. With
+    ``other`` (the second technique of a script), a field both define is added once, without a default of its own:
+    each technique's ``from_args`` then falls back to its own default."""
+    theirs = {f.name: f for f in fields(other)} if other else {}
+    taken = {a.dest for a in group._group_actions}
+    for f in fields(cls):
+        if f.name in taken:
+            continue
+        names, kwargs = flag_kwargs(f)
+        help_text = prefix + kwargs["help"]
+        if f.name in theirs and theirs[f.name].default != f.default:
+            kwargs["default"] = None
+            help_text = f"{kwargs['help']} (default {f.default} for {cls.__name__[:-8]}, {theirs[f.name].default} " \
+                        f"for {other.__name__[:-8]})"
+        elif f.name in theirs:
+            help_text = kwargs["help"]
+        flag(group, *names, **{**kwargs, "help": help_text})
 
 
 def kd_parser():
     """The parser of my_kd.py: training flags plus the distillation group."""
     p = train_parser("Distil a teacher into a student (Chen et al. 2017).", params=ROOT / "params" / "KD.yaml",
                      project="runs/kd")
-    add_kd_args(p)
+    add_settings_flags(p.add_argument_group("distillation (utils/settings.py KDSettings)"), KDSettings)
     return show_yaml_defaults(p, ROOT / "params" / "KD.yaml")
 
 
@@ -413,6 +353,5 @@ def gan_parser():
     """The parser of my_kd_gan.py: training and distillation flags plus the GAN group."""
     p = train_parser("GAN-based distillation of a teacher into a student (Wang et al. 2020).",
                      params=ROOT / "params" / "KD_GAN.yaml", project="runs/kd_gan")
-    add_kd_args(p)
-    add_gan_args(p)
+    add_settings_flags(p.add_argument_group("GAN distillation (utils/settings.py GANSettings)"), GANSettings)
     return show_yaml_defaults(p, ROOT / "params" / "KD_GAN.yaml")

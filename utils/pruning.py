@@ -41,19 +41,25 @@ The pieces, each used by ``prune.py``:
 """
 import argparse
 import csv
+import io
 import math
-import os
 from fractions import Fraction
 from pathlib import Path
 
 import torch
 import yaml
 
-from utils.checkpoint import load_checkpoint
-from utils.engine import Plugin, Trainer
+from models import Darknet, prunable_parameters
+from utils import runlock
+from utils.checkpoint import atomic_path, load_checkpoint, remove_stale_temporaries, write_atomic
+from utils.datasets import create_dataloader, parse_data_cfg
+from utils.engine import Plugin, Trainer, model_from_args
 from utils.errors import UserError
-from utils.general import increment_path, init_seeds, is_main_process
-from utils.my_utils import save_args, scope_type, upgrade_saved_args
+from utils.evaluation import evaluate
+from utils.general import increment_path, init_seeds, is_main_process, select_device
+from utils.my_utils import hyp_from_args, save_args, upgrade_saved_args
+from utils.settings import LTHSettings, scope_type
+from utils.summary import model_summary
 from utils.torch_utils import de_parallel, resolve_precision
 
 
@@ -78,11 +84,16 @@ class Masks:
         return cls({n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in named_parameters})
 
     @classmethod
-    def from_model(cls, model, include_output=False, skip_first=False):
-        """All-alive masks over ``models.prunable_parameters`` of ``model``."""
-        from models import prunable_parameters
-
-        return cls.ones(prunable_parameters(model, include_output=include_output, skip_first=skip_first))
+    def from_model(cls, model, include_output=False, skip_first=False, granularity="weight"):
+        """All-alive masks over ``models.prunable_parameters`` of ``model``; ``granularity="filter"``: over the
+        kernels of the plain ``[convolutional]`` layers among them (``filter_units``), with their BN scale and shift
+        (or conv bias), so that a pruned filter's channel is exactly 0 and ``export.py --fold`` removes it."""
+        named = prunable_parameters(model, include_output=include_output, skip_first=skip_first)
+        if granularity == "weight":
+            return cls.ones(named)
+        params = dict(de_parallel(model).named_parameters())
+        units = filter_units(model, [n for n, _ in named])
+        return cls.ones([(n, params[n]) for kernel, extra in units.items() for n in (kernel, *extra)])
 
     # -- a small mapping ------------------------------------------------------------------------------
     def __getitem__(self, name):
@@ -245,6 +256,72 @@ def magnitude_prune(weights, masks, rate, scope="global"):
     return Masks({n: ~d.view(masks[n].shape) for n, d in zip(names, drops)})
 
 
+def filter_units(model, kernels):
+    """``{kernel name: (its BN weight and bias, or its conv bias)}`` for the ``kernels`` that belong to a plain
+    ``[convolutional]`` layer (groups 1): the filters whose removal ``export.py --fold`` turns into a smaller dense
+    network. Kernels inside composite sections (``[pep]``, ``[bottleneck]``, ...) are left out: folding keeps every
+    channel they touch, so pruning their filters would cost accuracy and save no time."""
+    net = de_parallel(model)
+    params = dict(net.named_parameters())
+    units = {}
+    for name in kernels:
+        parts = name.split(".")
+        if len(parts) != 4 or parts[0] != "module_list" or parts[2:] != ["conv", "weight"]:
+            continue
+        d = net.module_defs[int(parts[1])]
+        if d["type"] != "convolutional" or int(d.get("groups") or 1) != 1:
+            continue
+        prefix = ".".join(parts[:2])
+        extra = tuple(n for n in (f"{prefix}.bn.weight", f"{prefix}.bn.bias", f"{prefix}.conv.bias") if n in params)
+        units[name] = extra
+    return units
+
+
+def filter_prune(weights, masks, rate, scope="local", criterion="l1"):
+    """Filter-level IMP: new ``Masks`` with the fraction ``rate`` of the alive filters removed, each with its BN scale
+    and shift (or bias). A filter scores the L1 norm of its kernel (``l1``) or its BN |gamma| (``bn``, Liu et al.
+    2017); ``local`` prunes ``prune_count(alive filters, rate)`` in every layer, ``global`` the same count over all
+    layers by one threshold on scores divided by their layer's mean. Every layer keeps at least one filter; ties go
+    to the lower channel index. ``masks``: from ``Masks.from_model(..., granularity="filter")`` (kernels are the 4-D
+    entries, the 1-D entries their companions in order)."""
+    rate, scope = check_rate(rate), scope_type(scope)
+    kernels = [n for n in masks.names() if masks[n].dim() == 4]
+    companions = {k: [n for n in masks.names() if n.startswith(k.rsplit(".", 2)[0] + ".") and masks[n].dim() == 1]
+                  for k in kernels}
+    scores, alive = [], []
+    for k in kernels:
+        w, m = weights[k].detach().float().cpu(), masks[k].cpu()
+        keep = m.flatten(1).all(1)
+        if criterion == "bn":
+            bn = companions[k][0] if companions[k] and companions[k][0].endswith("bn.weight") else None
+            if bn is None:
+                raise UserError(f"--filter-criterion bn: '{k}' has no BN to rank its filters by")
+            score = weights[bn].detach().float().cpu().abs()
+        else:
+            score = w.abs().flatten(1).sum(1)
+        if not torch.isfinite(score).all():
+            raise UserError(f"'{k}' holds non-finite weights: its filters cannot be ranked")
+        live = score[keep]
+        scores.append(score.masked_fill(~keep, -1.0) / (float(live.mean()) if len(live) and live.mean() > 0 else 1.0))
+        alive.append(int(keep.sum()))
+    if scope == "local":
+        drops = [smallest(sc, sc.numel() - a + min(prune_count(a, rate), a - 1)) for sc, a in zip(scores, alive)]
+    else:
+        allowed = [sc.masked_fill(sc < 0, -1.0) for sc in scores]
+        best = [int(torch.argmax(sc)) for sc in scores]  # each layer's best filter is never a candidate
+        for sc, b in zip(allowed, best):
+            sc[b] = float("inf")
+        k = sum(sc.numel() for sc in scores) - sum(alive) + prune_count(sum(alive), rate)
+        drops = list(smallest(torch.cat(allowed), k).split([sc.numel() for sc in scores]))
+    out = dict(masks.items())
+    for k, d in zip(kernels, drops):
+        keep = ~d
+        out[k] = keep.view(-1, 1, 1, 1).expand(masks[k].shape).clone()
+        for c in companions[k]:
+            out[c] = keep.clone()
+    return Masks(out)
+
+
 @torch.no_grad()
 def rewind(model, rewind_state, masks):
     """Step 3 of IMP: every parameter and buffer ← θ_k (``rewind_state``), then pruned weights ← 0 (bit for bit)."""
@@ -378,10 +455,17 @@ class PruneRun:
 
     @classmethod
     def create(cls, args):
-        path = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
-        path.mkdir(parents=True, exist_ok=True)
-        save_args(args, path / "args.yaml")
-        return cls(path)
+        run = cls(increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok))
+        run.claim()  # before anything is written: a live run's folder is refused
+        save_args(args, run.path / "args.yaml")
+        return run
+
+    def claim(self, log=print):
+        """Take the folder's run lock (main process) and remove the temporary files a killed run left in it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            runlock.acquire(self.path, log)
+            remove_stale_temporaries(self.path)
 
     @staticmethod
     def is_run(path):
@@ -422,12 +506,11 @@ class PruneRun:
         """Add (or replace) the row of ``row['round']``, rewrite rounds.csv atomically and redraw rounds.png."""
         rows = [x for x in self.rows() if int(x["round"]) != row["round"]] + [row]
         rows.sort(key=lambda x: int(x["round"]))
-        tmp = self.csv.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(ROUND_COLUMNS), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.csv)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(ROUND_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.csv, text.getvalue())
         plot_rounds(self.csv)
 
 
@@ -456,15 +539,14 @@ def plot_rounds(csv_path):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(Path(csv_path).with_suffix(".png"), dpi=100)
+    with atomic_path(Path(csv_path).with_suffix(".png")) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------- strategies
 def build_model(ckpt, args):
     """A ``Darknet`` of a checkpoint's cfg text and class count, holding its inference weights."""
-    from models import Darknet
-
     model = Darknet.from_text(ckpt["cfg"], name=ckpt.get("cfg_name", "cfg"), img_size=args.img_size, nc=ckpt["nc"])
     model.load_state_dict(ckpt["model"])
     return model
@@ -542,6 +624,7 @@ class Strategy:
     # -- the loop --------------------------------------------------------------------------------------
     def run_all(self, log=print):
         """Run (or continue) every round not yet in rounds.csv; returns the final round's best.pt path."""
+        lock = runlock.acquire(self.run.path, log) if self.main else None  # one run per folder
         for r in range(self.num_rounds()):
             if self.run.finished(r):
                 continue
@@ -552,6 +635,8 @@ class Strategy:
             if self.main:
                 self.run.record(row)
                 log(self.progress_line(row))
+        if lock:
+            runlock.release(lock)
         last = self.num_rounds() - 1
         if not self.trained(last):
             return Path(self.args.weights)
@@ -596,8 +681,6 @@ class Strategy:
 
     def weights_row(self, r, ckpt):
         """Sparsity, parameter and MAC columns for a checkpoint (masks when it has them, else zero counts)."""
-        from models import model_summary
-
         model = build_model(ckpt, self.args)
         summary = model_summary(model, img_size=self.args.img_size)
         masks = checkpoint_masks(ckpt)
@@ -639,14 +722,12 @@ class LotteryTicket(Strategy):
 
     def __init__(self, args, run):
         super().__init__(args, run)
-        self.rate = check_rate(args.prune_rate)
-        self.scope = scope_type(args.scope or "global")
-        if args.rounds is None or args.rounds < 0:
-            raise UserError(f"--rounds must be 0 or more, not {args.rounds}")
-        self.rewind_iter = args.rewind_iter or None
-        self.rewind_epoch = rewind_epochs(args.rewind_epoch, args.epochs)
-        self.continued = getattr(args, "retrain_schedule", "restart") == "continue"
-        self.rank_raw = getattr(args, "rank_weights", "ema") == "raw"
+        self.settings = s = LTHSettings.from_args(args)
+        self.rate, self.scope, self.rounds = float(s.prune_rate), scope_type(s.scope), int(s.rounds)
+        self.rewind_iter = s.rewind_iter or None
+        self.rewind_epoch = rewind_epochs(s.rewind_epoch, args.epochs)
+        self.continued = s.retrain_schedule == "continue"
+        self.rank_raw = s.rank_weights == "raw"
         self.given = None
         weights = str(args.weights or "")
         if weights.endswith(".pt"):
@@ -658,7 +739,7 @@ class LotteryTicket(Strategy):
         self._start_sparsity = None
 
     def num_rounds(self):
-        return self.args.rounds + 1
+        return self.rounds + 1
 
     def trained(self, r):
         return not (r == 0 and self.given is not None)
@@ -671,8 +752,8 @@ class LotteryTicket(Strategy):
     def describe_start(self, r):
         if r == 0:
             where = (f"{self.rewind_iter} optimiser steps" if self.rewind_iter else f"epoch {self.rewind_epoch}")
-            return f"round 0/{self.args.rounds} (dense; rewind point after {where})"
-        return (f"round {r}/{self.args.rounds}: pruned {self.rate:g} of the surviving weights ({self.scope}, by "
+            return f"round 0/{self.rounds} (dense; rewind point after {where})"
+        return (f"round {r}/{self.rounds}: pruned {self.rate:g} of the surviving weights ({self.scope}, by "
                 f"{'raw' if self.rank_raw else 'EMA'} magnitudes), rewound")
 
     def first_epoch(self, r):
@@ -696,7 +777,8 @@ class LotteryTicket(Strategy):
     def start_masks(self, model):
         """All-alive masks over the prunable set (``--prune-output``, ``--keep-first-dense``), merged with those
         of a given checkpoint."""
-        masks = Masks.from_model(model, include_output=self.args.prune_output, skip_first=self.args.keep_first_dense)
+        masks = Masks.from_model(model, include_output=self.settings.prune_output,
+                                 skip_first=self.settings.keep_first_dense, granularity=self.settings.granularity)
         if self.given is not None and self.given.get("masks"):
             masks = masks.merged(checkpoint_masks(self.given))
         return masks
@@ -705,8 +787,6 @@ class LotteryTicket(Strategy):
         if self._start_sparsity is None:
             self._start_sparsity = 0.0
             if self.given is not None and self.given.get("masks"):
-                from models import Darknet
-
                 model = Darknet.from_text(self.given["cfg"], name=self.given.get("cfg_name", "cfg"),
                                           img_size=self.args.img_size, nc=self.given["nc"])
                 self._start_sparsity = self.start_masks(model).sparsity()
@@ -714,18 +794,19 @@ class LotteryTicket(Strategy):
 
     # -- rounds ----------------------------------------------------------------------------------------
     def begin_round(self, r):
-        from utils.engine import model_from_args
-
         if r == 0:
             init_seeds(self.args.seed, self.args.deterministic)  # the dense initialisation is reproducible
-            from utils.datasets import parse_data_cfg
 
             model, _ = model_from_args(self.args, parse_data_cfg(self.args.data)["classes"])
             return model, [RewindPlugin(self.rewind_epoch, self.rewind_iter)]
         prev = self.previous(r)
         model = build_model(prev, self.args)
         masks = checkpoint_masks(prev) if r > 1 else self.start_masks(model)
-        new = magnitude_prune(self.ranked_weights(prev, r), masks, self.rate, self.scope)
+        if self.settings.granularity == "filter":
+            new = filter_prune(self.ranked_weights(prev, r), masks, self.rate, self.scope,
+                               self.settings.filter_criterion)
+        else:
+            new = magnitude_prune(self.ranked_weights(prev, r), masks, self.rate, self.scope)
         rewind(model, prev["rewind"]["model"], new)
         return model, [MaskPlugin(new), RewindPlugin(snapshot=prev["rewind"])]
 
@@ -763,11 +844,6 @@ class LotteryTicket(Strategy):
 
 def evaluate_checkpoint(ckpt, args):
     """``{'map50', 'map'}`` of a checkpoint's inference weights on ``args.data``'s validation set."""
-    from test import evaluate
-    from utils.datasets import create_dataloader, parse_data_cfg
-    from utils.general import select_device
-    from utils.my_utils import hyp_from_args
-
     data = parse_data_cfg(args.data)
     device = select_device(args.device)
     model = build_model(ckpt, args).to(device)

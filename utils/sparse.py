@@ -4,17 +4,17 @@ The original project stored its 90%-sparse YOLOv3 as 118 MB, half the dense 235 
 masks were saved (and its COO variant spent 20 bytes per kept weight). A sparse export keeps one bit per weight
 and the values that are not zero, and nothing that only training needs.
 
-Format (``format_version`` 1). A ``torch.save`` dict that loads with ``torch.load(weights_only=True)``:
+Format (``format_version`` 2). A ``torch.save`` dict that loads with ``torch.load(weights_only=True)``:
 
 | key | content |
 |---|---|
 | ``sparse_format`` | ``"yolo-compression sparse export"``: the magic that tells it from other files |
-| ``format_version`` | ``1``; a newer version is refused with a message instead of being misread |
+| ``format_version`` | ``2`` (``1`` is still read); a newer version is refused with a message instead of being misread |
 | ``cfg``, ``cfg_name``, ``nc``, ``names``, ``img_size`` | as in a checkpoint (the network rebuilds from them) |
 | ``half`` | values and dense floats stored as float16 (``export.py --half``); loads as float32 |
 | ``meta`` | ``source`` (file), ``epoch``, ``best_fitness``, ``floats``, ``nonzero_floats``, ``created``, ``torch`` |
 | ``tensors`` | ``{state_dict key: entry}`` in state-dict order (below) |
-| ``crc32`` | CRC-32 of every entry's name, shape and bytes, checked on load (torch does not check its zip records) |
+| ``crc32`` | ``payload_crc`` of every other entry (cfg text, names, meta, tensors, ...), checked on load (torch does not check its zip records); version 1 covered the tensors only |
 
 An entry is ``{'shape': [...], 'dtype': 'float32', 'encoding': ...}`` plus
 
@@ -45,7 +45,8 @@ import torch
 from utils.errors import UserError
 
 MAGIC = "yolo-compression sparse export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: crc32 covers every entry (cfg, names, meta, ...); 1: the tensors only (still read)
+READ_VERSIONS = (1, 2)
 META_KEYS = ("cfg", "cfg_name", "nc", "names", "img_size")  # copied from the checkpoint
 
 
@@ -113,7 +114,31 @@ def _entry_tensors(entry):
     return [entry["data"]] if entry["encoding"] == "dense" else [entry["bits"], entry["values"]]
 
 
+def payload_crc(obj, crc=0):
+    """CRC-32 of everything ``obj`` holds (nested dicts, lists, tensors and plain values, in order): a changed byte of
+    a weight, a cfg line or a class name changes it. What ``crc32`` entries of the toolkit's files hold."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            crc = payload_crc(v, zlib.crc32(f"{k!r}:".encode(), crc))
+        return zlib.crc32(b"}", crc)
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            crc = payload_crc(v, zlib.crc32(b",", crc))
+        return zlib.crc32(b"]", crc)
+    if torch.is_tensor(obj):
+        crc = zlib.crc32(f"{obj.dtype}{tuple(obj.shape)}".encode(), crc)
+        if obj.numel():
+            crc = zlib.crc32(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), crc)
+        return crc
+    return zlib.crc32(repr(obj).encode(), crc)
+
+
+def without_crc(obj):
+    return {k: v for k, v in obj.items() if k != "crc32"}
+
+
 def _crc(tensors):
+    """The version-1 checksum: entry names, shapes, encodings and tensor bytes (compact checkpoints still use it)."""
     crc = 0
     for name, entry in tensors.items():
         crc = zlib.crc32(f"{name}:{entry['shape']}:{entry['encoding']}".encode(), crc)
@@ -139,7 +164,8 @@ def encode(state, masks=None, half=False, info=None, meta=None):
     meta.setdefault("torch", torch.__version__.split("+")[0])
     out = {"sparse_format": MAGIC, "format_version": FORMAT_VERSION}
     out.update({k: info.get(k) for k in META_KEYS})
-    out.update(half=bool(half), meta=meta, tensors=tensors, crc32=_crc(tensors))
+    out.update(half=bool(half), meta=meta, tensors=tensors)
+    out["crc32"] = payload_crc(out)
     return out
 
 
@@ -166,20 +192,6 @@ def to_bytes(obj):
 def export_bytes(model, half=False):
     """Bytes on disk of ``model``'s sparse export, computed in memory."""
     return len(to_bytes(encode_model(model, half=half)))
-
-
-def save_export(obj, path):
-    """Write a sparse-export dict atomically (``utils.checkpoint.save_checkpoint``); returns ``path``."""
-    from utils.checkpoint import save_checkpoint
-
-    save_checkpoint(obj, path)
-    return Path(path)
-
-
-def export_sparse(model, path, ckpt=None, half=False, source=None):
-    """Write ``model``'s sparse export to ``path``; returns its size in bytes."""
-    save_export(encode_model(model, ckpt, half=half, source=source), path)
-    return Path(path).stat().st_size
 
 
 # ----------------------------------------------------------------------------------------------------- decode
@@ -232,11 +244,12 @@ def _corrupt(path, kind, e):
     return UserError(f"{path}: corrupt {kind} ({what})")
 
 
-def _decode_tensors(obj):
-    """``(state, masks)`` of the ``tensors`` entry of ``obj`` after checking its ``crc32``; errors as in decode."""
+def _decode_tensors(obj, version=1):
+    """``(state, masks)`` of the ``tensors`` entry of ``obj`` after checking its ``crc32`` (version 1: over the
+    tensors; 2: over every entry of ``obj``); errors as in decode."""
     tensors = obj["tensors"]
-    if _crc(tensors) != obj["crc32"]:
-        raise ValueError("checksum mismatch")
+    if (_crc(tensors) if version == 1 else payload_crc(without_crc(obj))) != obj["crc32"]:
+        raise ValueError("checksum mismatch: changed after it was written")
     state, masks = {}, {}
     for name, entry in tensors.items():
         state[name], mask = _decode_tensor(name, entry)
@@ -249,13 +262,13 @@ def decode(obj, path="<sparse export>"):
     """A sparse export dict -> a checkpoint dict (``cfg``, ``nc``, ``names``, ``img_size``, ``model`` fp32 state,
     ``masks`` when the source had them, ``epoch``, ``best_fitness``, ``sparse_export``). Problems are ``UserError``."""
     version = obj.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         newer = isinstance(version, int) and version > FORMAT_VERSION
         raise UserError(f"{path}: sparse export format version {version!r} "
                         f"{'is newer than this toolkit reads' if newer else 'is not supported'} "
                         f"(this toolkit reads version {FORMAT_VERSION})")
     try:
-        state, masks = _decode_tensors(obj)
+        state, masks = _decode_tensors(obj, version)
         if not isinstance(obj["cfg"], str):
             raise ValueError("no cfg text")
     except DECODE_ERRORS as e:
@@ -269,18 +282,9 @@ def decode(obj, path="<sparse export>"):
     return ckpt
 
 
-def load_export(path):
-    """Read a sparse export file (through ``utils.checkpoint.load_checkpoint``, which decodes it)."""
-    from utils.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    if "sparse_export" not in ckpt:
-        raise UserError(f"{path}: a checkpoint, not a sparse export")
-    return ckpt
-
-
 # ------------------------------------------------------------------------------------------ compact checkpoints
 COMPACT = "sparse_state"  # the key that marks a state dict stored as bitmask entries inside a checkpoint
+COMPACT_VERSION = 1  # its crc32 covers its tensors; the checkpoint's own crc32 covers the rest
 
 
 def _compact_state(state, masks):
@@ -289,7 +293,7 @@ def _compact_state(state, masks):
     tensors = {k: _encode_tensor(v, masks.get(k), False)[0] for k, v in state.items()}
     if not all(tensors.get(k, {}).get("mask") for k in masks):
         return None
-    return {COMPACT: FORMAT_VERSION, "tensors": tensors, "crc32": _crc(tensors), "mask_names": list(masks)}
+    return {COMPACT: COMPACT_VERSION, "tensors": tensors, "crc32": _crc(tensors), "mask_names": list(masks)}
 
 
 def compact_checkpoint(ckpt):
@@ -323,9 +327,9 @@ def is_compact(ckpt):
 
 
 def _expand_state(obj, path):
-    if obj.get(COMPACT) != FORMAT_VERSION:
+    if obj.get(COMPACT) != COMPACT_VERSION:
         raise UserError(f"{path}: compact checkpoint format version {obj.get(COMPACT)!r} is not supported "
-                        f"(this toolkit reads version {FORMAT_VERSION})")
+                        f"(this toolkit reads version {COMPACT_VERSION})")
     try:
         state, masks = _decode_tensors(obj)
         masks = {k: masks[k] for k in obj["mask_names"]}

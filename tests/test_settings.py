@@ -1,0 +1,116 @@
+"""utils/settings.py: one source of every technique default, shared by the flags, the YAML recipes and Python."""
+import argparse
+from dataclasses import fields
+
+import pytest
+import yaml
+
+from models import Darknet, prunable_parameters
+from utils.cs import ContinuousSparsification, CSPlugin, SoftMasks
+from utils.distill import DistillPlugin, Teacher
+from utils.errors import UserError
+from utils.gan import GANPlugin
+from utils.my_utils import gan_parser, kd_parser, parse_args, prune_parser, upgrade_saved_args
+from utils.pruning import LotteryTicket
+from utils.settings import CSSettings, GANSettings, KDSettings, LTHSettings
+
+from .conftest import ROOT
+
+TEACHER = ["--teacher-weights", "t.pt"]
+SCRIPTS = [(KDSettings, kd_parser, TEACHER), (GANSettings, gan_parser, TEACHER), (CSSettings, prune_parser, ["--cs"]),
+           (LTHSettings, prune_parser, ["--lth"])]
+PRUNE_PARAMS = {"--cs": ROOT / "params" / "CS.yaml", "--lth": ROOT / "params" / "IMP.yaml"}
+
+
+def tiny(seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    return Darknet("cfg/yolov3-tiny.cfg", img_size=64, nc=6)
+
+
+@pytest.mark.parametrize("cls, parser, argv", SCRIPTS)
+def test_the_script_with_no_flags_uses_the_dataclass_fallbacks(cls, parser, argv):
+    if argv[0] == "--lth":  # prune.py reads the technique's recipe (IMP.yaml: none of these keys)
+        argv = [*argv, "--params", str(PRUNE_PARAMS[argv[0]])]
+    from_cli = cls.from_args(parse_args(parser(), argv))
+    expected = cls(teacher_weights="t.pt") if "teacher_weights" in {f.name for f in fields(cls)} else cls()
+    assert from_cli == expected
+
+
+@pytest.mark.parametrize("cls, parser, argv", SCRIPTS)
+def test_every_field_is_a_flag_whose_help_shows_the_fallback(cls, parser, argv):
+    actions = {a.dest: a for a in parser()._actions}
+    shared = {f.name for f in fields(LTHSettings)} & {f.name for f in fields(CSSettings)}
+    for f in fields(cls):
+        assert f.name in actions, f"--{f.name} is not a flag"
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        if parser is prune_parser and f.name in shared and LTHSettings.__dataclass_fields__[f.name].default != \
+                CSSettings.__dataclass_fields__[f.name].default:
+            default = None  # one flag, two techniques: each falls back to its own default
+            assert f"{f.default}" in actions[f.name].help
+        assert actions[f.name].default == default and actions[f.name].help
+
+
+def test_plugins_built_from_python_equal_those_the_scripts_build():
+    teacher = Teacher(tiny(1))
+    kd_cli = DistillPlugin.from_args(parse_args(kd_parser(), TEACHER), teacher)
+    kd_py = DistillPlugin(teacher, teacher_weights="t.pt")
+    assert kd_py.settings == kd_cli.settings
+    assert (kd_py.hint_weight, kd_py.object_weight, kd_py.class_cells) == (0.1, 4.0, "objects")
+    gan_args = parse_args(gan_parser(), TEACHER)
+    gan_cli = GANPlugin.from_args(gan_args, teacher)
+    assert GANPlugin(teacher, teacher_weights="t.pt").settings == gan_cli.settings
+    soft = SoftMasks.init(prunable_parameters(tiny()), -0.1)
+    cs = ContinuousSparsification(parse_args(prune_parser(), ["--cs"]), None)
+    assert CSPlugin(soft).settings == cs.plugin(soft).settings == CSSettings() and cs.plugin(soft).mask_lr == 0.1
+    lth = LotteryTicket(parse_args(prune_parser(), ["--lth", "--params", str(PRUNE_PARAMS["--lth"])]), None)
+    assert lth.settings == LTHSettings() and (lth.rounds, lth.rate, lth.scope, lth.continued) == (12, 0.2, "local", True)
+    cs_recipe = ContinuousSparsification(parse_args(prune_parser(), ["--cs", "--params", str(PRUNE_PARAMS["--cs"])]),
+                                         None)
+    assert (cs_recipe.settings.mask_lr, cs_recipe.search_rounds, cs_recipe.rewind_epoch) == (10.0, 3, 2)
+
+
+def test_recipes_do_not_repeat_a_fallback():
+    """A key of params/*.yaml that is a settings field must change it: a repeated value would be a second source."""
+    owner = {"KD.yaml": KDSettings, "KD_GAN.yaml": GANSettings, "CS.yaml": CSSettings, "IMP.yaml": LTHSettings}
+    repeated = []
+    for path in sorted((ROOT / "params").glob("*.yaml")):
+        defaults = {f.name: f.default for cls in ([owner[path.name]] if path.name in owner else
+                                                  (KDSettings, GANSettings, CSSettings, LTHSettings)) for f in fields(cls)}
+        for key, value in (yaml.safe_load(path.read_text()) or {}).items():
+            value = tuple(value) if isinstance(value, list) else value
+            if key in defaults and value == defaults[key]:
+                repeated.append(f"{path.name}: {key}")
+    assert not repeated, repeated
+
+
+@pytest.mark.parametrize("cls, changes, flag", [
+    (KDSettings, dict(kd_mu=1.5), "--kd-mu"), (KDSettings, dict(hint_loss="l3"), "--hint-loss"),
+    (KDSettings, dict(soft_weight=-1.0), "--soft-weight"), (KDSettings, dict(kd_mu_scope="box"), "--kd-mu-scope"),
+    (GANSettings, dict(d_arch="huge"), "--d-arch"), (GANSettings, dict(second_stage=0), "--second-stage"),
+    (GANSettings, dict(d_lr=float("nan")), "--d-lr"), (CSSettings, dict(mask_lr=0.0), "--mask-lr"),
+    (CSSettings, dict(cs_reset="never"), "--cs-reset"), (CSSettings, dict(final_temperature=0.5), "--final-temperature"),
+    (CSSettings, dict(rounds=0), "--rounds"), (LTHSettings, dict(prune_rate=1.0), "--prune-rate"),
+    (LTHSettings, dict(rounds=-1), "--rounds"), (LTHSettings, dict(retrain_schedule="again"), "--retrain-schedule"),
+])
+def test_settings_validate_in_one_place_with_one_line_errors(cls, changes, flag):
+    with pytest.raises(UserError, match=flag) as e:
+        cls().but(**changes)
+    assert "\n" not in str(e.value)
+
+
+def test_typed_flags_and_recipes_reach_the_settings(tmp_path):
+    recipe = tmp_path / "kd.yaml"
+    recipe.write_text("inherit_from: " + str(ROOT / "params" / "KD.yaml") + "\nkd_mu: 0.5\n")
+    s = KDSettings.from_args(parse_args(kd_parser(), TEACHER + ["--params", str(recipe), "--hint-weight", "2"]))
+    assert (s.kd_mu, s.hint_weight, s.bound_weight) == (0.5, 2.0, 0.5)
+    g = GANSettings.from_args(parse_args(gan_parser(), TEACHER + ["--d-kernel-size", "1", "3", "--soft-labels", "no"]))
+    assert g.d_kernel_size == (1, 3) and g.soft_labels is False
+
+
+def test_old_kd_runs_resume_with_the_class_term_they_trained_with():
+    saved = upgrade_saved_args(argparse.Namespace(amp="off", kd_mu=0.7, teacher_weights="t.pt"))
+    assert KDSettings.from_args(saved).kd_class_cells == "all"
+    current = upgrade_saved_args(argparse.Namespace(amp="off", kd_mu=0.7, kd_class_cells="objects"))
+    assert current.kd_class_cells == "objects"

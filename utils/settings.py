@@ -1,0 +1,246 @@
+"""Typed settings of the techniques: one frozen dataclass per concern, the one source of its defaults.
+
+Each field carries its flag's help (and type/choices/nargs where argparse needs them); ``utils.my_utils`` builds
+the flags from these fields, so ``--help``, a plug-in built from Python and a script run with no flags all start
+from the same values. params/*.yaml files are recipes: they override these fallbacks, never repeat them.
+"""
+import argparse
+import math
+from dataclasses import dataclass, field, fields, replace
+
+from utils.errors import UserError
+
+
+def setting(default, help, **flag_kwargs):
+    """A field whose metadata holds the argparse keywords of its flag (``help``, and ``type``/``choices``/...)."""
+    return field(default=default, metadata={"help": help, **flag_kwargs})
+
+
+def yes_no(value):
+    """A boolean flag value: yes/no, true/false, 1/0."""
+    text = str(value).lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+
+
+def check_choice(settings, *names):
+    """A one-line error for a field outside its flag's choices (settings built from Python skip argparse)."""
+    for name in names:
+        choices = next(f.metadata["choices"] for f in fields(settings) if f.name == name)
+        if getattr(settings, name) not in choices:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(settings, name)}: use one of "
+                            f"{', '.join(map(str, choices))}")
+
+
+def check_non_negative(settings, *names):
+    """A one-line error for a weight that is missing, not finite or negative."""
+    for name in names:
+        v = getattr(settings, name)
+        if v is None or not math.isfinite(float(v)) or v < 0:
+            raise UserError(f"--{name.replace('_', '-')} {v}: must be a number >= 0")
+
+
+class Settings:
+    """What every settings dataclass can do: be read from parsed arguments and be overridden by keywords."""
+
+    @classmethod
+    def from_args(cls, args, **overrides):
+        """The settings in ``args`` (a Namespace); a key that is missing or None takes its fallback."""
+        values = {}
+        for f in fields(cls):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                values[f.name] = tuple(value) if isinstance(f.default, tuple) and isinstance(value, list) else value
+        return cls(**{**values, **overrides})
+
+    def but(self, **changes):
+        """A copy with ``changes`` (field names) applied."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TeacherSettings(Settings):
+    """Which teacher, and which student/teacher layers are paired (both distillation scripts)."""
+
+    teacher_cfg: str = setting(None, "teacher network cfg (default: the one in its checkpoint)")
+    teacher_weights: str = setting(None, "teacher checkpoint .pt, or Darknet .weights with --teacher-cfg (required)")
+    student_features: tuple = setting(None, "student layer indexes, one per pair (default: chosen per script)",
+                                      type=int, nargs="+")
+    teacher_features: tuple = setting(None, "teacher layer indexes, one per pair", type=int, nargs="+")
+    adapt_kernel: int = setting(1, "kernel of the adaptation convs where a pair's channels differ", type=int,
+                                choices=(1, 3))
+
+
+@dataclass(frozen=True)
+class KDSettings(TeacherSettings):
+    """Chen et al. 2017 classical distillation (my_kd.py, utils/distill.py). A weight of 0 disables its term."""
+
+    hint_loss: str = setting("l2", "distance of the hint loss (l1: the original project's)", choices=("l2", "l1"))
+    hint_weight: float = setting(0.1, "lambda of the hint loss", type=float)
+    soft_weight: float = setting(1.0, "weight of the soft-target loss, carried as (1 - mu) * soft_weight",
+                                 type=float)
+    bound_weight: float = setting(0.5, "nu of the teacher-bounded regression, relative to the box gain", type=float)
+    kd_temperature: float = setting(1.0, "temperature T of the soft targets, sigma(z / T)", type=float)
+    kd_mu: float = setting(0.7, "hard-loss share mu in mu * hard + (1 - mu) * soft", type=float)
+    kd_mu_scope: str = setting("detection", "the hard terms mu scales: the whole detection loss, objectness + classes "
+                               "(Chen et al.'s classification loss) or the class term alone (the original project)",
+                               choices=("detection", "classification", "class"))
+    kd_margin: float = setting(1e-5, "margin m of the teacher-bounded regression", type=float)
+    kd_object_weight: float = setting(4.0, "weight, in the soft loss, of cells the teacher sees as objects "
+                                      "(background cells weigh 1)", type=float)
+    kd_class_cells: str = setting("objects", "cells of the soft class term: objects (weighted by the teacher's "
+                                  "objectness) or all (weighted like objectness)", choices=("all", "objects"))
+
+    def __post_init__(self):
+        if not 0.0 <= self.kd_mu <= 1.0:
+            raise UserError(f"--kd-mu {self.kd_mu}: the hard-loss share must lie in [0, 1]")
+        if not self.kd_temperature > 0:
+            raise UserError(f"--kd-temperature {self.kd_temperature}: must be positive")
+        check_non_negative(self, "hint_weight", "soft_weight", "bound_weight", "kd_margin", "kd_object_weight")
+        check_choice(self, "hint_loss", "kd_mu_scope", "kd_class_cells", "adapt_kernel")
+
+
+@dataclass(frozen=True)
+class GANSettings(TeacherSettings):
+    """Wang et al. 2020 GAN distillation (my_kd_gan.py, utils/gan.py): discriminators, their SGD, the two stages."""
+
+    d_kernel_size: tuple = setting((1,), "discriminator conv kernel, one value or one per pair", type=int, nargs="+")
+    d_arch: str = setting("compact", "discriminator: compact (pool 4, 128 hidden, leaky 0.2: 456 k parameters per "
+                          "pair at 75 channels) or original (the original project's: pool 7, 1024 and 128 hidden, "
+                          "leaky 0.1: 3.67 M)", choices=("compact", "original"))
+    d_optimizer: str = setting("constant", "discriminator SGD: constant learning rate with plain momentum, or the "
+                               "original's nesterov with its inverse-exp factor 1 - 10^(-4 (1 - e/epochs))",
+                               choices=("constant", "original"))
+    d_lr: float = setting(0.01, "discriminator learning rate", type=float)
+    d_momentum: float = setting(0.937, "discriminator SGD momentum", type=float)
+    soft_labels: bool = setting(True, "real labels U(0.7, 1), fake U(0, 0.3) instead of 1 / 0", type=yes_no)
+    label_flip: float = setting(0.05, "probability of flipping a discriminator label", type=float)
+    adv_weight: float = setting(1.0, "weight of the adversarial term in the student loss (0.01 measured better on "
+                                "shapes: BENCHMARKS.md)", type=float)
+    stage1_det_scale: float = setting(0.05, "scale of the detection loss during the adversarial stage", type=float)
+    second_stage: float = setting(0.6667, "epoch at which stage 2 (detection loss only) starts; a value below 1 is a "
+                                  "fraction of --epochs", type=float)
+    hint_loss: str = setting("l2", "distance of the optional hint on the same pairs", choices=("l2", "l1"))
+    hint_weight: float = setting(0.0, "weight of the optional hint loss during stage 1 (0: none)", type=float)
+
+    def __post_init__(self):
+        check_non_negative(self, "d_lr", "adv_weight", "stage1_det_scale", "hint_weight")
+        if self.d_momentum is None or not 0.0 <= self.d_momentum < 1.0:
+            raise UserError(f"--d-momentum {self.d_momentum}: must lie in [0, 1)")
+        if self.label_flip is None or not 0.0 <= self.label_flip < 0.5:
+            raise UserError(f"--label-flip {self.label_flip}: a probability in [0, 0.5)")
+        if self.second_stage is None or self.second_stage <= 0:
+            raise UserError(f"--second-stage {self.second_stage}: the adversarial stage would never run (give an "
+                            f"epoch >= 1, or a fraction of the epochs in (0, 1)); train.py trains without a teacher")
+        check_choice(self, "hint_loss", "d_arch", "d_optimizer", "adapt_kernel")
+
+
+SCOPES = {"global": "global", "local": "local", "imp_global": "global", "imp_local": "local"}
+
+
+def scope_type(value):
+    """``global``/``local``; the original's ``IMP_GLOBAL``/``IMP_LOCAL`` spellings are accepted."""
+    try:
+        return SCOPES[str(value).lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"scope must be global or local, not {value!r}") from None
+
+
+@dataclass(frozen=True)
+class PruneSettings(Settings):
+    """What both pruning techniques (prune.py) share: which weights are pruned, where the ticket rewinds to."""
+
+    prune_output: bool = setting(False, "also prune the output convs before [yolo] layers", action="store_true")
+    keep_first_dense: bool = setting(False, "never prune the first conv", action="store_true")
+    rewind_iter: int = setting(None, "rewind to the weights after this many optimiser steps instead of an epoch",
+                               type=int)
+
+
+@dataclass(frozen=True)
+class LTHSettings(PruneSettings):
+    """Lottery Ticket with late rewinding (Frankle et al. 2019; prune.py --lth, utils/pruning.py)."""
+
+    rounds: int = setting(12, "prune -> rewind -> retrain rounds after the dense round 0 (12 at 0.2 leave 6.87%%, the "
+                          "original's iterations 13)", type=int)
+    prune_rate: float = setting(0.2, "fraction of the surviving prunable weights removed per round", type=float)
+    scope: str = setting("local", "local: the same fraction in every layer; global: one magnitude threshold over all "
+                         "layers", type=scope_type)
+    rewind_epoch: float = setting(0.03, "survivors are rewound to the dense run's weights after this many epochs (0: "
+                                  "the initial weights; below 1: a fraction of --epochs, 0.03 = 9 of 300)", type=float,
+                                  aliases=("--reseting",))
+    retrain_schedule: str = setting("continue", "a pruned round trains from the rewind epoch k to --epochs with the "
+                                    "schedule continued from k (continue: Frankle et al. 2019, open_lth), or all "
+                                    "--epochs with warm-up and cosine restarted (restart: the original project)",
+                                    choices=("continue", "restart"))
+    rank_weights: str = setting("ema", "rank by the magnitudes of the previous round's final weights: their EMA (the "
+                                "weights evaluated and saved) or the raw trained weights", choices=("ema", "raw"))
+    granularity: str = setting("weight", "weight: single weights; filter: whole filters of the plain convs (kernel, "
+                               "BN scale and shift), which export.py --fold removes for a smaller, faster network",
+                               choices=("weight", "filter"))
+    filter_criterion: str = setting("l1", "with --granularity filter: rank filters by the L1 norm of their kernel, "
+                                    "or by their BN |gamma| (bn: network slimming, Liu et al. 2017)",
+                                    choices=("l1", "bn"))
+
+    def __post_init__(self):
+        if self.rounds is None or self.rounds < 0:
+            raise UserError(f"--rounds must be 0 or more, not {self.rounds}")
+        if self.prune_rate is None or not 0 < float(self.prune_rate) < 1:
+            raise UserError(f"--prune-rate must be in (0, 1), not {self.prune_rate}")
+        check_choice(self, "retrain_schedule", "rank_weights", "granularity", "filter_criterion")
+
+
+@dataclass(frozen=True)
+class CSSettings(PruneSettings):
+    """Continuous Sparsification (Savarese et al. 2020; prune.py --cs, utils/cs.py): the mask logits and β."""
+
+    rounds: int = setting(3, "search rounds (the original's iterations); the ticket is trained after them", type=int)
+    rewind_epoch: float = setting(0.1, "the ticket rewinds to the weights after this many epochs of the first search "
+                                  "round (below 1: a fraction of --epochs; 0.1: the original's 10 of 100)", type=float,
+                                  aliases=("--reseting",))
+    ticket_epochs: int = setting(None, "epochs of the ticket's retraining (default: --epochs)", type=int)
+    mask_init: float = setting(-0.1, "initial mask logit s0; every gate sigma(beta s)/sigma(s0) starts at 1",
+                               type=float)
+    cs_lambda: float = setting(1e-8, "weight of the L1 penalty on the soft mask, per image", type=float)
+    final_temperature: float = setting(200.0, "temperature beta reached at the last epoch of a search round",
+                                       type=float)
+    mask_lr: float = setting(0.1, "learning rate of the mask logits' SGD (scaled by the lr schedule)", type=float)
+    mask_momentum: float = setting(0.9, "momentum of the mask logits' SGD", type=float)
+    mask_nesterov: bool = setting(True, "nesterov momentum for the mask logits' SGD",
+                                  action=argparse.BooleanOptionalAction)
+    cs_reset: str = setting("paper", "logits between search rounds: s <- min(beta_T s, s0) (paper: Savarese et al., "
+                            "Algorithm 1), or beta <- 1 first, so s <- min(s, s0) (original: the original project, "
+                            "where removed weights can return)", choices=("paper", "original"))
+    cs_penalty: str = setting("sigmoid", "the L1 term lambda * sum sigma(beta s) (sigmoid: the paper's eq. 6) or "
+                              "lambda * sum of the gates sigma(beta s)/sigma(s0) (gate: the original project; "
+                              "1/sigma(s0) = 2.1x at s0 = -0.1)", choices=("sigmoid", "gate"))
+
+    def __post_init__(self):
+        if self.rounds is None or self.rounds < 1:
+            raise UserError(f"--rounds (CS search rounds) must be 1 or more, not {self.rounds}")
+        if self.ticket_epochs is not None and self.ticket_epochs < 1:
+            raise UserError(f"--ticket-epochs must be 1 or more, not {self.ticket_epochs}")
+        if not math.isfinite(self.mask_init):
+            raise UserError(f"--mask-init must be finite, not {self.mask_init}")
+        if self.cs_lambda < 0:
+            raise UserError(f"--cs-lambda must be 0 or more, not {self.cs_lambda}")
+        if not self.final_temperature >= 1:
+            raise UserError(f"--final-temperature must be at least 1, not {self.final_temperature}")
+        if not self.mask_lr > 0 or not 0 <= self.mask_momentum < 1:
+            raise UserError(f"--mask-lr must be > 0 and --mask-momentum in [0, 1) "
+                            f"(got {self.mask_lr}, {self.mask_momentum})")
+        check_choice(self, "cs_reset", "cs_penalty")
+
+
+def flag_kwargs(f):
+    """``(flag names, argparse keywords)`` of field ``f``'s flag, its default the field's."""
+    kwargs = dict(f.metadata)
+    names = ["--" + f.name.replace("_", "-"), *kwargs.pop("aliases", ())]
+    kwargs["default"] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return names, kwargs
+
+
+__all__ = ["setting", "yes_no", "scope_type", "Settings", "TeacherSettings", "KDSettings", "GANSettings", "PruneSettings",
+           "LTHSettings", "CSSettings", "flag_kwargs"]
