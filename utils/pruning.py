@@ -753,8 +753,10 @@ class LotteryTicket(Strategy):
         if r == 0:
             where = (f"{self.rewind_iter} optimiser steps" if self.rewind_iter else f"epoch {self.rewind_epoch}")
             return f"round 0/{self.rounds} (dense; rewind point after {where})"
-        return (f"round {r}/{self.rounds}: pruned {self.rate:g} of the surviving weights ({self.scope}, by "
-                f"{'raw' if self.rank_raw else 'EMA'} magnitudes), rewound")
+        what = ("filters" if self.settings.granularity == "filter" else "weights")
+        by = ("BN |gamma|" if self.settings.filter_criterion == "bn" and what == "filters" else "magnitudes")
+        return (f"round {r}/{self.rounds}: pruned {self.rate:g} of the surviving {what} ({self.scope}, by "
+                f"{'raw' if self.rank_raw else 'EMA'} {by}), rewound")
 
     def first_epoch(self, r):
         """``continue``: a pruned round resumes the schedule at the epoch its θ_k was taken in (with
