@@ -57,7 +57,8 @@ def save_checkpoint(obj, path):
     much space the file needs; the previous file at ``path`` is left as it was."""
     obj = plain(obj)
     if isinstance(obj, dict):
-        obj = {**sparse.without_crc(obj), "crc32": sparse.payload_crc(sparse.without_crc(obj))}
+        body = sparse.without_crc(obj)
+        obj = {**body, "crc32": sparse.payload_crc(body)}
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)

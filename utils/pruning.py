@@ -467,6 +467,10 @@ class PruneRun:
             runlock.acquire(self.path, log)
             remove_stale_temporaries(self.path)
 
+    def release(self):
+        """Give the folder's run lock back (a no-op where this process does not hold it)."""
+        runlock.release(self.path / runlock.LOCK_NAME)
+
     @staticmethod
     def is_run(path):
         """A run folder holds args.yaml and round folders (a round folder holds args.yaml but no rounds)."""
@@ -624,7 +628,6 @@ class Strategy:
     # -- the loop --------------------------------------------------------------------------------------
     def run_all(self, log=print):
         """Run (or continue) every round not yet in rounds.csv; returns the final round's best.pt path."""
-        lock = runlock.acquire(self.run.path, log) if self.main else None  # one run per folder
         for r in range(self.num_rounds()):
             if self.run.finished(r):
                 continue
@@ -635,8 +638,7 @@ class Strategy:
             if self.main:
                 self.run.record(row)
                 log(self.progress_line(row))
-        if lock:
-            runlock.release(lock)
+        self.run.release()  # claimed when the run folder was made or found for --resume
         last = self.num_rounds() - 1
         if not self.trained(last):
             return Path(self.args.weights)
