@@ -66,7 +66,6 @@ def latencies(model, img_size, reps, folder, batch=1, warmup=1):
     """``{'fp32': (best, median), 'bf16_cl': ..., 'ort': ...}``: milliseconds per ``(batch, 3, img_size, img_size)``
     forward in PyTorch fp32, bf16 + channels_last (NaN where bf16 is not native: emulated bf16 is never shipped)
     and ONNX Runtime on the CPU, with torch's thread count for both."""
-    from utils.export import export_onnx, onnx_session
     from utils.torch_utils import native_low_precision
 
     model = model.eval()
@@ -82,10 +81,19 @@ def latencies(model, img_size, reps, folder, batch=1, warmup=1):
                 m(xc)
         out["bf16_cl"] = timed(bf16, reps, warmup) if native_low_precision("bf16") else (float("nan"), float("nan"))
         model.to(memory_format=torch.contiguous_format)
-    path = export_onnx(model, Path(folder) / "m.onnx", img_size, batch=batch)
-    sess = onnx_session(path, threads=torch.get_num_threads())
-    feed = {"images": x.numpy()}
-    out["ort"] = timed(lambda: sess.run(None, feed), reps, warmup)
-    del sess
-    path.unlink()
+    out["ort"] = ort_latency(model, img_size, reps, folder, batch, warmup)
     return out
+
+
+def ort_latency(model, img_size, reps, folder, batch=1, warmup=1):
+    """``(best, median)`` milliseconds per ``(batch, 3, img_size, img_size)`` forward of ``model`` exported to ONNX
+    and run by ONNX Runtime on the CPU with torch's thread count."""
+    from utils.export import export_onnx, onnx_session
+
+    path = export_onnx(model.eval(), Path(folder) / "m.onnx", img_size, batch=batch)
+    sess = onnx_session(path, threads=torch.get_num_threads())
+    feed = {"images": torch.rand(batch, 3, img_size, img_size).numpy()}
+    result = timed(lambda: sess.run(None, feed), reps, warmup)
+    sess = None  # free the session before its file goes
+    path.unlink()
+    return result

@@ -17,6 +17,7 @@ For each seed k in 0 .. --seeds-1 the real entry scripts run as subprocesses, ea
 | ``nano``, ``nano-leaky``, ``mnv3``, ``mnv3-leaky`` | train.py | the compact students (``--student NAME=CFG``) |
 | ``lth-local``, ``lth-global`` | prune.py --lth --weights DENSE | Lottery Ticket on the big model, from its dense run |
 | ``cs1``, ``cs3`` | prune.py --cs | Continuous Sparsification, 1 and 3 search rounds (``--cs-rounds``) |
+| ``lth-filter``, ``cs-filter`` | prune.py --granularity filter | filter-level LTH and CS (1 round): foldable |
 | ``kd-<student>`` | my_kd.py | classical KD (Chen et al. 2017) from the big model of the same seed |
 | ``gan-<student>`` | my_kd_gan.py | GAN KD (Wang et al. 2020) from the same teacher |
 | ``lth-<c>`` | prune.py --lth --weights DENSE | LTH on the composition student ``c`` (``--compose-student``) |
@@ -78,19 +79,21 @@ START, END = "<!-- table:start -->", "<!-- table:end -->"
 
 # The markdown table's columns (the README test checks them).
 COLUMNS = ("model", "training", "mAP@0.5", "AP@[.5:.95]", "params", "non-zero params", "dense MACs", "sparse MACs",
-           "storage MiB", "artefact", "wall time", "runs")
+           "storage MiB", "latency ms", "artefact", "wall time", "runs")
 
 # table.csv's columns: one line per row, means and sample standard deviations over the seeds.
 CSV_COLUMNS = ("row", "model", "training", "seeds", "map50_mean", "map50_std", "map_mean", "map_std", "params_mean",
                "params_std", "nonzero_params_mean", "nonzero_params_std", "sparsity_mean", "sparsity_std",
                "macs_mean", "macs_std", "sparse_macs_mean", "sparse_macs_std", "storage_bytes_mean",
-               "storage_bytes_std", "artefact", "wall_s_mean", "wall_s_std", "runs")
+               "storage_bytes_std", "latency_ms_mean", "latency_ms_std", "artefact", "wall_s_mean", "wall_s_std",
+               "runs")
 
 # seeds.csv's columns: one line per row and seed.
 SEED_COLUMNS = ("row", "seed", "run", "map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs",
-                "storage_bytes", "artefact", "artefact_path", "checkpoint_bytes", "wall_s")
+                "storage_bytes", "latency_ms", "artefact", "artefact_path", "checkpoint_bytes", "wall_s")
 
-METRICS = ("map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs", "storage_bytes", "wall_s")
+METRICS = ("map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs", "storage_bytes", "latency_ms",
+           "wall_s")
 
 MODEL_NAMES = {"yolov3-tiny": "YOLOv3-Tiny", "yolov3": "YOLOv3", "yolov3-spp": "YOLOv3-SPP",
                "yolo-nano": "YOLO Nano", "yolo-nano_leaky": "YOLO Nano leaky",
@@ -155,6 +158,11 @@ def build_parser():
     g.add_argument("--runner", choices=("subprocess", "inprocess"), default="subprocess",
                    help="inprocess: call each script's main() in this process (no start-up cost; for tests)")
     g.add_argument("--list-rows", action="store_true", help="print the rows and the runs they need, then stop")
+    g.add_argument("--collect-only", action="store_true", help="start no run: tables from the finished runs")
+    g.add_argument("--latency", action="store_true",
+                   help="time each finished run's shipped artefact, folded, in ONNX Runtime at batch 1 (latency.json; "
+                        "measured again on another CPU or thread count): run it when nothing else runs")
+    g.add_argument("--latency-reps", type=int, default=20, help="timed runs per latency (the median is reported)")
     g.add_argument("--dry-run", action="store_true", help="print the commands of the runs to do, then stop")
     return p
 
@@ -375,6 +383,11 @@ def build_plan(a, base):
                                      str(min(a.rewind_epoch, a.cs_epochs)), "--seed", str(s), *prune_extra],
                   final_round=n, pruned=True)
         add(f"cs{n}", big, f"CS {n} round{'s' * (n != 1)}", jid, "pruning")
+    jid = job(f"cs-filter-{big.stem}", "prune.py",
+              lambda s, J: ["--cs", "--granularity", "filter", "--cfg", str(big), "--rounds", "1", *common_cs,
+                            "--ticket-epochs", str(a.epochs), "--rewind-epoch", str(min(a.rewind_epoch, a.cs_epochs)),
+                            "--seed", str(s), *prune_extra], final_round=1, pruned=True)
+    add("cs-filter", big, "CS filters, 1 round", jid, "pruning")
     teacher = baseline(big)
     teacher_weights = lambda J: str(J[teacher].weights("best.pt"))  # noqa: E731
     for name, cfg in students.items():
@@ -681,7 +694,64 @@ class Table:
                 "storage_bytes": int(s.get("file_bytes") or artefact.stat().st_size),
                 "artefact": "sparse" if marker.get("pruned") else "fp32", "artefact_path": str(artefact),
                 "checkpoint_bytes": final.stat().st_size if final.is_file() else "",
-                "wall_s": run_seconds(job)}
+                "latency_ms": self.latency(job), "wall_s": run_seconds(job)}
+
+    # -- latency ---------------------------------------------------------------------------------------
+    def latency_setting(self):
+        """What a latency figure depends on besides the artefact."""
+        import torch
+
+        from utils.general import cpu_name
+
+        return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "img_size": self.a.img_size, "batch": 1}
+
+    def latency(self, job):
+        """The median ms of the run's latency.json at this table's image size, else None."""
+        path = job.folder / "latency.json"
+        if not path.is_file():
+            return None
+        rec = json.loads(path.read_text())
+        return float(rec["ms"]) if rec.get("img_size") == self.a.img_size else None
+
+    def measure_latencies(self):
+        """latency.json for every finished run of the table whose figure is missing or from another setting."""
+        import tempfile
+
+        import torch
+
+        from benchmarks.common import ort_latency
+        from utils.checkpoint import load_model
+        from utils.export import fold_empty_channels
+
+        setting = self.latency_setting()
+        for job in self.jobs.values():
+            path = job.folder / "latency.json"
+            if not self.done(job) or (path.is_file() and {k: json.loads(path.read_text()).get(k) for k in setting}
+                                      == setting):
+                continue
+            artefact = json.loads((job.folder / "table_done.json").read_text())["artefact"]
+            model, _ = load_model(artefact)
+            folded, report = fold_empty_channels(model.eval())
+            with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
+                best, median = ort_latency(folded, self.a.img_size, self.a.latency_reps, folder, warmup=3)
+            rec = {**setting, "ms": round(median, 3), "best_ms": round(best, 3), "reps": self.a.latency_reps,
+                   "warmup": 3, "runtime": "onnxruntime", "artefact": artefact, "params_folded": report["params_after"],
+                   "filters_removed": report["removed"], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+            path.write_text(json.dumps(rec, indent=1) + "\n")
+            self.event("latency", job, ms=rec["ms"])
+            self.out(f"{job.id} seed {job.seed}: {rec['ms']:.2f} ms (ONNX Runtime, batch 1, {self.a.img_size} px, "
+                     f"{report['removed']} filters folded)")
+
+    def latency_cpus(self):
+        """The distinct ``cpu, threads`` of the latency figures in the table."""
+        seen = []
+        for job in self.jobs.values():
+            path = job.folder / "latency.json"
+            if path.is_file() and self.done(job):
+                rec = json.loads(path.read_text())
+                if rec.get("img_size") == self.a.img_size and f"{rec['cpu']}, {rec['threads']} threads" not in seen:
+                    seen.append(f"{rec['cpu']}, {rec['threads']} threads")
+        return seen
 
     def collect(self):
         """Per row: the per-seed numbers and their mean and sample standard deviation."""
@@ -695,7 +765,7 @@ class Table:
                     seeds.append(dict(nums, seed=s, run=str(job.folder)))
             agg = {}
             for k in METRICS:
-                values = [x[k] for x in seeds]
+                values = [x[k] for x in seeds if x[k] is not None]
                 agg[k] = (statistics.fmean(values) if values else None,
                           statistics.stdev(values) if len(values) > 1 else None)
             out.append({"row": row.name, "model": row.model, "training": row.training, "family": row.family,
@@ -749,7 +819,7 @@ def md_row(cells):
 
 
 def markdown_table(results, link_base):
-    lines = [md_row(COLUMNS), "|" + "|".join(["---"] * 2 + ["--:"] * 7 + ["---"] * 3) + "|"]
+    lines = [md_row(COLUMNS), "|" + "|".join(["---"] * 2 + ["--:"] * 8 + ["---"] * 3) + "|"]
     for r in results:
         g = r["agg"]
         mib = [None if v is None else v / 2**20 for v in g["storage_bytes"]]
@@ -757,8 +827,9 @@ def markdown_table(results, link_base):
                          for s, p in enumerate(r["runs"]))
         lines.append(md_row([r["model"], r["training"], fmt_float(*g["map50"]), fmt_float(*g["map"]),
                              fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]), fmt_int(*g["macs"]),
-                             fmt_int(*g["sparse_macs"]), fmt_float(*mib, digits=2), r["artefact"] or "-",
-                             fmt_time(*g["wall_s"]), links]))
+                             fmt_int(*g["sparse_macs"]), fmt_float(*mib, digits=2),
+                             fmt_float(*g.get("latency_ms", (None, None)), digits=1), r["artefact"] or "-", fmt_time(*g["wall_s"]),
+                             links]))
     return lines
 
 
@@ -769,10 +840,20 @@ def notes(meta):
         f"the validation set at {meta['img_size']} px. params: all parameters; non-zero params: those not zero "
         f"(pruned rows). MACs: batch 1 at {meta['img_size']} px, dense (every kernel weight) and sparse (non-zero "
         f"kernel weights only). storage: bytes on disk of the shipped artefact `export.py --include sparse`: a "
-        f"bitmask + non-zero values for pruned rows (`sparse`), plain fp32 tensors for dense ones (`fp32`). wall "
+        f"bitmask + non-zero values for pruned rows (`sparse`), plain fp32 tensors for dense ones (`fp32`). "
+        f"latency: {latency_note(meta)}. wall "
         f"time: the run's epochs (training + validation) summed over its rounds, start-up and the final test "
         f"excluded; a run a row starts from (teacher, dense round 0, pruned or distilled student) counts in its "
         f"own row. runs: the run folder of each seed."]
+
+
+def latency_note(meta):
+    cpus = meta.get("latency_cpus") or []
+    if not cpus:
+        return "not measured (`--latency`)"
+    return (f"ms per image of the shipped artefact with its empty filters folded away (`export.py --fold`), ONNX "
+            f"Runtime, batch 1, {meta['img_size']} px, median of {meta.get('latency_reps', 20)} runs after 3 "
+            f"warm-up, on {'; '.join(cpus)} (`--latency`, run with nothing else running)")
 
 
 def describe(meta):
@@ -804,7 +885,7 @@ def machine():
     return text
 
 
-def plot(results, path, title):
+def plot(results, path, title, x_key="storage_bytes"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -813,12 +894,13 @@ def plot(results, path, title):
     markers = {"baseline": "o", "pruning": "s", "distillation": "^", "composition": "D"}
     fig, ax = plt.subplots(figsize=(8, 5))
     for fam, marker in markers.items():
-        pts = [r for r in results if r["family"] == fam and r["n"]]
+        pts = [r for r in results if r["family"] == fam and r["n"] and r["agg"][x_key][0] is not None]
         if not pts:
             continue
-        x = [r["agg"]["storage_bytes"][0] / 2**20 for r in pts]
+        div = 2**20 if x_key == "storage_bytes" else 1
+        x = [r["agg"][x_key][0] / div for r in pts]
         y = [r["agg"]["map50"][0] for r in pts]
-        xerr = [(r["agg"]["storage_bytes"][1] or 0) / 2**20 for r in pts]
+        xerr = [(r["agg"][x_key][1] or 0) / div for r in pts]
         yerr = [r["agg"]["map50"][1] or 0 for r in pts]
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, capsize=3, label=fam)
         for xi, yi, r in zip(x, y, pts):
@@ -829,7 +911,8 @@ def plot(results, path, title):
     for axis in (ax.xaxis,):
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
-    ax.set_xlabel("storage of the shipped artefact (MiB, log scale)")
+    ax.set_xlabel("storage of the shipped artefact (MiB, log scale)" if x_key == "storage_bytes" else
+                  "latency of the shipped artefact, folded (ms per image, ONNX Runtime, batch 1, log scale)")
     ax.set_ylabel("mAP@0.5")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
@@ -845,6 +928,7 @@ def write_outputs(table, meta):
     base = table.base
     results = table.collect()
     meta["total_seconds"] = round(sum(run_seconds(j) for j in table.jobs.values() if table.done(j)), 1)
+    meta["latency_cpus"], meta["latency_reps"] = table.latency_cpus(), table.a.latency_reps
     with open(base / "table.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
@@ -864,8 +948,11 @@ def write_outputs(table, meta):
     title = f"{meta['stem']}: mAP@0.5 against storage ({meta['seeds']} seed{'s' * (meta['seeds'] != 1)})"
     lines = [f"# Results on {meta['stem']}", ""] + describe(meta) + [""] + markdown_table(results, base) + [""]
     lines += notes(meta) + ["", "![mAP@0.5 against storage](table.png)", ""]
-    (base / "table.md").write_text("\n".join(lines))
     plot(results, base / "table.png", title)
+    if meta["latency_cpus"]:
+        lines += ["![mAP@0.5 against latency](table_latency.png)", ""]
+        plot(results, base / "table_latency.png", title.replace("storage", "latency"), "latency_ms")
+    (base / "table.md").write_text("\n".join(lines))
     (base / "table.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1) + "\n")
     return results
 
@@ -883,16 +970,15 @@ def readme_block(out_root, readme, images):
         meta = t["meta"]
         img_dir = (readme_dir / images).resolve()
         img_dir.mkdir(parents=True, exist_ok=True)
-        src = Path(out_root) / meta["stem"] / "table.png"
-        img = img_dir / f"table_{meta['stem']}.png"
-        if src.is_file():
-            shutil.copyfile(src, img)
         lines += ["", f"### {meta['stem']}", ""] + describe(meta) + [""]
         lines += markdown_table(t["rows"], readme_dir) + [""] + notes(meta)
-        if img.is_file():
-            lines.append("")
-            rel = Path(os.path.relpath(img, readme_dir)).as_posix()
-            lines += [f"![{meta['stem']}: mAP@0.5 against storage]({rel})"]
+        for name, what in (("table", "storage"), ("table_latency", "latency")):
+            src = Path(out_root) / meta["stem"] / f"{name}.png"
+            img = img_dir / f"{name}_{meta['stem']}.png"
+            if src.is_file():
+                shutil.copyfile(src, img)
+                rel = Path(os.path.relpath(img, readme_dir)).as_posix()
+                lines += ["", f"![{meta['stem']}: mAP@0.5 against {what}]({rel})"]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -954,9 +1040,11 @@ def main(argv=None, runner=None, out=print):
     table = Table(a, base, rows, jobs, runner=runner, out=out)
     t0 = time.time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    status = table.run_all()
+    status = {} if a.collect_only else table.run_all()
     if a.dry_run:
         return status
+    if a.latency:
+        table.measure_latencies()
     from utils.datasets import parse_data_cfg
 
     data = parse_data_cfg(a.data)

@@ -11,7 +11,9 @@ import torch
 import torch.nn as nn
 
 from models import Darknet, prunable_parameters
-from utils.cs import ContinuousSparsification, CSPlugin, SoftMasks, reset_logits, temperature
+from utils.cs import (ContinuousSparsification, CSPlugin, SoftFilterMasks, SoftMasks, reset_logits,
+                      soft_masks_from_state, temperature)
+from utils.export import fold_empty_channels
 from utils.pruning import Masks, rewind
 from utils.torch_utils import ModelEMA, build_optimizer, recompute_bn_stats
 
@@ -319,6 +321,91 @@ def test_plugin_state_round_trip_restores_logits_optimiser_and_raw_ema():
                            plugin.optimizer.state[soft.logits[n]]["momentum_buffer"])
     plugin.close()
     plugin2.close()
+
+
+# ------------------------------------------------------------------------------------------- filter gates
+def filter_gates(cfg, seed=0):
+    torch.manual_seed(seed)
+    model = Darknet(cfg, img_size=64, nc=3)
+    return model, SoftFilterMasks.init(model, [n for n, _ in prunable_parameters(model)], -0.1)
+
+
+@pytest.mark.parametrize("cfg", ["cfg/yolov3-tiny.cfg", "cfg/mobilenetv3-yolo.cfg"])
+def test_filter_gates_start_at_one_and_the_folded_ticket_is_the_gated_network(cfg):
+    model, soft = filter_gates(cfg)
+    x = torch.rand(2, 3, 64, 64)
+    model.train()
+    dense = outputs(model, x)
+    soft.attach(model)
+    assert torch.equal(outputs(model, x), dense)  # σ(s0)/σ(s0) = 1 on every channel
+    random_logits(soft, seed=5)
+    model.eval()
+    with torch.no_grad():
+        gated = outputs(model, x)
+    soft.detach(model)
+    plain = Darknet(cfg, img_size=64, nc=3).eval()
+    plain.load_state_dict(soft.fold(model.state_dict()))
+    with torch.no_grad():
+        assert torch.allclose(outputs(plain, x), gated, atol=1e-4)
+    masks = soft.hard_masks()
+    assert masks.violations(plain) == 0
+    for k, (shape, extra) in soft.units.items():
+        keep = soft.logits[k].detach() > 0
+        assert masks[k].shape == shape and torch.equal(masks[k].flatten(1).all(1), keep)
+        assert torch.equal(masks[k].flatten(1).any(1), keep)  # whole rows
+        assert extra and all(torch.equal(masks[c], keep) for c in extra)
+    folded, report = fold_empty_channels(plain)
+    closed = sum(int((s.detach() <= 0).sum()) for s in soft.logits.values())
+    assert 0 < report["removed"] <= closed and report["params_after"] < report["params_before"]
+    with torch.no_grad():
+        assert torch.allclose(outputs(folded.eval(), x), gated, atol=1e-4)
+
+
+def test_filter_penalty_weighs_each_gate_by_its_filter_and_the_lr_by_its_inverse():
+    model, soft = filter_gates(CFG)
+    random_logits(soft, seed=2)
+    soft.beta = 3.0
+    per = {k: math.prod(shape[1:]) for k, (shape, _) in soft.units.items()}
+    expected = sum(float(torch.sigmoid(3.0 * s.detach()).sum()) * per[k] for k, s in soft.logits.items())
+    assert float(soft.l1().detach()) == pytest.approx(expected, rel=1e-6)
+    assert soft.numel() == sum(s.numel() * per[k] for k, s in soft.logits.items())
+    plugin = CSPlugin(soft, cs_lambda=1e-6, mask_lr=0.5)
+    trainer = fake_trainer(model.train(), epochs=4)
+    trainer.lf = lambda e: 0.25
+    plugin.setup(trainer)
+    plugin.before_epoch(trainer, 1)
+    lrs = {id(g["params"][0]): g["lr"] for g in plugin.optimizer.param_groups}
+    assert len(lrs) == len(soft) and all(lrs[id(s)] == pytest.approx(0.5 * 0.25 / per[k])
+                                         for k, s in soft.logits.items())
+    loss = outputs(model, torch.rand(2, 3, 64, 64)).square().mean() + plugin.extra_loss(trainer, None, None, None,
+                                                                                        {})["cs_l1"]
+    loss.backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in soft.logits.values())
+    plugin.after_step(trainer)
+    plugin.close()
+
+
+def test_filter_gates_survive_the_plugin_state_and_the_checkpoint_folds_bn():
+    model, soft = filter_gates(CFG)
+    random_logits(soft, seed=4)
+    plugin = CSPlugin(soft)
+    trainer = fake_trainer(model.train())
+    plugin.setup(trainer)
+    trainer.ema = ModelEMA(model)
+    state = plugin.state_dict()
+    back = soft_masks_from_state(state["masks"])
+    assert isinstance(back, SoftFilterMasks) and back.units == soft.units
+    assert all(torch.equal(back.logits[n], soft.logits[n]) for n in soft.names())
+    assert set(state["ema"]) == set(soft.folded_names())  # the raw BN scale and shift too
+    entry = plugin.checkpoint_entries(trainer)
+    raw = trainer.ema.ema.state_dict()
+    for k, (_, extra) in soft.units.items():
+        keep, bn = soft.logits[k].detach() > 0, extra[0]
+        assert not entry["model"][k][~keep].any() and not entry["model"][bn][~keep].any()
+        assert torch.allclose(entry["model"][bn][keep], raw[bn][keep].float() / soft.sig0("cpu"))
+        assert torch.equal(entry["model"][k][keep], raw[k][keep].float())  # BN follows: the kernel is not scaled
+    assert Masks.from_state_dict(entry["masks"]).sparsity() == soft.hard_masks().sparsity()
+    plugin.close()
 
 
 # ------------------------------------------------------------------------------------------- the ticket

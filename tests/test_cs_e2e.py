@@ -188,3 +188,33 @@ def test_killed_during_round_1_and_resumed_equals_uninterrupted(reference, shape
     keys = ("kind", "sparsity", "alive_params", "sparse_macs", "map50", "map", "best_epoch")
     assert [{k: x[k] for k in keys} for x in rows_of(reference / "rounds.csv")] == \
            [{k: y[k] for k in keys} for y in rows_of(run / "rounds.csv")]
+
+
+def test_filter_gates_give_a_filter_ticket_that_folds_into_a_smaller_network(shapes_tiny, tmp_path):
+    """Issue 28: prune.py --cs --granularity filter learns one gate per filter; the ticket masks whole filters with
+    their BN, is θ_k on the kept ones, and export.py --fold turns it into a smaller network that scores the same."""
+    import export
+
+    run = prune.main([*TINY, "--cs", "--granularity", "filter", "--rounds", "1", "--epochs", "2", "--ticket-epochs",
+                      "1", "--rewind-epoch", "1", "--mask-init", "0", "--seed", "3", "--data", str(shapes_tiny),
+                      "--project", str(tmp_path), "--name", "f"])
+    search, ticket = ckpt(run, 0), ckpt(run, 1)
+    soft = cs.soft_masks_from_state(search["train_state"]["plugins"]["cs"]["masks"])
+    assert isinstance(soft, cs.SoftFilterMasks)
+    masks = Masks.from_state_dict(ticket["masks"])
+    closed = 0
+    for k, (shape, extra) in soft.units.items():
+        keep = soft.logits[k].detach() > 0
+        closed += int((~keep).sum())
+        assert torch.equal(masks[k].flatten(1).all(1), keep) and torch.equal(masks[k].flatten(1).any(1), keep)
+        for c in (k, *extra):
+            assert torch.equal(masks[c].flatten(1).any(1) if masks[c].dim() > 1 else masks[c], keep)
+            assert not ticket["model"][c][~keep].any() and not ticket["train_state"]["model"][c][~keep].any()
+        theta_k = search["rewind"]["model"][k]
+        assert torch.equal(ticket["rewind"]["model"][k][keep], theta_k[keep])  # rewound to θ_k
+    assert 0 < closed < sum(s.numel() for s in soft.logits.values())
+    out = export.main(["--weights", str(run / "round_1" / "weights" / "last.pt"), "--include", "sparse", "--fold",
+                       "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8", "--workers", "0"])
+    fold = out["fold"]
+    assert fold["removed"] >= closed and fold["params_after"] < fold["params_before"]
+    assert fold["max_abs_diff"]["raw"] < 1e-4 and fold["map_before"] == pytest.approx(fold["map_after"], abs=1e-6)

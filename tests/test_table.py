@@ -25,10 +25,10 @@ FAST = ["--seeds", "1", "--epochs", "1", "--img-size", "64", "--batch-size", "8"
 
 # every row with --big-cfg = --tiny-cfg (the "big" row is then the "tiny" row: one run, one row)
 ROWS = ["tiny", "nano", "nano-leaky", "mnv3", "mnv3-leaky", "lth-local", "lth-global", "lth-filter", "cs1", "cs3",
-        "kd-nano", "kd-nano-leaky", "kd-mnv3", "kd-mnv3-leaky", "gan-nano", "gan-nano-leaky", "gan-mnv3", "gan-mnv3-leaky",
+        "cs-filter", "kd-nano", "kd-nano-leaky", "kd-mnv3", "kd-mnv3-leaky", "gan-nano", "gan-nano-leaky", "gan-mnv3", "gan-mnv3-leaky",
         "lth-nano-leaky", "lth+kd", "kd+lth"]
 SEEDED = ["tiny", "lth-local"]  # the rows run with 2 seeds, for the mean and std
-PRUNED = {"lth-local", "lth-global", "lth-filter", "cs1", "cs3", "lth-nano-leaky", "lth+kd", "kd+lth"}
+PRUNED = {"lth-local", "lth-global", "lth-filter", "cs1", "cs3", "cs-filter", "lth-nano-leaky", "lth+kd", "kd+lth"}
 
 
 def events(base):
@@ -133,7 +133,10 @@ def test_mean_and_std_are_over_the_seeds(full):
     nonzero_std = 0
     for name, row in rows.items():
         for k in table.METRICS:
-            values = [float(s[k]) for s in seeds if s["row"] == name]
+            values = [float(s[k]) for s in seeds if s["row"] == name and s[k] != ""]
+            if k == "latency_ms":  # timed only with --latency
+                assert values == [] and row["latency_ms_mean"] == row["latency_ms_std"] == ""
+                continue
             assert float(row[f"{k}_mean"]) == pytest.approx(statistics.fmean(values), rel=1e-9, abs=1e-12)
             assert float(row[f"{k}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-9, abs=1e-12)
             nonzero_std += statistics.stdev(values) > 0
@@ -178,6 +181,27 @@ def test_rerun_reuses_every_run_and_writes_the_readme_block(full, tmp_path):
 def test_changed_arguments_are_refused(full):
     with pytest.raises(table.UserError, match="made by other arguments .*then --rounds 1, now --rounds 2"):
         table.main([*full["argv"], "--lth-rounds", "2", "--rows", "lth-local"], out=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_latency_is_measured_on_the_folded_artefacts_without_running_anything(full):
+    base = full["base"]
+    calls = []
+    argv = [*full["argv"], "--rows", "tiny", "lth-filter", "--collect-only", "--latency", "--latency-reps", "2"]
+    table.main(argv, runner=lambda *a: calls.append(a) or 0, out=lambda *a: None)
+    assert calls == []  # --collect-only starts no run
+    dense = json.loads((base / "dense-yolov3-tiny/seed0/latency.json").read_text())
+    pruned = json.loads((base / "lth-filter-local-yolov3-tiny/seed0/latency.json").read_text())
+    assert dense["filters_removed"] == 0 < pruned["filters_removed"]  # the filter ticket is timed folded
+    assert pruned["params_folded"] < dense["params_folded"] and dense["img_size"] == 64 and dense["batch"] == 1
+    assert not (base / "cs1-yolov3-tiny/seed0/latency.json").exists()  # rows not asked for are not timed
+    rows = {r["row"]: r for r in read_csv(base / "table.csv")}
+    assert list(rows) == ["tiny", "lth-filter"] and float(rows["tiny"]["latency_ms_mean"]) == dense["ms"] > 0
+    md = (base / "table.md").read_text()
+    assert dense["cpu"] in md and "ONNX Runtime, batch 1" in md and (base / "table_latency.png").stat().st_size > 5000
+    before = (base / "dense-yolov3-tiny/seed0/latency.json").stat().st_mtime_ns
+    table.main(argv, runner=lambda *a: calls.append(a) or 0, out=lambda *a: None)
+    assert (base / "dense-yolov3-tiny/seed0/latency.json").stat().st_mtime_ns == before  # same CPU: kept
 
 
 @pytest.mark.slow

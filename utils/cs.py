@@ -33,6 +33,8 @@ How it is built here:
   hard gate 1[s > 0]/σ(s₀) (the network one would get by stopping here): so the BN statistics recomputed before an
   evaluation (``--precise-bn``, train mode without gradients) are those of the hard-gated network that is scored.
   (The original project scored search rounds with the soft gates and running BN statistics.)
+- ``SoftFilterMasks`` (``--granularity filter``): one logit per output channel of the plain convs, gating the
+  channel after its BN; its ticket is a filter-level one that ``export.py --fold`` shrinks (see its docstring).
 - ``CSPlugin``: the engine plug-in of a search round. ``extra_loss`` returns λ·Σσ(β·s) as a per-image term (the
   engine multiplies it by the batch size exactly as it does the detection loss, which is the per-image mean loss
   times the batch size: so λ weighs the L1 term against the mean detection loss as in the paper's objective).
@@ -61,6 +63,7 @@ How it is built here:
   the next round and the ticket derive from), the ticket its best.pt.
 """
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -72,7 +75,8 @@ from utils.datasets import parse_data_cfg
 from utils.engine import Plugin, model_from_args
 from utils.errors import UserError
 from utils.general import init_seeds
-from utils.pruning import STRATEGIES, MaskPlugin, Masks, RewindPlugin, Strategy, build_model, rewind, rewind_epochs
+from utils.pruning import (STRATEGIES, MaskPlugin, Masks, RewindPlugin, Strategy, build_model, filter_units, rewind,
+                           rewind_epochs)
 from utils.settings import CSSettings
 from utils.torch_utils import de_parallel
 
@@ -129,7 +133,19 @@ class SoftMasks:
         return len(self.logits)
 
     def numel(self):
+        """The weights the gates cover (one per logit here)."""
         return sum(s.numel() for s in self.logits.values())
+
+    def lr_scales(self):
+        """``{name: factor of --mask-lr}`` for each logit tensor."""
+        return {n: 1.0 for n in self.logits}
+
+    def describe(self):
+        return f"{len(self)} soft-masked tensors, {self.numel():,} logits"
+
+    def folded_names(self):
+        """The state-dict entries ``fold`` changes."""
+        return list(self.logits)
 
     def to(self, device):
         """Move the logits (keeping them leaf tensors)."""
@@ -279,6 +295,124 @@ class SoftMasks:
         self.beta = float(state.get("beta", 1.0))
 
 
+class SoftFilterMasks(SoftMasks):
+    """``--granularity filter``: one logit per output channel of each plain conv (``pruning.filter_units``).
+
+    The gate multiplies the channel after its BN (or after the conv where it has no BN): a scale on a kernel that BN
+    follows would be normalised away. The penalty weighs each gate by the kernel weights of its filter, and the
+    logits of a layer learn at ``--mask-lr`` / (weights per filter), so λ and the mask lr keep their weight-level
+    meaning: a filter's gate moves as the mean of its weights' gates would. The hard masks are ``filter_prune``'s
+    (kernel rows + BN scale and shift), so the ticket and ``export.py --fold`` are those of filter-level LTH.
+    """
+
+    def __init__(self, logits, mask_init, beta=1.0, units=None):
+        super().__init__(logits, mask_init, beta)
+        self.units = {k: (tuple(int(d) for d in shape), tuple(extra)) for k, (shape, extra) in dict(units).items()}
+        if set(self.units) != set(self.logits):
+            raise UserError("filter gates: the logits and their filter units name different kernels")
+
+    @classmethod
+    def init(cls, model, kernels, mask_init):
+        """Logits s₀ for every filter of the plain convs among ``kernels`` (names of ``model``'s conv weights)."""
+        params = dict(de_parallel(model).named_parameters())
+        units = {k: (tuple(params[k].shape), extra) for k, extra in filter_units(model, kernels).items()}
+        if not units:
+            raise UserError("--granularity filter: the network has no plain [convolutional] layer whose filters CS "
+                            "could gate")
+        return cls({k: torch.full((shape[0],), float(mask_init), dtype=torch.float32, device=params[k].device)
+                    for k, (shape, _) in units.items()}, mask_init, units=units)
+
+    def per_gate(self, name):
+        """Kernel weights of one filter of ``name``: the weight of its gate in the penalty."""
+        return math.prod(self.units[name][0][1:])
+
+    def numel(self):
+        return sum(s.numel() * self.per_gate(n) for n, s in self.logits.items())
+
+    def lr_scales(self):
+        return {n: 1.0 / self.per_gate(n) for n in self.logits}
+
+    def describe(self):
+        return f"{sum(s.numel() for s in self.logits.values()):,} filter gates over {len(self)} convs"
+
+    def l1(self, penalty="sigmoid"):
+        total = sum(torch.sigmoid(self.beta * s).sum() * self.per_gate(n) for n, s in self.logits.items())
+        if penalty == "gate" and self.logits:
+            total = total / self.sig0(next(iter(self.logits.values())).device)
+        return total
+
+    def hard_masks(self):
+        out = {}
+        for n, s in self.logits.items():
+            keep = s.detach() > 0
+            out[n] = keep.view(-1, 1, 1, 1).expand(self.units[n][0]).clone()
+            out.update({c: keep.clone() for c in self.units[n][1]})
+        return Masks(out)
+
+    def folded_names(self):
+        return [x for n in self.logits for x in (n, *self.units[n][1])]
+
+    def owners(self, model):
+        """``[(kernel name, the module whose output carries the channels)]``: the conv's BN, else the conv."""
+        net = de_parallel(model)
+        params = dict(net.named_parameters())
+        pairs = []
+        for n, s in self.logits.items():
+            if n not in params or params[n].shape[0] != s.numel():
+                raise UserError(f"filter gates for '{n}' do not match the network's parameter of that name")
+            prefix = n.rsplit(".", 2)[0]
+            bn = any(c.endswith(".bn.weight") for c in self.units[n][1])
+            pairs.append((n, net.get_submodule(prefix + (".bn" if bn else ".conv"))))
+        return pairs
+
+    def attach(self, model):
+        """Hook the module after each gated filter: its output channels × σ(β·s)/σ(s₀) while learning, × the hard
+        gate otherwise."""
+        handles = [module.register_forward_hook(self._gate_hook(name)) for name, module in self.owners(model)]
+        self.handles += handles
+        return handles
+
+    def _gate_hook(self, name):
+        bank = self
+
+        def gate(module, args, output):
+            g = bank.soft_gate(name) if module.training and torch.is_grad_enabled() else bank.hard_gate(name)
+            return output * g.to(output.dtype).view(1, -1, 1, 1)
+
+        return gate
+
+    @torch.no_grad()
+    def fold(self, state):
+        """The gate folded into BN's scale and shift (or the conv's kernel and bias), the kernel rows of closed
+        filters at +0.0: the network eval mode computes, as a plain state dict."""
+        out = dict(state)
+        for n, s in self.logits.items():
+            h, keep = self.hard_gate(n), s.detach() > 0
+            extra = self.units[n][1]
+            scaled = extra if any(c.endswith(".bn.weight") for c in extra) else (n, *extra)
+            for c in (n, *extra):
+                v = state[c].detach().float()
+                shape = (-1,) + (1,) * (v.dim() - 1)
+                if c in scaled:
+                    v = v * h.to(v.device).view(shape)
+                out[c] = v.masked_fill(~keep.to(v.device).view(shape), 0.0)
+        return out
+
+    def state_dict(self):
+        return {**super().state_dict(), "granularity": "filter",
+                "units": {k: (list(shape), list(extra)) for k, (shape, extra) in self.units.items()}}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls(state["logits"], state["mask_init"], state.get("beta", 1.0), units=state["units"])
+
+
+def soft_masks_from_state(state):
+    """``SoftMasks`` or ``SoftFilterMasks``, as the state saved by ``state_dict`` says."""
+    kind = SoftFilterMasks if state.get("granularity") == "filter" else SoftMasks
+    return kind.from_state_dict(state)
+
+
 # ---------------------------------------------------------------------------------------------------- plug-in
 class CSPlugin(Plugin):
     """One search round of Continuous Sparsification in the training engine (see the module docstring).
@@ -309,18 +443,25 @@ class CSPlugin(Plugin):
         self.masks.to(device)
         self.masks.attach(model)
         momentum = self.mask_momentum
-        self.optimizer = torch.optim.SGD(list(self.masks.logits.values()), lr=self.mask_lr, momentum=momentum,
+        self.optimizer = torch.optim.SGD(self.param_groups(), lr=self.mask_lr, momentum=momentum,
                                          nesterov=self.nesterov and momentum > 0, weight_decay=0.0)
         if getattr(trainer, "main", False) and getattr(trainer, "save_dir", None) is not None:
-            trainer.log(f"continuous sparsification: {len(self.masks)} soft-masked tensors, "
-                        f"{self.masks.numel():,} logits at s0={self.masks.mask_init:g}, lambda={self.cs_lambda:g}, "
-                        f"beta 1 -> {self.final_temperature:g}")
+            trainer.log(f"continuous sparsification: {self.masks.describe()} at s0={self.masks.mask_init:g}, "
+                        f"lambda={self.cs_lambda:g}, beta 1 -> {self.final_temperature:g}")
+
+    def param_groups(self):
+        """One group of every logit at --mask-lr, or (filter gates) one per tensor with its ``lr_scales`` factor."""
+        scales = self.masks.lr_scales()
+        if set(scales.values()) <= {1.0}:
+            return [{"params": list(self.masks.logits.values())}]
+        return [{"params": [s], "lr": self.mask_lr * scales[n], "scale": scales[n]}
+                for n, s in self.masks.logits.items()]
 
     def before_epoch(self, trainer, epoch):
         self.masks.beta = temperature(epoch, trainer.epochs, self.final_temperature)
         factor = trainer.lf(epoch) if hasattr(trainer, "lf") else 1.0
         for group in self.optimizer.param_groups:
-            group["lr"] = self.mask_lr * factor
+            group["lr"] = self.mask_lr * factor * group.get("scale", 1.0)
 
     def extra_loss(self, trainer, imgs, targets, outputs, features):
         scaler = getattr(trainer, "scaler", None)
@@ -362,7 +503,7 @@ class CSPlugin(Plugin):
         the engine's raw entry; ``masks``: 1[s > 0]; ``cs``: β, s₀, β_T and the sparsities."""
         state = trainer.eval_model().state_dict()
         model = {k: v.detach().float().cpu() if v.dtype.is_floating_point else v.cpu() for k, v in state.items()}
-        model.update({n: v.cpu() for n, v in self.masks.fold({n: state[n] for n in self.masks.names()}).items()})
+        model.update({n: v.cpu() for n, v in self.masks.fold({n: state[n] for n in self.masks.folded_names()}).items()})
         return {"model": model, "masks": self.masks.hard_masks().state_dict(),
                 "cs": {"beta": self.masks.beta, "mask_init": self.masks.mask_init,
                        "final_temperature": self.final_temperature, "cs_lambda": self.cs_lambda,
@@ -373,7 +514,7 @@ class CSPlugin(Plugin):
         ema = getattr(self.trainer, "ema", None)
         if ema is not None:  # the checkpoint's model entry holds folded weights: keep the raw EMA for resume
             ema_state = ema.ema.state_dict()
-            state["ema"] = {n: ema_state[n].detach().cpu().clone() for n in self.masks.names()}
+            state["ema"] = {n: ema_state[n].detach().cpu().clone() for n in self.masks.folded_names()}
         return state
 
     @torch.no_grad()
@@ -450,8 +591,9 @@ class ContinuousSparsification(Strategy):
         where = f"{self.rewind_iter} optimiser steps" if self.rewind_iter else f"epoch {self.rewind_epoch}"
         reset = "s <- min(beta_T s, s0)" if self.reset_rule == "paper" else "beta <- 1, s <- min(s, s0)"
         extra = f"; rewind point after {where}" if r == 0 else f"; {reset}, weights not rewound"
+        gates = ", one gate per filter" if self.settings.granularity == "filter" else ""
         return (f"round {r}/{n} (CS search {r + 1}/{self.search_rounds}: beta 1 -> {self.final_temperature:g}, "
-                f"lambda {self.cs_lambda:g}{extra})")
+                f"lambda {self.cs_lambda:g}{gates}{extra})")
 
     # -- plug-ins and the state each round starts from -----------------------------------------------
     def plugin(self, soft_masks):
@@ -469,7 +611,7 @@ class ContinuousSparsification(Strategy):
 
     def ticket_model(self, prev):
         """The ticket from the last search round's last.pt: θ_k ⊙ 1[s > 0], and its binary ``Masks``."""
-        masks = SoftMasks.from_state_dict(self.search_state(prev, "last search round")).hard_masks()
+        masks = soft_masks_from_state(self.search_state(prev, "last search round")).hard_masks()
         model = build_model(prev, self.args)
         rewind(model, prev["rewind"]["model"], masks)  # θ_k with the pruned weights at exactly +0.0
         return model, masks
@@ -480,7 +622,10 @@ class ContinuousSparsification(Strategy):
             model, _ = model_from_args(self.args, parse_data_cfg(self.args.data)["classes"])
             named = prunable_parameters(model, include_output=self.settings.prune_output,
                                         skip_first=self.settings.keep_first_dense)
-            soft = SoftMasks.init(named, self.mask_init)
+            if self.settings.granularity == "filter":
+                soft = SoftFilterMasks.init(model, [n for n, _ in named], self.mask_init)
+            else:
+                soft = SoftMasks.init(named, self.mask_init)
             return model, [self.plugin(soft), RewindPlugin(self.rewind_epoch, self.rewind_iter)]
         prev = self.last(r - 1)
         if self.is_ticket(r):
@@ -488,7 +633,7 @@ class ContinuousSparsification(Strategy):
             return model, [MaskPlugin(masks), RewindPlugin(snapshot=prev["rewind"])]
         model = build_model(prev, self.args)
         de_parallel(model).load_state_dict(prev["train_state"]["model"])  # raw weights, not rewound
-        soft = SoftMasks.from_state_dict(self.search_state(prev, self.run.round_dir(r - 1)))
+        soft = soft_masks_from_state(self.search_state(prev, self.run.round_dir(r - 1)))
         soft.reset(self.final_temperature, self.reset_rule)
         return model, [self.plugin(soft), RewindPlugin(snapshot=prev["rewind"])]
 
@@ -499,7 +644,7 @@ class ContinuousSparsification(Strategy):
                 raise UserError(f"{self.run.round_dir(r)}: last.pt of the ticket round holds no masks")
             masks = Masks.from_state_dict(ckpt["masks"])
             return model, [MaskPlugin(masks), RewindPlugin(snapshot=ckpt.get("rewind"))]
-        soft = SoftMasks.from_state_dict(self.search_state(ckpt, self.run.round_dir(r)))
+        soft = soft_masks_from_state(self.search_state(ckpt, self.run.round_dir(r)))
         return model, [self.plugin(soft), RewindPlugin(self.rewind_epoch, self.rewind_iter,
                                                        snapshot=ckpt.get("rewind"))]
 

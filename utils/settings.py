@@ -157,6 +157,9 @@ class PruneSettings(Settings):
     keep_first_dense: bool = setting(False, "never prune the first conv", action="store_true")
     rewind_iter: int = setting(None, "rewind to the weights after this many optimiser steps instead of an epoch",
                                type=int)
+    granularity: str = setting("weight", "weight: single weights; filter: whole filters of the plain convs (kernel, "
+                               "BN scale and shift), which export.py --fold removes for a smaller, faster network "
+                               "(CS: one gate per filter)", choices=("weight", "filter"))
 
 
 @dataclass(frozen=True)
@@ -177,9 +180,6 @@ class LTHSettings(PruneSettings):
                                     choices=("continue", "restart"))
     rank_weights: str = setting("ema", "rank by the magnitudes of the previous round's final weights: their EMA (the "
                                 "weights evaluated and saved) or the raw trained weights", choices=("ema", "raw"))
-    granularity: str = setting("weight", "weight: single weights; filter: whole filters of the plain convs (kernel, "
-                               "BN scale and shift), which export.py --fold removes for a smaller, faster network",
-                               choices=("weight", "filter"))
     filter_criterion: str = setting("l1", "with --granularity filter: rank filters by the L1 norm of their kernel, "
                                     "or by their BN |gamma| (bn: network slimming, Liu et al. 2017)",
                                     choices=("l1", "bn"))
@@ -231,7 +231,7 @@ class CSSettings(PruneSettings):
         if not self.mask_lr > 0 or not 0 <= self.mask_momentum < 1:
             raise UserError(f"--mask-lr must be > 0 and --mask-momentum in [0, 1) "
                             f"(got {self.mask_lr}, {self.mask_momentum})")
-        check_choice(self, "cs_reset", "cs_penalty")
+        check_choice(self, "cs_reset", "cs_penalty", "granularity")
 
 
 def flag_kwargs(f):
