@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from utils.errors import UserError
 from utils.pruning import (MaskPlugin, Masks, RewindPlugin, expected_alive, expected_sparsity, filter_prune,
                            magnitude_prune, prune_count, rewind)
 from utils.torch_utils import ModelEMA, build_optimizer
@@ -232,12 +233,13 @@ def test_rewind_plugin_captures_once_at_the_given_iteration():
 
 
 # ------------------------------------------------------------------------------------------- filter granularity
-def shifted_tiny(seed=0):
-    """yolov3-tiny with random BN shifts, scales and statistics: a pruned filter left to BN would emit a constant."""
+def shifted_tiny(seed=0, cfg="cfg/yolov3-tiny.cfg"):
+    """yolov3-tiny (or ``cfg``) with random BN shifts, scales and statistics: a pruned filter left to BN would emit a
+    constant."""
     from models import Darknet
 
     torch.manual_seed(seed)
-    model = Darknet("cfg/yolov3-tiny.cfg", img_size=64, nc=6).eval()
+    model = Darknet(cfg, img_size=64, nc=6).eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -303,16 +305,29 @@ def test_filter_prune_by_bn_gamma_ranks_by_the_scale():
     assert gone.any() and float(gamma[gone].max()) <= float(gamma[~gone].min())
 
 
-def test_a_filter_ticket_folds_into_a_smaller_network_with_the_same_outputs():
+@pytest.mark.parametrize("cfg, shrink", [("yolov3-tiny", 0.5), ("yolov3", 0.5), ("yolov3-spp", 0.5),
+                                         ("yolo-nano", 1.0), ("mobilenetv3-yolo", 1.0)])
+def test_a_filter_ticket_folds_into_a_smaller_network_with_the_same_outputs(cfg, shrink):
     """The pruned filters' BN scale and shift are masked too, so their channels are exactly 0 and export.py --fold
-    removes them with no constant to approximate, even with BN shifts that would otherwise leave one."""
+    removes them with no constant to approximate, even with BN shifts that would otherwise leave one. On every cfg
+    family: only filters that fold are pruned (none summed by a shortcut, none read by a section folding keeps whole),
+    so the compact families, whose plain convs mostly feed composite sections, barely shrink (YOLOv3-Mobile has no
+    such filter: see the next test)."""
     from utils.export import compare_outputs, fold_empty_channels
 
-    model = shifted_tiny()
+    model = shifted_tiny(cfg=f"cfg/{cfg}.cfg")
     masks = filter_prune(dict(model.state_dict()), Masks.from_model(model, granularity="filter"), 0.5, "local")
     masks.apply(model)
     pruned = sum(int((~masks[k].flatten(1).all(1)).sum()) for k in masks.names() if masks[k].dim() == 4)
     folded, rep = fold_empty_channels(model)
     assert rep["removed"] == pruned and rep["folded_constants"] == 0
-    assert rep["params_after"] < 0.5 * rep["params_before"]
+    assert rep["params_after"] <= shrink * rep["params_before"]
     assert compare_outputs(model, folded, img_size=64)["raw"] < 1e-4
+
+
+def test_filter_granularity_on_a_network_with_no_foldable_filter_is_a_one_line_error():
+    from models import Darknet
+
+    model = Darknet("cfg/yolov3-mobile.cfg", img_size=64)
+    with pytest.raises(UserError, match="no conv of this network has filters that export.py --fold could remove"):
+        Masks.from_model(model, granularity="filter")

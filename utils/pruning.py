@@ -56,6 +56,7 @@ from utils.datasets import create_dataloader, parse_data_cfg
 from utils.engine import Plugin, Trainer, model_from_args
 from utils.errors import UserError
 from utils.evaluation import evaluate
+from utils.export import foldable_convs
 from utils.general import increment_path, init_seeds, is_main_process, select_device
 from utils.my_utils import hyp_from_args, save_args, upgrade_saved_args
 from utils.settings import LTHSettings, scope_type
@@ -93,6 +94,9 @@ class Masks:
             return cls.ones(named)
         params = dict(de_parallel(model).named_parameters())
         units = filter_units(model, [n for n, _ in named])
+        if not units:
+            raise UserError("--granularity filter: no conv of this network has filters that export.py --fold could "
+                            "remove (its plain convs feed shortcuts, composite sections or the heads)")
         return cls.ones([(n, params[n]) for kernel, extra in units.items() for n in (kernel, *extra)])
 
     # -- a small mapping ------------------------------------------------------------------------------
@@ -257,19 +261,20 @@ def magnitude_prune(weights, masks, rate, scope="global"):
 
 
 def filter_units(model, kernels):
-    """``{kernel name: (its BN weight and bias, or its conv bias)}`` for the ``kernels`` that belong to a plain
-    ``[convolutional]`` layer (groups 1): the filters whose removal ``export.py --fold`` turns into a smaller dense
-    network. Kernels inside composite sections (``[pep]``, ``[bottleneck]``, ...) are left out: folding keeps every
-    channel they touch, so pruning their filters would cost accuracy and save no time."""
+    """``{kernel name: (its BN weight and bias, or its conv bias)}`` for the ``kernels`` of the plain
+    ``[convolutional]`` layers whose filters ``export.py --fold`` removes (``export.foldable_convs``): the filters
+    whose removal makes a smaller dense network. Kernels inside composite sections (``[pep]``, ``[bottleneck]``, ...),
+    convs summed by a ``[shortcut]`` and convs read by a section folding keeps whole are left out: pruning their
+    filters would cost accuracy and save no time."""
     net = de_parallel(model)
     params = dict(net.named_parameters())
+    foldable = set(foldable_convs(net))
     units = {}
     for name in kernels:
         parts = name.split(".")
         if len(parts) != 4 or parts[0] != "module_list" or parts[2:] != ["conv", "weight"]:
             continue
-        d = net.module_defs[int(parts[1])]
-        if d["type"] != "convolutional" or int(d.get("groups") or 1) != 1:
+        if int(parts[1]) not in foldable:
             continue
         prefix = ".".join(parts[:2])
         extra = tuple(n for n in (f"{prefix}.bn.weight", f"{prefix}.bn.bias", f"{prefix}.conv.bias") if n in params)
