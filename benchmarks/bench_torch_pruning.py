@@ -144,8 +144,9 @@ def worker(a, out):
         lo, hi = (mid, hi) if got > goal else (lo, mid)
         if abs(got - goal) <= 0.005 * goal:
             break
-    pruned, text = as_darknet(tp_prune(model, mid, a.img_size))
-    diff = compare_outputs(pruned, tp_prune(model, mid, a.img_size), a.img_size)["raw"]
+    module = tp_prune(model, mid, a.img_size)
+    pruned, text = as_darknet(module)
+    diff = compare_outputs(pruned, module, a.img_size)["raw"]
     if diff > 1e-4:
         raise UserError(f"Torch-Pruning's network and its cfg rebuild differ (max |diff| {diff:.3g})")
     save_checkpoint(checkpoint_of(pruned, ckpt), out / "pruned.pt")
@@ -166,7 +167,7 @@ def score(path, a, folder):
     model, _ = load_model(path)
     model = fold_empty_channels(model)[0].eval()
     s = model_summary(model, a.img_size)
-    map50, ap = evaluate_map(model, a.data, a.img_size, 32, 2)[:2]
+    map50, ap = evaluate_map(model, a.data, a.img_size, 32, 2)
     best, median = ort_latency(model, a.img_size, a.reps, folder, batch=1, warmup=3)
     return {"weights": str(path), "map50": map50, "ap": ap, "params": s["params"], "macs": s["macs"],
             "ort_ms": median, "ort_best_ms": best, "threads": torch.get_num_threads()}
@@ -179,7 +180,7 @@ def main(argv=None):
     if a.worker:
         return worker(a, out)
     if not (out / "pruned.pt").is_file():
-        argv = [x for x in (argv if argv is not None else sys.argv[1:])]
+        argv = list(argv if argv is not None else sys.argv[1:])
         run_timed([tp_python(a.venv), Path(__file__).resolve(), *argv, "--worker"],
                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
     run = out / "finetune"

@@ -705,13 +705,16 @@ class Table:
 
         return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "img_size": self.a.img_size, "batch": 1}
 
-    def latency(self, job):
-        """The median ms of the run's latency.json at this table's image size, else None."""
+    def latency_record(self, job):
+        """The run's latency.json when it was measured at this table's image size, else None."""
         path = job.folder / "latency.json"
-        if not path.is_file():
-            return None
-        rec = json.loads(path.read_text())
-        return float(rec["ms"]) if rec.get("img_size") == self.a.img_size else None
+        rec = json.loads(path.read_text()) if path.is_file() else {}
+        return rec if rec.get("img_size") == self.a.img_size else None
+
+    def latency(self, job):
+        """The median ms of the run's latency record, else None."""
+        rec = self.latency_record(job)
+        return float(rec["ms"]) if rec else None
 
     def measure_latencies(self):
         """latency.json for every finished run of the table whose figure is missing or from another setting."""
@@ -746,11 +749,9 @@ class Table:
         """The distinct ``cpu, threads`` of the latency figures in the table."""
         seen = []
         for job in self.jobs.values():
-            path = job.folder / "latency.json"
-            if path.is_file() and self.done(job):
-                rec = json.loads(path.read_text())
-                if rec.get("img_size") == self.a.img_size and f"{rec['cpu']}, {rec['threads']} threads" not in seen:
-                    seen.append(f"{rec['cpu']}, {rec['threads']} threads")
+            rec = self.latency_record(job) if self.done(job) else None
+            if rec and f"{rec['cpu']}, {rec['threads']} threads" not in seen:
+                seen.append(f"{rec['cpu']}, {rec['threads']} threads")
         return seen
 
     def collect(self):
@@ -828,7 +829,7 @@ def markdown_table(results, link_base):
         lines.append(md_row([r["model"], r["training"], fmt_float(*g["map50"]), fmt_float(*g["map"]),
                              fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]), fmt_int(*g["macs"]),
                              fmt_int(*g["sparse_macs"]), fmt_float(*mib, digits=2),
-                             fmt_float(*g.get("latency_ms", (None, None)), digits=1), r["artefact"] or "-", fmt_time(*g["wall_s"]),
+                             fmt_float(*g["latency_ms"], digits=1), r["artefact"] or "-", fmt_time(*g["wall_s"]),
                              links]))
     return lines
 

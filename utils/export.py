@@ -169,9 +169,13 @@ class _Channels:
         if ra != rb:
             self.parent[rb] = ra
 
+    def roots(self):
+        """Each id's group root."""
+        return np.array([self.find(a) for a in range(len(self.parent))])
+
     def removable(self):
         """Per id: True when its whole group is constant and nothing in it is pinned."""
-        roots = np.array([self.find(a) for a in range(len(self.parent))])
+        roots = self.roots()
         bad = np.zeros(len(self.parent), bool)
         np.logical_or.at(bad, roots, np.isnan(self.value) | self.pinned)
         return ~bad[roots], roots
@@ -257,7 +261,7 @@ def foldable_convs(model):
     ``[yolo]`` head, a composite section, a grouped conv). Filter-level pruning elsewhere would cost accuracy and
     save no time."""
     g, _, _ = channel_graph(model)
-    roots = np.array([g.find(a) for a in range(len(g.parent))])
+    roots = g.roots()
     pinned = set(roots[g.pinned].tolist())
     convs = [i for i, (d, m) in enumerate(zip(model.module_defs, model.module_list)) if _plain_conv(d, m)]
     owners = {}
