@@ -45,6 +45,12 @@ seeds, parsed back from the run folders), ``seeds.csv`` (one line per row and se
 plus command, machine and date), ``table.png`` (mAP@0.5 against storage, log x). ``--readme README.md`` rewrites
 the block between ``<!-- table:start -->`` and ``<!-- table:end -->`` with the tables of every data set under
 ``--out`` (images copied to ``--readme-images``).
+
+Run folders stay on the machine that made them. ``--ledger docs/results/ledger_<stem>.json`` keeps every finished
+run's figures (with its arguments, date, machine and commit) in a file committed with the code, so that a table built
+slice by slice across sessions and machines keeps the rows whose folders are gone; they are marked † in the tables.
+With a ledger, a run it records is not started again unless a run it lacks starts from it (an LTH row from its dense
+run).
 """
 import argparse
 import contextlib
@@ -90,7 +96,7 @@ CSV_COLUMNS = ("row", "model", "training", "seeds", "map50_mean", "map50_std", "
 
 # seeds.csv's columns: one line per row and seed.
 SEED_COLUMNS = ("row", "seed", "run", "map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs",
-                "storage_bytes", "latency_ms", "artefact", "artefact_path", "checkpoint_bytes", "wall_s")
+                "storage_bytes", "latency_ms", "artefact", "artefact_path", "checkpoint_bytes", "wall_s", "recorded")
 
 METRICS = ("map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs", "storage_bytes", "latency_ms",
            "wall_s")
@@ -163,6 +169,10 @@ def build_parser():
                    help="time each finished run's shipped artefact, folded, in ONNX Runtime at batch 1 (latency.json; "
                         "measured again on another CPU or thread count): run it when nothing else runs")
     g.add_argument("--latency-reps", type=int, default=20, help="timed runs per latency (the median is reported)")
+    g.add_argument("--ledger", default=None,
+                   help="JSON file of the finished runs' figures, e.g. docs/results/ledger_shapes.json: committed, it "
+                        "carries a table across sessions and machines whose run folders are gone (a run found here "
+                        "updates its record; a record stands in for a run with the same arguments and seed)")
     g.add_argument("--dry-run", action="store_true", help="print the commands of the runs to do, then stop")
     return p
 
@@ -513,6 +523,53 @@ def run_inprocess(script, argv, log_path, env=None):
 RUNNERS = {"subprocess": run_subprocess, "inprocess": run_inprocess}
 
 
+# ----------------------------------------------------------------------------------------------------- the ledger
+class Ledger:
+    """The finished runs' figures in one JSON file that outlives the run folders: one record per run and seed,
+    with the run's arguments (its spec), so that a record only ever stands in for the same run."""
+
+    KEPT = ("artefact", "latency_cpu") + METRICS
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self.records = json.loads(self.path.read_text())["runs"] if self.path.is_file() else []
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{self.path}: not a table ledger ({e})") from None
+
+    def get(self, spec, job):
+        return next((r for r in self.records if (r["run"], r["seed"], r["spec"]) == (job.id, job.seed, spec)), None)
+
+    def put(self, spec, job, nums):
+        """Record a finished run's figures (a record with the same figures keeps its date)."""
+        old = self.get(spec, job)
+        numbers = {k: nums[k] for k in self.KEPT}
+        if old is not None and old["numbers"] == numbers:
+            return
+        rec = {"run": job.id, "seed": job.seed, "spec": spec, "numbers": numbers, "date": nums["finished"][:10],
+               "machine": nums["machine"], "commit": nums["commit"]}
+        self.records = [r for r in self.records if r is not old] + [rec]
+
+    def save(self):
+        self.records.sort(key=lambda r: (r["run"], r["seed"], json.dumps(r["spec"])))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"runs": self.records}, indent=1) + "\n")
+        os.replace(tmp, self.path)
+
+
+def git_commit():
+    """The repository's short commit hash (``+changes`` when the work tree differs from it), or 'unknown'."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 # ----------------------------------------------------------------------------------------------------- execution
 class Table:
     """Runs the jobs (reusing finished ones) and collects their numbers."""
@@ -527,6 +584,7 @@ class Table:
         if a.jobs > 1 and "OMP_NUM_THREADS" not in self.env:
             self.env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // a.jobs))
         self.status = {}
+        self.ledger = Ledger(a.ledger) if a.ledger else None
         self.devices = queue.Queue()  # a run takes a device for its duration (several with --device 0,1,...)
         for i in range(a.jobs):
             self.devices.put(a.devices[i % len(a.devices)])
@@ -572,9 +630,27 @@ class Table:
         return ["--resume", str(job.folder)] if started else None
 
     # -- running -------------------------------------------------------------------------------------
+    def recorded(self, job):
+        return self.ledger is not None and self.ledger.get(self.spec(job), job) is not None
+
+    def needed(self):
+        """The keys of the jobs to run or reuse: those neither finished here nor in the ledger, and the runs they
+        start from that are not finished here (a recorded run is trained again only when a new run needs it)."""
+        keys = set()
+        for job in reversed(list(self.jobs.values())):  # dependents before the runs they need
+            if job.key in keys or not (self.done(job) or self.recorded(job)):
+                keys.add(job.key)
+                keys.update(d for d in job.deps if not self.done(self.jobs[d]))
+        return keys
+
     def run_all(self):
         self.check_specs()
-        order = list(self.jobs.values())
+        needed = self.needed()
+        order = [j for j in self.jobs.values() if j.key in needed or self.done(j)]
+        for job in self.jobs.values():
+            if job.key not in needed and not self.done(job):
+                self.status[job.key] = True  # its figures come from the ledger
+                self.out(f"{job.id} seed {job.seed}: recorded in the ledger, not run")
         if self.a.dry_run:
             for job in order:
                 state = "reuse" if self.done(job) else ("resume" if self.resume_argv(job) else "run")
@@ -672,6 +748,7 @@ class Table:
         marker = {"spec": self.spec(job), "final": str(final), "artefact": str(artefact),
                   "pruned": job.pruned, "seconds_this_attempt": seconds,
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "machine": machine(), "commit": git_commit(),
                   "commands": [[s, *argv] for _, s, argv in steps]}
         (job.folder / "table_done.json").write_text(json.dumps(marker, indent=1) + "\n")
         self.event("done", job, seconds=seconds)
@@ -694,7 +771,9 @@ class Table:
                 "storage_bytes": int(s.get("file_bytes") or artefact.stat().st_size),
                 "artefact": "sparse" if marker.get("pruned") else "fp32", "artefact_path": str(artefact),
                 "checkpoint_bytes": final.stat().st_size if final.is_file() else "",
-                "latency_ms": self.latency(job), "wall_s": run_seconds(job)}
+                "latency_ms": self.latency(job), "latency_cpu": self.latency_cpu(job), "wall_s": run_seconds(job),
+                "finished": marker["finished"], "machine": marker.get("machine") or machine(),
+                "commit": marker.get("commit", "unknown")}
 
     # -- latency ---------------------------------------------------------------------------------------
     def latency_setting(self):
@@ -715,6 +794,11 @@ class Table:
         """The median ms of the run's latency record, else None."""
         rec = self.latency_record(job)
         return float(rec["ms"]) if rec else None
+
+    def latency_cpu(self, job):
+        """``cpu, N threads`` of the run's latency record, else None."""
+        rec = self.latency_record(job)
+        return f"{rec['cpu']}, {rec['threads']} threads" if rec else None
 
     def measure_latencies(self):
         """latency.json for every finished run of the table whose figure is missing or from another setting."""
@@ -745,14 +829,20 @@ class Table:
             self.out(f"{job.id} seed {job.seed}: {rec['ms']:.2f} ms (ONNX Runtime, batch 1, {self.a.img_size} px, "
                      f"{report['removed']} filters folded)")
 
-    def latency_cpus(self):
-        """The distinct ``cpu, threads`` of the latency figures in the table."""
-        seen = []
-        for job in self.jobs.values():
-            rec = self.latency_record(job) if self.done(job) else None
-            if rec and f"{rec['cpu']}, {rec['threads']} threads" not in seen:
-                seen.append(f"{rec['cpu']}, {rec['threads']} threads")
-        return seen
+    def seed_numbers(self, job):
+        """A seed's figures: from its run folder (recorded in the ledger), else from the ledger's record of a run
+        with the same arguments (``recorded``: when and where it ran), else None."""
+        nums = self.numbers(job)
+        if nums is not None:
+            nums = dict(nums, seed=job.seed, run=str(job.folder), recorded=None)
+            if self.ledger is not None:
+                self.ledger.put(self.spec(job), job, nums)
+            return nums
+        rec = self.ledger.get(self.spec(job), job) if self.ledger is not None else None
+        if rec is None:
+            return None
+        return dict(rec["numbers"], seed=job.seed, run=str(job.folder), artefact_path="", checkpoint_bytes="",
+                    recorded=f"{rec['date']}, {rec['machine']}, commit {rec['commit']}")
 
     def collect(self):
         """Per row: the per-seed numbers and their mean and sample standard deviation."""
@@ -760,10 +850,9 @@ class Table:
         for row in self.rows:
             seeds = []
             for s in range(self.a.seeds):
-                job = self.jobs[(row.job, s)]
-                nums = self.numbers(job)
+                nums = self.seed_numbers(self.jobs[(row.job, s)])
                 if nums is not None:
-                    seeds.append(dict(nums, seed=s, run=str(job.folder)))
+                    seeds.append(nums)
             agg = {}
             for k in METRICS:
                 values = [x[k] for x in seeds if x[k] is not None]
@@ -819,13 +908,17 @@ def md_row(cells):
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
-def markdown_table(results, link_base):
+def markdown_table(results, link_base, seeds):
+    """The rows as markdown; the runs cell links each finished seed's folder (a ledger record: † instead) and says
+    when a row has fewer seeds than the table asks for, or none yet."""
     lines = [md_row(COLUMNS), "|" + "|".join(["---"] * 2 + ["--:"] * 8 + ["---"] * 3) + "|"]
     for r in results:
         g = r["agg"]
         mib = [None if v is None else v / 2**20 for v in g["storage_bytes"]]
-        links = " ".join(f"[s{s}]({Path(os.path.relpath(p, link_base)).as_posix()})"
-                         for s, p in enumerate(r["runs"]))
+        links = " ".join(f"s{x['seed']}†" if x["recorded"] else
+                         f"[s{x['seed']}]({Path(os.path.relpath(x['run'], link_base)).as_posix()})" for x in r["seeds"])
+        if r["n"] < seeds:
+            links = f"{links} ({r['n']} of {seeds} seeds)" if r["n"] else "not run yet"
         lines.append(md_row([r["model"], r["training"], fmt_float(*g["map50"]), fmt_float(*g["map"]),
                              fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]), fmt_int(*g["macs"]),
                              fmt_int(*g["sparse_macs"]), fmt_float(*mib, digits=2),
@@ -845,7 +938,14 @@ def notes(meta):
         f"latency: {latency_note(meta)}. wall "
         f"time: the run's epochs (training + validation) summed over its rounds, start-up and the final test "
         f"excluded; a run a row starts from (teacher, dense round 0, pruned or distilled student) counts in its "
-        f"own row. runs: the run folder of each seed."]
+        f"own row. runs: the run folder of each seed."] + ledger_note(meta)
+
+
+def ledger_note(meta):
+    if not meta.get("recorded"):
+        return []
+    return ["", f"† figures from the ledger `{meta['ledger']}`: the run folder is not on this machine; the same run "
+                f"(same arguments and seed) finished on {'; '.join(meta['recorded'])}."]
 
 
 def latency_note(meta):
@@ -928,8 +1028,12 @@ def write_outputs(table, meta):
     """table.csv, seeds.csv, table.md, table.json and table.png in the table folder; returns the results."""
     base = table.base
     results = table.collect()
-    meta["total_seconds"] = round(sum(run_seconds(j) for j in table.jobs.values() if table.done(j)), 1)
-    meta["latency_cpus"], meta["latency_reps"] = table.latency_cpus(), table.a.latency_reps
+    seeds = {(r["job"], x["seed"]): x for r in results for x in r["seeds"]}.values()  # a run once, whatever rows
+    meta["total_seconds"] = round(sum(x["wall_s"] or 0 for x in seeds), 1)
+    meta["latency_cpus"] = list(dict.fromkeys(x["latency_cpu"] for x in seeds if x["latency_ms"] is not None))
+    meta["latency_reps"] = table.a.latency_reps
+    meta["recorded"] = sorted({x["recorded"] for x in seeds if x["recorded"]})
+    meta["ledger"] = table.a.ledger
     with open(base / "table.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
@@ -947,7 +1051,8 @@ def write_outputs(table, meta):
             for x in r["seeds"]:
                 w.writerow(dict(x, row=r["row"]))
     title = f"{meta['stem']}: mAP@0.5 against storage ({meta['seeds']} seed{'s' * (meta['seeds'] != 1)})"
-    lines = [f"# Results on {meta['stem']}", ""] + describe(meta) + [""] + markdown_table(results, base) + [""]
+    lines = [f"# Results on {meta['stem']}", ""] + describe(meta) + [""]
+    lines += markdown_table(results, base, meta["seeds"]) + [""]
     lines += notes(meta) + ["", "![mAP@0.5 against storage](table.png)", ""]
     plot(results, base / "table.png", title)
     if meta["latency_cpus"]:
@@ -972,7 +1077,7 @@ def readme_block(out_root, readme, images):
         img_dir = (readme_dir / images).resolve()
         img_dir.mkdir(parents=True, exist_ok=True)
         lines += ["", f"### {meta['stem']}", ""] + describe(meta) + [""]
-        lines += markdown_table(t["rows"], readme_dir) + [""] + notes(meta)
+        lines += markdown_table(t["rows"], readme_dir, meta["seeds"]) + [""] + notes(meta)
         for name, what in (("table", "storage"), ("table_latency", "latency")):
             src = Path(out_root) / meta["stem"] / f"{name}.png"
             img = img_dir / f"{name}_{meta['stem']}.png"
@@ -1058,6 +1163,8 @@ def main(argv=None, runner=None, out=print):
             "elapsed_this_invocation_s": round(time.time() - t0, 1), "load": old.get("load", load),
             "train_is_valid": Path(data["train"]).resolve() == Path(data["valid"]).resolve()}
     results = write_outputs(table, meta)
+    if table.ledger is not None:
+        table.ledger.save()
     if a.readme:
         readme = Path(a.readme)
         text = readme.read_text() if readme.is_file() else ""

@@ -51,10 +51,17 @@ def outputs(model, x):
 
 def fake_trainer(model, epochs=2):
     """What the plug-in reads of a ``Trainer``; set ``.ema`` after the plug-in's setup, as the engine does."""
-    t = types.SimpleNamespace(model=model, epochs=epochs, ema=None, main=False, world=1, scaler=None,
-                              lf=lambda e: 1.0, log=lambda *a: None)
+    t = types.SimpleNamespace(model=model, epochs=epochs, ema=None, main=False, lf=lambda e: 1.0,
+                              log=lambda *a: None)
     t.eval_model = lambda: t.ema.ema if t.ema is not None else t.model
     return t
+
+
+def step_logits(plugin):
+    """What the engine does with a plug-in's optimisers after each weights' step (one process, no grad scaler)."""
+    for optimizer in plugin.optimizers():
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def random_logits(soft, seed=1, low=0.1):
@@ -222,9 +229,9 @@ def test_l1_gradient_reaches_the_logits_and_not_the_weights():
     outputs(model, torch.rand(2, 3, 64, 64)).square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in prunable_parameters(model))
     assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in soft.logits.values())
-    # after_step steps the logits with their own SGD and clears their gradients
+    # the engine steps the logits' own SGD (the plug-in's optimizers()) and clears their gradients
     before = {n: s.detach().clone() for n, s in soft.logits.items()}
-    plugin.after_step(trainer)
+    step_logits(plugin)
     assert all(s.grad is None for s in soft.logits.values())
     assert any(not torch.equal(before[n], s.detach()) for n, s in soft.logits.items())
     group = plugin.optimizer.param_groups[0]
@@ -301,7 +308,7 @@ def test_plugin_state_round_trip_restores_logits_optimiser_and_raw_ema():
     x = torch.rand(4, 3, 8, 8)
     for _ in range(3):
         (model(x).square().mean() + plugin.extra_loss(trainer, x, None, None, {})["cs_l1"]).backward()
-        plugin.after_step(trainer)
+        step_logits(plugin)
         trainer.ema.update(model)
     state = plugin.state_dict()
     raw_ema = {k: v.clone() for k, v in trainer.ema.ema.state_dict().items()}
@@ -381,7 +388,7 @@ def test_filter_penalty_weighs_each_gate_by_its_filter_and_the_lr_by_its_inverse
                                                                                         {})["cs_l1"]
     loss.backward()
     assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in soft.logits.values())
-    plugin.after_step(trainer)
+    step_logits(plugin)
     plugin.close()
 
 
@@ -477,7 +484,7 @@ def search(cs_lambda, epochs=4, steps=15):
             loss.backward()
             opt.step()
             opt.zero_grad()
-            plugin.after_step(trainer)
+            step_logits(plugin)
     plugin.close()
     return soft.hard_sparsity()
 

@@ -49,6 +49,58 @@ class CountHooks(engine.Plugin):
         return {"steps": self.steps}
 
 
+class OwnParameter(engine.Plugin):
+    """A parameter outside the model, trained through the loss by the plug-in's own plain SGD."""
+
+    name = "own"
+
+    def __init__(self, lr):
+        self.w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        self.optimizer = torch.optim.SGD([self.w], lr=lr)
+
+    def optimizers(self):
+        return [self.optimizer]
+
+    def extra_loss(self, trainer, imgs, targets, outputs, features):
+        return {"own": self.w.square().sum()}
+
+
+def test_the_engine_steps_a_plugin_optimiser_with_the_weights(shapes_tiny, tmp_path):
+    """16 images in batches of 4 accumulated to 8 (no warm-up, which accumulates fewer): 2 steps, each on the
+    gradient of 2 batches of w² x batch size (16 w): w -> w (1 - 16 lr)², exactly; its gradient cleared."""
+    args = train.parse_args(train.train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
+                                                  "--epochs", "1", "--notest", "--amp", "off", "--warmup-epochs", "0"])
+    args, model, save_dir, _ = engine.prepare(args)
+    own = OwnParameter(lr=0.01)
+    engine.Trainer(args, model, save_dir, plugins=[own]).fit()
+    assert torch.allclose(own.w.detach(), torch.tensor([1.0, -2.0]) * (1 - 16 * 0.01) ** 2, rtol=1e-6)
+    assert own.w.grad is None
+
+
+def _average_on_rank(rank, store, out):
+    import types
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    a.grad = torch.tensor([1.0, 2.0, 3.0]) * (rank + 1)
+    if rank == 0:
+        b.grad = torch.tensor([4.0, 6.0])  # rank 1 has no gradient for b: it counts as zeros
+    optimizer = torch.optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.1)
+    engine.Trainer.average_gradients(types.SimpleNamespace(world=2), optimizer)
+    torch.save({"a": a.grad, "b": b.grad}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_plugin_optimiser_gradients_are_averaged_over_processes(tmp_path):
+    """Two gloo processes: what DDP does for the model's gradients, the engine does for a plug-in optimiser's."""
+    torch.multiprocessing.spawn(_average_on_rank, args=(str(tmp_path / "store"), str(tmp_path / "grads")), nprocs=2)
+    for rank in (0, 1):
+        g = torch.load(tmp_path / f"grads.{rank}")
+        assert torch.equal(g["a"], torch.tensor([1.5, 3.0, 4.5])) and torch.equal(g["b"], torch.tensor([2.0, 3.0]))
+
+
 def test_resume_is_exact(shapes_tiny, tmp_path, capsys):
     common = ["--epochs", "2", "--deterministic", "--seed", "3"]
     whole = run_train(shapes_tiny, tmp_path, "whole", *common)
@@ -186,8 +238,11 @@ def test_a_diverged_run_exits_non_zero_without_results_saved(shapes_tiny, tmp_pa
 
 @pytest.mark.slow
 def test_train_then_test_end_to_end(shapes_tiny, tmp_path):
+    # the layout pinned: --memory-format auto picks by a timing, and the two layouts' numerics part after 2 epochs
+    # (mAP@0.5 0.001 contiguous, 0 channels_last here), which made the mAP > 0 check below depend on the timing
     proc = subprocess.run([sys.executable, "train.py", *TINY, "--data", str(shapes_tiny), "--epochs", "2",
-                           "--project", str(tmp_path), "--name", "e2e"], cwd=ROOT, capture_output=True, text=True)
+                           "--memory-format", "contiguous", "--project", str(tmp_path), "--name", "e2e"], cwd=ROOT,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = tmp_path / "e2e"
     assert f"results saved to {run}" in proc.stdout
@@ -326,7 +381,8 @@ def test_the_header_args_yaml_and_results_csv_say_what_was_chosen(shapes_tiny, t
 
 
 def test_a_run_saved_before_amp_resumes(shapes_tiny, tmp_path):
-    """A last.pt whose args say no_amp (written before --amp existed) resumes in fp32 and finishes."""
+    """A last.pt whose args say no_amp and lack the later keys (written before --amp and args_version existed)
+    resumes in fp32 and finishes."""
     from utils.checkpoint import save_checkpoint
 
     from utils.my_utils import parse_args, train_parser
@@ -338,7 +394,8 @@ def test_a_run_saved_before_amp_resumes(shapes_tiny, tmp_path):
         engine.Trainer(args, model, save_dir, plugins=[StopAt(1)]).fit()
     last = save_dir / "weights" / "last.pt"
     ckpt = load_checkpoint(last)
-    for k in ("amp", "precision_chosen", "memory_format_chosen"):
+    for k in ("amp", "precision_chosen", "memory_format_chosen", "args_version", "img_size_start", "lr_schedule",
+              "memory_format", "eval_from", "autoanchor", "precise_bn"):  # keys a run of then did not save
         del ckpt["args"][k]
     ckpt["args"]["no_amp"] = True
     save_checkpoint(ckpt, last)

@@ -1,5 +1,6 @@
 """The shared command line: YAML defaults, inherit_from, override order, underscore aliases."""
 import pytest
+import yaml
 
 from utils.errors import UserError
 from utils.my_utils import hyp_from_args, load_params, parse_args, train_parser
@@ -18,7 +19,7 @@ def test_default_yaml_fills_values_the_parser_leaves_open():
 
 
 def test_yaml_beats_parser_default_and_loses_to_typed_flag(tmp_path):
-    base = write(tmp_path / "base.yaml", "lr0: 0.02\nmomentum: 0.9\nworkers: 5\n")
+    write(tmp_path / "base.yaml", "lr0: 0.02\nmomentum: 0.9\nworkers: 5\n")
     child = write(tmp_path / "child.yaml", "inherit_from: base.yaml\nlr0: 0.03\n")
     args = parse_args(train_parser(), ["--params", str(child)])
     assert args.lr0 == 0.03          # child wins over its parent
@@ -114,3 +115,25 @@ def test_typed_flags_stay_out_of_args_yaml(tmp_path):
     save_args(args, tmp_path / "args.yaml")
     saved = yaml.safe_load((tmp_path / "args.yaml").read_text())
     assert saved["epochs"] == 3 and not any(k.startswith("_") for k in saved)
+
+
+def test_saved_arguments_carry_a_version_and_old_ones_are_migrated_once(tmp_path):
+    import argparse
+
+    from utils.my_utils import ARGS_VERSION, save_args, upgrade_saved_args, vars_clean
+
+    args = parse_args(train_parser(), ["--img-size-start", "0.5", "--eval-from", "0.4"])
+    assert vars_clean(args)["args_version"] == ARGS_VERSION
+    save_args(args, tmp_path / "args.yaml")
+    saved = argparse.Namespace(**yaml.safe_load((tmp_path / "args.yaml").read_text()))
+    current = upgrade_saved_args(saved)
+    assert (current.img_size_start, current.eval_from, current.amp) == (0.5, 0.4, args.amp)  # today's: untouched
+    assert not hasattr(current, "args_version")  # re-added by the next save, at today's version
+    # a run saved before versions: the values its code behaved as, for the keys it did not have
+    old = upgrade_saved_args(argparse.Namespace(epochs=3, no_amp=True, lth=True))
+    assert (old.amp, old.img_size_start, old.lr_schedule, old.memory_format, old.eval_from, old.autoanchor,
+            old.precise_bn, old.retrain_schedule, old.rank_weights) == ("off", 0, "cosine", "auto", 0, False, 0,
+                                                                        "restart", "ema")
+    assert not hasattr(old, "no_amp") and not hasattr(old, "kd_class_cells")  # not a KD run
+    with pytest.raises(UserError, match=rf"runs/x/args.yaml: args_version {ARGS_VERSION + 1} is not one"):
+        upgrade_saved_args(argparse.Namespace(args_version=ARGS_VERSION + 1), "runs/x/args.yaml")

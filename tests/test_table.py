@@ -320,3 +320,53 @@ def test_reduced_width_yolov3_builds_with_its_heads(tmp_path):
         out, _ = small(torch.zeros(1, 3, 64, 64))
     assert out.shape[-1] == 11
     assert table.model_label(cfg) == "YOLOv3 (width x0.25)"
+
+
+@pytest.mark.slow
+def test_the_ledger_stands_in_for_run_folders_that_are_gone(full, tmp_path):
+    """Figures recorded by one table invocation come back, marked, in another whose --out holds no run folders;
+    a record never stands in for a run with other arguments."""
+    ledger = tmp_path / "ledger.json"
+    rows = ["--rows", "tiny", "lth-local"]
+    table.main([*full["argv"], *rows, "--collect-only", "--ledger", str(ledger)], out=lambda *a: None)
+    recs = json.loads(ledger.read_text())["runs"]
+    here = {(s["row"], s["seed"]): s for s in read_csv(full["base"] / "seeds.csv")}
+    assert sorted((r["run"], r["seed"]) for r in recs) == [("dense-yolov3-tiny", 0), ("lth-local-yolov3-tiny", 0)]
+    assert all(r["date"] and r["machine"] and r["commit"] for r in recs)
+
+    elsewhere = tmp_path / "elsewhere"  # another machine: the same table, none of the run folders
+    argv = [a if a != str(full["out"]) else str(elsewhere) for a in full["argv"]]
+    table.main([*argv, *rows, "--collect-only", "--ledger", str(ledger)], out=lambda *a: None)
+    seeds = {(s["row"], s["seed"]): s for s in read_csv(elsewhere / "shapes" / "seeds.csv")}
+    assert set(seeds) == set(here)
+    for key, s in seeds.items():
+        assert s["recorded"] and not here[key]["recorded"]
+        for k in table.METRICS:
+            assert s[k] == here[key][k], k
+    md = (elsewhere / "shapes" / "table.md").read_text()
+    assert "s0†" in md and f"the ledger `{ledger}`" in md and recs[0]["machine"] in md
+    assert json.loads(ledger.read_text())["runs"] == recs  # standing in changes no record
+
+    calls = []
+    table.main([*argv, *rows, "--ledger", str(ledger)], runner=lambda *a: calls.append(a) or 0, out=lambda *a: None)
+    assert calls == []  # every run is recorded: none starts again
+
+    # other arguments (two LTH rounds): the LTH record does not stand in, the dense one (same run) still does
+    table.main([*argv, *rows, "--collect-only", "--ledger", str(ledger), "--lth-rounds", "2"], out=lambda *a: None)
+    counts = {r["row"]: r["seeds"] for r in read_csv(elsewhere / "shapes" / "table.csv")}
+    assert counts == {"tiny": "1", "lth-local": "0"}
+    [(header, body)] = table.parse_block(table.START + "\n" + (elsewhere / "shapes" / "table.md").read_text() + "\n"
+                                         + table.END)
+    assert [r[-1] for r in body] == ["s0†", "not run yet"]  # the unfinished row says so
+    # run, it trains the dense run again: the new LTH run starts from its weights, which only a folder holds
+    with pytest.raises(table.UserError, match="2 run.s. failed or were skipped"):
+        table.main([*argv, *rows, "--ledger", str(ledger), "--lth-rounds", "2"],
+                   runner=lambda *a: calls.append(a) or 0, out=lambda *a: None)
+    assert [(c[0], c[1][:2]) for c in calls] == [("prune.py", ["--lth", "--cfg"])]  # the dense (its run fails here)
+
+
+def test_a_broken_ledger_is_a_one_line_error(tmp_path):
+    path = tmp_path / "ledger.json"
+    path.write_text("{not json")
+    with pytest.raises(table.UserError, match=f"{path}: not a table ledger"):
+        table.Ledger(path)

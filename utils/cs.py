@@ -67,7 +67,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from models import prunable_parameters
 from utils.checkpoint import load_checkpoint
@@ -417,10 +416,7 @@ def soft_masks_from_state(state):
 class CSPlugin(Plugin):
     """One search round of Continuous Sparsification in the training engine (see the module docstring).
 
-    ``after_step`` also does for the logits what the engine does for the weights: under DistributedDataParallel it
-    averages their gradients over the processes (DDP only reduces the model's parameters), and with the fp16 grad
-    scaler on CUDA it unscales them by the scale of the backward pass (read in ``extra_loss``) and skips the step
-    when they are not finite, as the scaler skips the weights' step.
+    The gate logits have their own SGD (``optimizers``), which the engine steps with the weights' optimiser.
     """
 
     name = "cs"
@@ -434,7 +430,6 @@ class CSPlugin(Plugin):
         self.penalty, self.nesterov = s.cs_penalty, bool(s.mask_nesterov)
         self.trainer = None
         self.optimizer = None
-        self.grad_scale = 1.0
 
     def setup(self, trainer):
         self.trainer = trainer
@@ -463,32 +458,13 @@ class CSPlugin(Plugin):
         for group in self.optimizer.param_groups:
             group["lr"] = self.mask_lr * factor * group.get("scale", 1.0)
 
+    def optimizers(self):
+        return [self.optimizer]
+
     def extra_loss(self, trainer, imgs, targets, outputs, features):
-        scaler = getattr(trainer, "scaler", None)
-        self.grad_scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         if self.cs_lambda == 0:
             return {}
         return {"cs_l1": self.cs_lambda * self.masks.l1(self.penalty)}
-
-    @torch.no_grad()
-    def after_step(self, trainer):
-        logits = list(self.masks.logits.values())
-        world = getattr(trainer, "world", 1)
-        if world > 1 and dist.is_initialized():  # DDP averages the weights' gradients, not these
-            for s in logits:
-                if s.grad is None:
-                    s.grad = torch.zeros_like(s)
-                dist.all_reduce(s.grad)
-                s.grad.div_(world)
-        if self.grad_scale != 1.0:  # fp16 on CUDA: the backward ran on the scaled loss
-            grads = [s.grad for s in logits if s.grad is not None]
-            for g in grads:
-                g.div_(self.grad_scale)
-            if not all(bool(torch.isfinite(g).all()) for g in grads):  # the scaler skipped this step too
-                self.optimizer.zero_grad(set_to_none=True)
-                return
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
     def after_epoch(self, trainer, epoch, metrics):
         if getattr(trainer, "main", False) and getattr(trainer, "save_dir", None) is not None:

@@ -44,7 +44,8 @@ class Plugin:
     """Extension points of the training loop. A technique overrides the hooks it needs; the rest do nothing.
 
     ``extra_loss`` returns per-image loss terms (like the YOLO terms); the engine multiplies them by the batch
-    size, as it does the detection loss, and logs each one by name.
+    size, as it does the detection loss, and logs each one by name. Values only to be logged come from
+    ``step_metrics``.
     """
 
     name = "plugin"
@@ -57,7 +58,18 @@ class Plugin:
         """Extra modules trained by the main optimiser together with the model (e.g. adaptation layers)."""
         return []
 
+    def optimizers(self):
+        """Optimisers of parameters outside the model that the same backward pass trains (CS's gate logits). The
+        engine steps them with the main one: through its grad scaler (unscaled, skipped when not finite), with their
+        gradients averaged over DDP processes (DDP reduces only the model's), not clipped. A plug-in with a backward
+        pass of its own (the GAN's discriminator) steps its optimiser itself."""
+        return []
+
     def extra_loss(self, trainer, imgs, targets, outputs, features):
+        return {}
+
+    def step_metrics(self, trainer):
+        """Floats of this batch shown in the progress bar and results.csv, never back-propagated."""
         return {}
 
     def detection_loss_scale(self, trainer):
@@ -150,7 +162,7 @@ def load_for_resume(args):
     ckpt = load_checkpoint(path)
     if "train_state" not in ckpt:
         raise UserError(f"{path}: holds no training state (only last.pt can be resumed)")
-    saved = upgrade_saved_args(argparse.Namespace(**ckpt["args"]))
+    saved = upgrade_saved_args(argparse.Namespace(**ckpt["args"]), str(path))
     saved.resume, saved.weights = str(path), ""
     log = print if is_main_process() else (lambda *a: None)
     saved = resume_args(saved, args, getattr(args, "_typed", ()), log=log)
@@ -251,8 +263,9 @@ class Trainer:
         for plugin in self.plugins:
             plugin.setup(self)
         self.feature_layers = sorted({i for p in self.plugins for i in p.feature_layers})
+        self.plugin_optimizers = [o for p in self.plugins for o in p.optimizers()]
         self.stride = stride = int(max(m.stride for m in self.yolo_modules()))
-        self.img_size_start = start = start_img_size(getattr(args, "img_size_start", 0), args.img_size, stride)
+        self.img_size_start = start = start_img_size(args.img_size_start, args.img_size, stride)
         if start and not stride <= start < args.img_size:
             raise UserError(f"--img-size-start {args.img_size_start:g} must be at least the stride {stride} and below "
                             f"--img-size {args.img_size}")
@@ -264,7 +277,7 @@ class Trainer:
         self.accumulate = max(round(args.nominal_batch_size / args.batch_size), 1)
         self.optimizer = build_optimizer([self.model] + [m for p in self.plugins for m in p.modules()],
                                          args.optimizer, args.lr0, args.momentum, args.weight_decay)
-        self.lf = lr_schedule(getattr(args, "lr_schedule", "cosine"), self.epochs, args.lrf)
+        self.lf = lr_schedule(args.lr_schedule, self.epochs, args.lrf)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.ema = None if args.no_ema else ModelEMA(self.model)
@@ -311,7 +324,7 @@ class Trainer:
         choice = [None]
         if self.main:
             choice[0] = choose_memory_format(self.model, self.device, self.precision, args.img_size, self.batch_size,
-                                             getattr(args, "memory_format", "auto"))
+                                             args.memory_format)
         if self.world > 1:
             dist.broadcast_object_list(choice, src=0)
         name, why = choice[0]
@@ -329,7 +342,7 @@ class Trainer:
             return
         model, log = de_parallel(self.model), (self.log if self.main else (lambda *_: None))
         size, thr, nc = self.args.img_size, self.hyp["anchor_t"], self.data["classes"]
-        if getattr(self.args, "autoanchor", False):
+        if self.args.autoanchor:
             anchors.autoanchor(model, self.data["train"], size, thr, nc, self.args.seed, log)
         elif self.main:
             anchors.warn_if_poor(model, self.data["train"], size, thr, nc, log)
@@ -440,22 +453,40 @@ class Trainer:
                 for k, v in plugin.extra_loss(self, imgs, targets, outputs, features).items():
                     total = total + v * bs
                     terms[k] = float(v.detach())
+            for plugin in self.plugins:
+                terms.update(plugin.step_metrics(self))
         if self.world > 1:
             total = total * self.world  # DDP averages gradients over processes
         return total, terms
 
     def optimizer_step(self):
-        """Unscale, clip, step, zero; then plug-ins (masks, discriminators) and the EMA."""
+        """Unscale, clip, step, zero (the plug-ins' optimisers too); then plug-ins (masks) and the EMA."""
         if self.args.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.optimizer_parameters(), self.args.grad_clip)
         self.scaler.step(self.optimizer)
+        for optimizer in self.plugin_optimizers:
+            self.average_gradients(optimizer)
+            self.scaler.step(optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in [self.optimizer, *self.plugin_optimizers]:
+            optimizer.zero_grad(set_to_none=True)
         for plugin in self.plugins:
             plugin.after_step(self)
         if self.ema:
             self.ema.update(self.model)
+
+    @torch.no_grad()
+    def average_gradients(self, optimizer):
+        """Under DDP: a plug-in optimiser's gradients averaged over the processes, as DDP does the model's."""
+        if self.world <= 1 or not dist.is_initialized():
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad.div_(self.world)
 
     def optimizer_parameters(self):
         return [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -545,7 +576,7 @@ class Trainer:
         last = epoch == self.epochs - 1
         if not self.main or (not last and (self.args.notest or epoch + 1 < self.first_scored)):
             return {}
-        if getattr(self.args, "precise_bn", 0):  # absent from the args of runs saved before the flag existed
+        if self.args.precise_bn:
             self.recompute_bn_stats(self.eval_model(), self.args.precise_bn)
         # fp32, as test.py scores by default: the per-epoch mAP and test.py's agree whatever precision trained it
         return evaluate(self.eval_model(), self.val_loader, precision="fp32", names=self.names,
@@ -684,7 +715,7 @@ def detection_scales(plugins, trainer):
 
 def first_scored_epoch(args, epochs):
     """The first epoch (1-based) evaluated after training: ``--eval-from``, a fraction below 1 being of ``epochs``."""
-    value = float(getattr(args, "eval_from", 0) or 0)
+    value = float(args.eval_from or 0)
     return max(1, math.ceil(value * epochs)) if value < 1 else int(value)
 
 

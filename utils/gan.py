@@ -158,6 +158,7 @@ class GANPlugin(TeacherPlugin):
         self.rng = torch.Generator().manual_seed(self.seed)
         self.d_steps = 0
         self.d_skipped = 0
+        self.batch_stats = {}  # the discriminator's figures of the last batch (step_metrics)
         self._reset_epoch_stats()
 
     @classmethod
@@ -265,15 +266,19 @@ class GANPlugin(TeacherPlugin):
         self.rng.manual_seed((int(seed) * 1_000_003 + (epoch + 1) * 7919 + self.rank * 104_729) % (2**63))
 
     def extra_loss(self, trainer, imgs, targets, outputs, features):
+        self.batch_stats = {}
         if self.stage(trainer.epoch) != 1:
             return {}
         return self.losses(imgs, features)
 
+    def step_metrics(self, trainer):
+        return self.batch_stats
+
     def losses(self, imgs, features):
         """One stage-1 batch: a discriminator step, then the student's terms.
 
-        Returns ``{'adv': weighted adversarial term (gradient into the student), ['hint'], 'D_loss', 'D_real',
-        'D_fake'}``; the last three are constants for the progress bar and results.csv.
+        Returns ``{'adv': weighted adversarial term (gradient into the student), ['hint']}``; the discriminator's
+        ``{'D_loss', 'D_real', 'D_fake'}`` go to ``batch_stats`` (logged, never back-propagated).
         """
         _, t_feats = self.run_teacher(imgs)
         real = [t_feats[j] for j in self.teacher_features]
@@ -284,8 +289,7 @@ class GANPlugin(TeacherPlugin):
             with torch.autocast(imgs.device.type, enabled=False):
                 h = [hint_loss(a, r, self.hint_kind) for a, r in zip(fake, real)]
                 terms["hint"] = self.hint_weight * torch.stack(h).mean()
-        for k, v in stats.items():
-            terms[k] = torch.tensor(v, device=imgs.device)  # a constant: shown, never back-propagated
+        self.batch_stats = stats
         return terms
 
     # -- the game -------------------------------------------------------------------------------------

@@ -248,17 +248,40 @@ def resume_args(saved, current, typed, log=print):
     return saved
 
 
-def upgrade_saved_args(saved):
-    """A run's saved arguments (``argparse.Namespace``) in today's terms, so that older run folders resume:
-    ``no_amp`` became ``--amp off``; the old default (bf16 on a CPU, fp16 on CUDA) is now ``--amp auto``; LTH runs
-    from before ``--retrain-schedule`` restarted the schedule in every round and ranked by the EMA weights; KD runs
-    from before ``--kd-class-cells`` used every cell."""
+ARGS_VERSION = 1  # of the saved arguments (args.yaml, a checkpoint's "args"); MIGRATIONS[v] turns version v into v + 1
+
+
+def _to_v1(saved):
+    """Runs saved before arguments had a version: ``no_amp`` became ``--amp off``, and their default (bf16 on a
+    CPU, fp16 on CUDA) is ``--amp auto``; LTH runs from before ``--retrain-schedule`` restarted the schedule in every
+    round and ranked by the EMA weights; KD runs from before ``--kd-class-cells`` used every cell; runs from before
+    progressive resizing, ``--lr-schedule``, ``--memory-format``, ``--eval-from``, ``--autoanchor`` and
+    ``--precise-bn`` trained at one size with the cosine, chose the layout automatically, scored every epoch, kept
+    the cfg's anchors and the running BN statistics."""
     if not hasattr(saved, "amp"):
         saved.amp = "off" if vars(saved).pop("no_amp", False) else "auto"
     if getattr(saved, "lth", False) and not hasattr(saved, "retrain_schedule"):
-        saved.retrain_schedule, saved.rank_weights = "restart", "ema"  # what LTH runs did before the flags
+        saved.retrain_schedule, saved.rank_weights = "restart", "ema"
     if hasattr(saved, "kd_mu") and not hasattr(saved, "kd_class_cells"):
-        saved.kd_class_cells = "all"  # the soft class term of KD runs from before --kd-class-cells
+        saved.kd_class_cells = "all"
+    for key, value in (("img_size_start", 0), ("lr_schedule", "cosine"), ("memory_format", "auto"), ("eval_from", 0),
+                       ("autoanchor", False), ("precise_bn", 0)):
+        if not hasattr(saved, key):
+            setattr(saved, key, value)
+
+
+MIGRATIONS = (_to_v1,)
+
+
+def upgrade_saved_args(saved, source="saved arguments"):
+    """A run's saved arguments (``argparse.Namespace``) in today's terms, so that older run folders resume: the
+    migrations from the saved ``args_version`` (none: 0) to ``ARGS_VERSION``, in order."""
+    version = vars(saved).pop("args_version", 0)
+    if not isinstance(version, int) or not 0 <= version <= ARGS_VERSION:
+        raise UserError(f"{source}: args_version {version!r} is not one this toolkit reads (0 to {ARGS_VERSION}): "
+                        f"written by a newer version?")
+    for migrate in MIGRATIONS[version:]:
+        migrate(saved)
     return saved
 
 
@@ -295,7 +318,7 @@ def save_args(args, path):
 
 def vars_clean(args):
     """``vars(args)`` with paths as strings, safe for YAML and ``torch.load(weights_only=True)``."""
-    out = {}
+    out = {"args_version": ARGS_VERSION}
     for k, v in vars(args).items():
         if not k.startswith("_"):
             out[k] = str(v) if isinstance(v, Path) else v

@@ -497,7 +497,7 @@ class PruneRun:
 
     def load_args(self):
         values = yaml.safe_load((self.path / "args.yaml").read_text()) or {}
-        return upgrade_saved_args(argparse.Namespace(**values))
+        return upgrade_saved_args(argparse.Namespace(**values), str(self.path / "args.yaml"))
 
     def round_dir(self, r):
         return self.path / f"round_{r}"
