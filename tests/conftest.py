@@ -15,7 +15,7 @@ COCO128 = ROOT.parent / "shared" / "data" / "coco128"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 # --memory-format auto's probes are cached for this test session only (subprocesses inherit it), never the user's
-os.environ["YOLOC_CACHE_DIR"] = tempfile.mkdtemp(prefix="yoloc-test-cache-")
+os.environ["YOLO_COMPRESSION_CACHE"] = tempfile.mkdtemp(prefix="yoloc-test-cache-")
 
 # the end-to-end runs' training flags: 64 px, batch 8, no loader workers, a short warm-up, seed 0
 FAST = ["--img-size", "64", "--batch-size", "8", "--nominal-batch-size", "8", "--workers", "0",

@@ -301,7 +301,7 @@ def test_memory_format_flag_reaches_the_trainer(shapes_tiny, tmp_path, choice, w
     from utils import memory_format
     from utils.my_utils import parse_args, train_parser
 
-    monkeypatch.setenv("YOLOC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("YOLO_COMPRESSION_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(memory_format, "step_rates", lambda *a: {"channels_last": 2.0, "contiguous": 1.0})
     args = parse_args(train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path), "--name", choice,
                                        "--epochs", "1", "--memory-format", choice])
@@ -366,7 +366,7 @@ def test_the_header_args_yaml_and_results_csv_say_what_was_chosen(shapes_tiny, t
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
     monkeypatch.setattr(torch_utils, "cpu_isa", lambda: "AMX" if native else "AVX2")
-    monkeypatch.setenv("YOLOC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("YOLO_COMPRESSION_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(memory_format, "step_rates", lambda *a: {"channels_last": 15.1, "contiguous": 13.0})
     save_dir = run_train(shapes_tiny, tmp_path, want, "--epochs", "1")
     out = capsys.readouterr().out
@@ -510,3 +510,27 @@ def test_lr_schedule_inverse_exp_reaches_the_optimiser(shapes_tiny, tmp_path):
     with open(save_dir / "results.csv", newline="") as f:
         lrs = [float(r["lr"]) for r in csv.DictReader(f)]
     assert lrs == pytest.approx([0.02 * (1 - 10 ** (-4 * (1 - e / 3))) for e in (1, 2, 3)], rel=1e-6)
+
+
+def test_plugins_see_the_run_through_a_narrow_read_only_context(shapes_tiny, tmp_path):
+    seen = {}
+
+    class Peek(engine.Plugin):
+        name = "peek"
+
+        def setup(self, trainer):
+            seen.update(img_size=trainer.img_size, seed=trainer.seed, device=trainer.device, epochs=trainer.epochs)
+            for name in ("args", "scheduler", "plugins"):  # the Trainer's insides
+                with pytest.raises(AttributeError, match=f"a plug-in sees model, device.* not '{name}'"):
+                    getattr(trainer, name)
+            with pytest.raises(AttributeError, match="read-only"):
+                trainer.epochs = 3
+            seen["ok"] = True
+
+    args = train.parse_args(train.train_parser(), [*TINY, "--data", str(shapes_tiny), "--project", str(tmp_path),
+                                                  "--epochs", "1", "--notest", "--seed", "5"])
+    args, model, save_dir, _ = engine.prepare(args)
+    trainer = engine.Trainer(args, model, save_dir, plugins=[Peek()])
+    trainer.setup()
+    assert seen == {"img_size": 64, "seed": 5, "device": torch.device("cpu"), "epochs": 1, "ok": True}
+    assert trainer.epochs == 1

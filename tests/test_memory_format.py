@@ -21,7 +21,7 @@ class Net(torch.nn.Module):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("YOLOC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("YOLO_COMPRESSION_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache" / "memory_format.json"
 
 
@@ -57,7 +57,7 @@ def test_auto_keeps_the_faster_layout_and_caches_the_probe(cache, monkeypatch):
 def test_an_unreadable_or_unwritable_cache_costs_only_a_probe(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    monkeypatch.setenv("YOLOC_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setenv("YOLO_COMPRESSION_CACHE", str(blocker / "cache"))
     calls = fake_rates(monkeypatch, {"channels_last": 1.0, "contiguous": 2.0})
     assert mf.choose_memory_format(Net(), CPU, "fp32", 64, 16)[0] == "contiguous"
     assert mf.choose_memory_format(Net(), CPU, "fp32", 64, 16)[0] == "contiguous" and len(calls) == 2

@@ -38,8 +38,8 @@ How it is built here:
 - ``CSPlugin``: the engine plug-in of a search round. ``extra_loss`` returns λ·Σσ(β·s) as a per-image term (the
   engine multiplies it by the batch size exactly as it does the detection loss, which is the per-image mean loss
   times the batch size: so λ weighs the L1 term against the mean detection loss as in the paper's objective).
-  The logits have their own SGD (``--mask-lr``, ``--mask-momentum``, nesterov, no weight decay), stepped in
-  ``after_step`` after each step of the main optimiser, with its learning rate following the main cosine schedule
+  The logits have their own SGD (``--mask-lr``, ``--mask-momentum``, nesterov, no weight decay), returned by
+  ``optimizers()``: the engine steps it with the main optimiser, its learning rate following the main cosine schedule
   (as the authors' code drops both learning rates together); ``before_epoch`` sets β_e; ``after_epoch`` adds
   the results.csv columns ``cs/beta``, ``cs/soft_sparsity`` (1 − mean σ(β·s), the normalised L1 term; at the
   start of a round it is 1 − σ(s₀)) and ``cs/hard_sparsity`` (fraction of s ≤ 0).

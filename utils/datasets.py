@@ -38,6 +38,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from utils import shapes
 from utils.errors import UserError
+from utils.general import user_cache_dir
 
 IMG_FORMATS = ("bmp", "jpg", "jpeg", "png", "tif", "tiff", "webp")
 VID_FORMATS = ("avi", "mp4", "mov", "mkv", "m4v", "mpg", "mpeg", "wmv")
@@ -188,14 +189,6 @@ def _is_writable_dir(d):
         return os.path.isdir(d) and os.access(d, os.W_OK)
 
 
-def _user_cache_dir():
-    base = os.environ.get("YOLO_COMPRESSION_CACHE")
-    if base:
-        return Path(base)
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "yolo-compression"
-
-
 def cache_candidates(label_files, source):
     """Where the label cache may live: beside the data it describes (a list file: ``LIST.cache`` next to it; a
     folder: ``labels.cache`` next to an existing labels folder), then the user's and the temp cache dir."""
@@ -207,7 +200,7 @@ def cache_candidates(label_files, source):
         key = ldir
         local = ldir.parent / (ldir.name + ".cache") if ldir.is_dir() else None  # not beside a missing folder
     tag = hashlib.sha1(str(key.resolve()).encode()).hexdigest()[:16] + f"-{key.stem}.cache"
-    return [c for c in (local, _user_cache_dir() / tag, Path(tempfile.gettempdir()) / "yolo-compression" / tag) if c]
+    return [c for c in (local, user_cache_dir() / tag, Path(tempfile.gettempdir()) / "yolo-compression" / tag) if c]
 
 
 def _files_hash(img_files, label_files, nc):

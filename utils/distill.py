@@ -481,7 +481,7 @@ class TeacherPlugin(Plugin):
     # -- engine hooks ---------------------------------------------------------------------------------
     def setup(self, trainer):
         if not self.checked:
-            self.check(trainer.model, trainer.args.img_size)
+            self.check(trainer.model, trainer.img_size)
         self.head_pairs = match_heads(trainer.model, self.teacher.model)  # --autoanchor may have refitted them
         thr = trainer.hyp["anchor_t"]
         mismatches = anchor_mismatches(trainer.model, self.teacher.model, self.head_pairs, thr) if trainer.main else []

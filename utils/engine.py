@@ -42,6 +42,8 @@ MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run stops
 
 class Plugin:
     """Extension points of the training loop. A technique overrides the hooks it needs; the rest do nothing.
+    Every hook's ``trainer`` is the run's ``PluginContext``: the model, device, precision, epoch and the few other
+    things it names, read-only.
 
     ``extra_loss`` returns per-image loss terms (like the YOLO terms); the engine multiplies them by the batch
     size, as it does the detection loss, and logs each one by name. Values only to be logged come from
@@ -95,6 +97,30 @@ class Plugin:
 
     def load_state_dict(self, state):
         pass
+
+
+class PluginContext:
+    """The run as the plug-ins see it: their hooks' ``trainer`` argument. Read-only, and only these names, so a
+    plug-in depends on this list rather than on the Trainer's insides (a test may pass any object that has them)."""
+
+    NAMES = ("model", "device", "precision", "fmt", "world", "rank", "main", "epoch", "epochs", "img_size", "seed",
+             "hyp", "lf", "optimizer", "ema", "compute_loss", "resume_ckpt", "save_dir", "wdir", "log")
+
+    def __init__(self, trainer):
+        object.__setattr__(self, "_trainer", trainer)
+
+    def __getattr__(self, name):
+        if name not in PluginContext.NAMES:
+            raise AttributeError(f"a plug-in sees {', '.join(PluginContext.NAMES)} and eval_model() of the run, "
+                                 f"not {name!r}")
+        t = self._trainer
+        return getattr(t.args, name) if name in ("img_size", "seed") else getattr(t, name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"the run is read-only to plug-ins ({name!r})")
+
+    def eval_model(self):
+        return self._trainer.eval_model()
 
 
 # ------------------------------------------------------------------------------------------- run folders
@@ -248,6 +274,7 @@ class Trainer:
         self.skipped_steps = 0
         self.saved_epoch = resume_ckpt["epoch"] if resume_ckpt else None  # what last.pt holds (checked finite)
         self.best_epoch = None  # the epoch best.pt holds, when this process wrote it
+        self.context = PluginContext(self)  # what the plug-ins' hooks receive
 
     # -- setup ---------------------------------------------------------------------------------------
     def setup(self):
@@ -261,7 +288,7 @@ class Trainer:
         self.model.to(self.device).to(memory_format=self.fmt)
         self.model.hyp = self.hyp
         for plugin in self.plugins:
-            plugin.setup(self)
+            plugin.setup(self.context)
         self.feature_layers = sorted({i for p in self.plugins for i in p.feature_layers})
         self.plugin_optimizers = [o for p in self.plugins for o in p.optimizers()]
         self.stride = stride = int(max(m.stride for m in self.yolo_modules()))
@@ -395,7 +422,7 @@ class Trainer:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
         for plugin in self.plugins:
-            plugin.before_epoch(self, epoch)
+            plugin.before_epoch(self.context, epoch)
         nb = len(self.train_loader)
         n_warmup = round(args.warmup_epochs * nb)
         size = self.epoch_img_size(epoch)
@@ -447,14 +474,14 @@ class Trainer:
                 features = dict(zip(self.feature_layers, feats))
             else:
                 outputs, features = self.model(imgs), {}
-            total, terms = self.compute_loss(outputs, targets, detection_scales(self.plugins, self))
+            total, terms = self.compute_loss(outputs, targets, detection_scales(self.plugins, self.context))
             bs = imgs.shape[0]
             for plugin in self.plugins:
-                for k, v in plugin.extra_loss(self, imgs, targets, outputs, features).items():
+                for k, v in plugin.extra_loss(self.context, imgs, targets, outputs, features).items():
                     total = total + v * bs
                     terms[k] = float(v.detach())
             for plugin in self.plugins:
-                terms.update(plugin.step_metrics(self))
+                terms.update(plugin.step_metrics(self.context))
         if self.world > 1:
             total = total * self.world  # DDP averages gradients over processes
         return total, terms
@@ -472,7 +499,7 @@ class Trainer:
         for optimizer in [self.optimizer, *self.plugin_optimizers]:
             optimizer.zero_grad(set_to_none=True)
         for plugin in self.plugins:
-            plugin.after_step(self)
+            plugin.after_step(self.context)
         if self.ema:
             self.ema.update(self.model)
 
@@ -609,7 +636,7 @@ class Trainer:
             row["skipped_steps"] = self.skipped_steps
             row["dtype"], row["memory_format"] = self.args.precision_chosen, self.args.memory_format_chosen
             for plugin in self.plugins:
-                row.update(plugin.after_epoch(self, epoch, metrics))
+                row.update(plugin.after_epoch(self.context, epoch, metrics))
             self.rows.append(row)
             self.write_results()
             fitness = fitness_of(metrics) if metrics else -1.0
@@ -625,7 +652,7 @@ class Trainer:
             self.log(f"epoch {epoch + 1}/{self.epochs}: {summary} ({seconds:.0f}s)")
         else:
             for plugin in self.plugins:
-                plugin.after_epoch(self, epoch, metrics)
+                plugin.after_epoch(self.context, epoch, metrics)
         if self.world > 1:
             dist.barrier()
 
@@ -658,7 +685,7 @@ class Trainer:
             "args": vars_clean(self.args),
         }
         for plugin in self.plugins:
-            ckpt.update(plugin.checkpoint_entries(self))
+            ckpt.update(plugin.checkpoint_entries(self.context))
         if train_state:
             ckpt["train_state"] = {
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -230,7 +230,7 @@ class GANPlugin(TeacherPlugin):
     # -- engine hooks ---------------------------------------------------------------------------------
     def setup(self, trainer):
         if not self.checked:
-            self.check(trainer.model, trainer.args.img_size)
+            self.check(trainer.model, trainer.img_size)
         self.epochs = trainer.epochs
         self.device = trainer.device
         self.rank = max(getattr(trainer, "rank", -1), 0)
@@ -257,8 +257,7 @@ class GANPlugin(TeacherPlugin):
         if self.d_schedule == "original":  # D's learning rate follows the original's inverse-exp factor
             for group in self.d_optimizer.param_groups:
                 group["lr"] = self.d_lr * inverse_exp_lr(self.epochs or trainer.epochs)(epoch)
-        seed = trainer.args.seed if getattr(trainer, "args", None) is not None else self.seed
-        self.reseed(seed, epoch)
+        self.reseed(getattr(trainer, "seed", self.seed), epoch)
         self._reset_epoch_stats()
 
     def reseed(self, seed, epoch):

@@ -78,3 +78,13 @@ def cpu_name():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def user_cache_dir():
+    """The toolkit's cache folder (label caches of read-only data sets, memory-format probes):
+    ``$YOLO_COMPRESSION_CACHE`` (``$YOLOC_CACHE_DIR``, its earlier name, still read), else
+    ``$XDG_CACHE_HOME/yolo-compression`` or ``~/.cache/yolo-compression``."""
+    base = os.environ.get("YOLO_COMPRESSION_CACHE") or os.environ.get("YOLOC_CACHE_DIR")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yolo-compression"

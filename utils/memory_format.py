@@ -3,19 +3,18 @@
 No rule holds across CPUs (BENCHMARKS.md): YOLO Nano's bf16 step is 1.4x faster contiguous on an AMX Xeon, while
 on a Zen 4 EPYC channels_last wins for every cfg, and on an AVX2 Zen 2 fp32 channels_last is 16% faster. So the
 choice is measured: a few forward+backward passes of a copy of the network on random images, cached per machine,
-torch version, cfg, precision, image size and batch in ``$YOLOC_CACHE_DIR`` (default
-``~/.cache/yolo-compression``), so a machine pays for each probe once.
+torch version, cfg, precision, image size and batch in the toolkit's cache folder (``$YOLO_COMPRESSION_CACHE``,
+default ``~/.cache/yolo-compression``), so a machine pays for each probe once.
 """
 import copy
 import hashlib
 import json
 import os
 import time
-from pathlib import Path
 
 import torch
 
-from utils.general import cpu_name
+from utils.general import cpu_name, user_cache_dir
 from utils.torch_utils import MEMORY_FORMATS, autocast
 
 PROBE_BATCH = 8  # CPU: images per probe step, enough to be representative, small enough for YOLOv3 on 2 cores
@@ -23,9 +22,7 @@ PROBE_STEPS = {"cpu": 2, "cuda": 10}  # timed steps per layout, after one warm-u
 
 
 def cache_file():
-    root = os.environ.get("YOLOC_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
-        "yolo-compression"
-    return Path(root) / "memory_format.json"
+    return user_cache_dir() / "memory_format.json"
 
 
 def machine_name(device):
