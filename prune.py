@@ -20,7 +20,7 @@ from utils.errors import UserError, cli
 from utils.general import ROOT
 from utils.my_utils import parse_args, prune_parser, resume_args, typed_dests
 import utils.cs  # noqa: F401  (registers STRATEGIES["cs"])
-from utils.pruning import STRATEGIES, PruneRun
+from utils.pruning import STRATEGIES, PruneRun, run_rounds
 
 PARAMS = {"lth": ROOT / "params" / "IMP.yaml", "cs": ROOT / "params" / "CS.yaml"}
 
@@ -49,7 +49,7 @@ def main(argv=None):
     strategy = STRATEGIES[method_of(args)](args, run)  # checks the arguments before a run folder is created
     if run is None:
         run = strategy.run = PruneRun.create(args)
-    final = strategy.run_all()
+    final = run_rounds(strategy)
     if strategy.main:
         print(f"results saved to {run.path} (rounds.csv, rounds.png, round_*/); final network: {final}")
     return run.path

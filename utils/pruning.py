@@ -328,6 +328,14 @@ def filter_prune(weights, masks, rate, scope="local", criterion="l1"):
 
 
 @torch.no_grad()
+def lth_prune(weights, masks, settings):
+    """One Lottery Ticket pruning step, by ``settings`` (``LTHSettings``): new ``Masks`` with ``prune_rate`` of the
+    alive weights (``granularity`` weight) or filters (filter) of smallest magnitude removed, within ``scope``."""
+    if settings.granularity == "filter":
+        return filter_prune(weights, masks, settings.prune_rate, settings.scope, settings.filter_criterion)
+    return magnitude_prune(weights, masks, settings.prune_rate, settings.scope)
+
+
 def rewind(model, rewind_state, masks):
     """Step 3 of IMP: every parameter and buffer ← θ_k (``rewind_state``), then pruned weights ← 0 (bit for bit)."""
     de_parallel(model).load_state_dict(rewind_state)
@@ -581,7 +589,8 @@ class Strategy:
 
     Subclasses say how a round starts fresh (``begin_round``) or from its own ``last.pt`` (``resume_round``):
     both return ``(model, plugins)``. ``trained(r)`` may say that a round needs no training (e.g. a given dense
-    checkpoint); ``external_row(r)`` then describes it. ``kind(r)`` names a round in rounds.csv.
+    checkpoint); ``external_row(r)`` then describes it. ``kind(r)`` names a round in rounds.csv. The pruning itself
+    is a function (``lth_prune``); ``run_rounds`` runs the rounds and writes rounds.csv, for every strategy alike.
     """
 
     name = "strategy"
@@ -630,86 +639,91 @@ class Strategy:
         wdir = self.run.round_dir(r) / "weights"
         return wdir / "best.pt" if (wdir / "best.pt").is_file() else wdir / "last.pt"
 
-    # -- the loop --------------------------------------------------------------------------------------
-    def run_all(self, log=print):
-        """Run (or continue) every round not yet in rounds.csv; returns the final round's best.pt path."""
-        for r in range(self.num_rounds()):
-            if self.run.finished(r):
-                continue
-            if not self.trained(r):
-                row = self.external_row(r)
-            else:
-                row = self.train_round(r, log)
-            if self.main:
-                self.run.record(row)
-                log(self.progress_line(row))
-        self.run.release()  # claimed when the run folder was made or found for --resume
-        last = self.num_rounds() - 1
-        if not self.trained(last):
-            return Path(self.args.weights)
-        final = self.run.round_dir(last) / "weights"
-        return final / "best.pt" if (final / "best.pt").is_file() else final / "last.pt"
 
-    def train_round(self, r, log):
-        save_dir = self.run.round_dir(r)
-        last = save_dir / "weights" / "last.pt"
-        ckpt = load_checkpoint(last) if last.is_file() else None
-        if ckpt is not None and "train_state" in ckpt:
-            model, plugins = self.resume_round(r, ckpt)
-            first = 0  # the checkpoint's scheduler state says where the round stands
-            log(f"{self.describe_start(r)}: resuming {save_dir}")
-        else:
-            ckpt = None
-            model, plugins = self.begin_round(r)
-            epochs, first = self.round_args(r).epochs, self.first_epoch(r)
-            what = f"epochs {first + 1}-{epochs} of {epochs}" if first else f"{epochs} epochs"
-            log(f"{self.describe_start(r)}: training {what} in {save_dir}")
-        trainer = Trainer(self.round_args(r), model, save_dir, plugins=plugins, resume_ckpt=ckpt, log=log,
-                          first_epoch=first)
-        try:
-            trainer.fit()
-        finally:
-            for p in plugins:
-                if hasattr(p, "close"):
-                    p.close()
-        self.end_round(r, trainer)
-        return self.trained_row(r, trainer)
+# --------------------------------------------------------------------------------------------- the round runner
+def run_rounds(strategy, log=print):
+    """Run (or continue) every round of ``strategy`` not yet in rounds.csv; returns the final round's checkpoint."""
+    run = strategy.run
+    for r in range(strategy.num_rounds()):
+        if run.finished(r):
+            continue
+        row = train_round(strategy, r, log) if strategy.trained(r) else strategy.external_row(r)
+        if strategy.main:
+            run.record(row)
+            log(progress_line(row, strategy.num_rounds() - 1, run.csv))
+    run.release()  # claimed when the run folder was made or found for --resume
+    last = strategy.num_rounds() - 1
+    if not strategy.trained(last):
+        return Path(strategy.args.weights)
+    final = run.round_dir(last) / "weights"
+    return final / "best.pt" if (final / "best.pt").is_file() else final / "last.pt"
 
-    def trained_row(self, r, trainer):
-        """The rounds.csv row of a trained round: ``row_checkpoint``'s (best.pt's) epoch and metrics (from
-        results.csv), its weights' sparsity and MACs, and the round's wall time (sum of its epochs, across resumes)."""
-        ckpt = load_checkpoint(self.row_checkpoint(r))
-        epoch = ckpt["epoch"] + 1
-        metrics = next((row for row in trainer.rows if int(row["epoch"]) == epoch), {})
-        row = self.weights_row(r, ckpt)
-        row.update(map50=metrics.get("metrics/map50", ""), map=metrics.get("metrics/map", ""), best_epoch=epoch,
-                   seconds=round(sum(float(x.get("seconds", 0)) for x in trainer.rows), 1))
-        return row
 
-    def weights_row(self, r, ckpt):
-        """Sparsity, parameter and MAC columns for a checkpoint (masks when it has them, else zero counts)."""
-        model = build_model(ckpt, self.args)
-        summary = model_summary(model, img_size=self.args.img_size)
-        masks = checkpoint_masks(ckpt)
-        if masks is not None:
-            sparsity, alive = masks.sparsity(), summary["params"] - masks.pruned()
-        else:
-            sparsity, alive = summary["sparsity"], summary["nonzero_params"]
-        return {"round": r, "kind": self.kind(r), "sparsity": round(sparsity, 6),
-                "expected_sparsity": self.expected_sparsity(r), "alive_params": alive,
-                "params": summary["params"], "dense_macs": int(summary["macs"]), "sparse_macs": summary["sparse_macs"]}
+def train_round(strategy, r, log):
+    """One round: a ``Trainer`` run in ``round_<r>/``, fresh (``begin_round``) or resumed (``resume_round``)."""
+    save_dir = strategy.run.round_dir(r)
+    last = save_dir / "weights" / "last.pt"
+    ckpt = load_checkpoint(last) if last.is_file() else None
+    if ckpt is not None and "train_state" in ckpt:
+        model, plugins = strategy.resume_round(r, ckpt)
+        first = 0  # the checkpoint's scheduler state says where the round stands
+        log(f"{strategy.describe_start(r)}: resuming {save_dir}")
+    else:
+        ckpt = None
+        model, plugins = strategy.begin_round(r)
+        epochs, first = strategy.round_args(r).epochs, strategy.first_epoch(r)
+        what = f"epochs {first + 1}-{epochs} of {epochs}" if first else f"{epochs} epochs"
+        log(f"{strategy.describe_start(r)}: training {what} in {save_dir}")
+    trainer = Trainer(strategy.round_args(r), model, save_dir, plugins=plugins, resume_ckpt=ckpt, log=log,
+                      first_epoch=first)
+    try:
+        trainer.fit()
+    finally:
+        for p in plugins:
+            if hasattr(p, "close"):
+                p.close()
+    strategy.end_round(r, trainer)
+    return trained_row(strategy, r, trainer)
 
-    def progress_line(self, row):
-        n = self.num_rounds() - 1
-        r = int(row["round"])
-        target = f" (target {float(row['expected_sparsity']):.2%})" if row.get("expected_sparsity") != "" else ""
-        score = (f"mAP@0.5 {float(row['map50']):.4f}, AP {float(row['map']):.4f}" if row.get("map50") != ""
-                 else "not evaluated")
-        left = f"{n - r} round{'s' * (n - r != 1)} to go" if r < n else "done"
-        return (f"round {r}/{n} ({row['kind']}): sparsity {float(row['sparsity']):.2%}{target}, "
-                f"{int(row['alive_params']):,}/{int(row['params']):,} params alive, MACs {int(row['sparse_macs']):,} "
-                f"sparse / {int(row['dense_macs']):,} dense, {score}, {float(row['seconds'] or 0):.0f}s; {left} "
-                f"[{self.run.csv}]")
+
+# --------------------------------------------------------------------------------------------- rounds.csv rows
+def trained_row(strategy, r, trainer):
+    """The rounds.csv row of a trained round: ``row_checkpoint``'s (best.pt's) epoch and metrics (from results.csv),
+    its weights' sparsity and MACs, and the round's wall time (sum of its epochs, across resumes)."""
+    ckpt = load_checkpoint(strategy.row_checkpoint(r))
+    epoch = ckpt["epoch"] + 1
+    metrics = next((row for row in trainer.rows if int(row["epoch"]) == epoch), {})
+    row = weights_row(strategy, r, ckpt)
+    row.update(map50=metrics.get("metrics/map50", ""), map=metrics.get("metrics/map", ""), best_epoch=epoch,
+               seconds=round(sum(float(x.get("seconds", 0)) for x in trainer.rows), 1))
+    return row
+
+
+def weights_row(strategy, r, ckpt):
+    """Sparsity, parameter and MAC columns for a checkpoint (masks when it has them, else zero counts)."""
+    model = build_model(ckpt, strategy.args)
+    summary = model_summary(model, img_size=strategy.args.img_size)
+    masks = checkpoint_masks(ckpt)
+    if masks is not None:
+        sparsity, alive = masks.sparsity(), summary["params"] - masks.pruned()
+    else:
+        sparsity, alive = summary["sparsity"], summary["nonzero_params"]
+    return {"round": r, "kind": strategy.kind(r), "sparsity": round(sparsity, 6),
+            "expected_sparsity": strategy.expected_sparsity(r), "alive_params": alive,
+            "params": summary["params"], "dense_macs": int(summary["macs"]), "sparse_macs": summary["sparse_macs"]}
+
+
+def progress_line(row, last, csv_path):
+    """The line a finished round prints: sparsity (and its target), parameters, MACs, mAP, time, rounds left."""
+    r = int(row["round"])
+    target = f" (target {float(row['expected_sparsity']):.2%})" if row.get("expected_sparsity") != "" else ""
+    score = (f"mAP@0.5 {float(row['map50']):.4f}, AP {float(row['map']):.4f}" if row.get("map50") != ""
+             else "not evaluated")
+    left = f"{last - r} round{'s' * (last - r != 1)} to go" if r < last else "done"
+    return (f"round {r}/{last} ({row['kind']}): sparsity {float(row['sparsity']):.2%}{target}, "
+            f"{int(row['alive_params']):,}/{int(row['params']):,} params alive, MACs {int(row['sparse_macs']):,} "
+            f"sparse / {int(row['dense_macs']):,} dense, {score}, {float(row['seconds'] or 0):.0f}s; {left} "
+            f"[{csv_path}]")
 
 
 class LotteryTicket(Strategy):
@@ -811,11 +825,7 @@ class LotteryTicket(Strategy):
         prev = self.previous(r)
         model = build_model(prev, self.args)
         masks = checkpoint_masks(prev) if r > 1 else self.start_masks(model)
-        if self.settings.granularity == "filter":
-            new = filter_prune(self.ranked_weights(prev, r), masks, self.rate, self.scope,
-                               self.settings.filter_criterion)
-        else:
-            new = magnitude_prune(self.ranked_weights(prev, r), masks, self.rate, self.scope)
+        new = lth_prune(self.ranked_weights(prev, r), masks, self.settings)
         rewind(model, prev["rewind"]["model"], new)
         return model, [MaskPlugin(new), RewindPlugin(snapshot=prev["rewind"])]
 
@@ -846,7 +856,7 @@ class LotteryTicket(Strategy):
 
     def external_row(self, r):
         """Round 0 from ``--weights``: evaluate the given checkpoint on the validation set."""
-        row = self.weights_row(r, self.given)
+        row = weights_row(self, r, self.given)
         row.update(evaluate_checkpoint(self.given, self.args), best_epoch="", seconds=0.0)
         return row
 
