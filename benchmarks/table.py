@@ -85,21 +85,23 @@ START, END = "<!-- table:start -->", "<!-- table:end -->"
 
 # The markdown table's columns (the README test checks them).
 COLUMNS = ("model", "training", "mAP@0.5", "AP@[.5:.95]", "params", "non-zero params", "dense MACs", "sparse MACs",
-           "storage MiB", "latency ms", "artefact", "wall time", "runs")
+           "storage MiB", "latency ms", "filters folded", "artefact", "wall time", "runs")
 
 # table.csv's columns: one line per row, means and sample standard deviations over the seeds.
 CSV_COLUMNS = ("row", "model", "training", "seeds", "map50_mean", "map50_std", "map_mean", "map_std", "params_mean",
                "params_std", "nonzero_params_mean", "nonzero_params_std", "sparsity_mean", "sparsity_std",
                "macs_mean", "macs_std", "sparse_macs_mean", "sparse_macs_std", "storage_bytes_mean",
-               "storage_bytes_std", "latency_ms_mean", "latency_ms_std", "artefact", "wall_s_mean", "wall_s_std",
+               "storage_bytes_std", "latency_ms_mean", "latency_ms_std", "filters_mean", "filters_std",
+               "filters_removed_mean", "filters_removed_std", "artefact", "wall_s_mean", "wall_s_std",
                "runs")
 
 # seeds.csv's columns: one line per row and seed.
 SEED_COLUMNS = ("row", "seed", "run", "map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs",
-                "storage_bytes", "latency_ms", "artefact", "artefact_path", "checkpoint_bytes", "wall_s", "recorded")
+                "storage_bytes", "latency_ms", "filters", "filters_removed", "artefact", "artefact_path",
+                "checkpoint_bytes", "wall_s", "recorded")
 
 METRICS = ("map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs", "storage_bytes", "latency_ms",
-           "wall_s")
+           "filters", "filters_removed", "wall_s")
 
 MODEL_NAMES = {"yolov3-tiny": "YOLOv3-Tiny", "yolov3": "YOLOv3", "yolov3-spp": "YOLOv3-SPP",
                "yolo-nano": "YOLO Nano", "yolo-nano_leaky": "YOLO Nano leaky",
@@ -771,7 +773,8 @@ class Table:
                 "storage_bytes": int(s.get("file_bytes") or artefact.stat().st_size),
                 "artefact": "sparse" if marker.get("pruned") else "fp32", "artefact_path": str(artefact),
                 "checkpoint_bytes": final.stat().st_size if final.is_file() else "",
-                "latency_ms": self.latency(job), "latency_cpu": self.latency_cpu(job), "wall_s": run_seconds(job),
+                "latency_ms": self.latency(job), "latency_cpu": self.latency_cpu(job), **self.folding(job),
+                "wall_s": run_seconds(job),
                 "finished": marker["finished"], "machine": marker.get("machine") or machine(),
                 "commit": marker.get("commit", "unknown")}
 
@@ -794,6 +797,12 @@ class Table:
         """The median ms of the run's latency record, else None."""
         rec = self.latency_record(job)
         return float(rec["ms"]) if rec else None
+
+    def folding(self, job):
+        """``{'filters', 'filters_removed'}``: the conv filters of the run's network and how many folding removed
+        (from its latency record; None when it has none or predates the count)."""
+        rec = self.latency_record(job) or {}
+        return {"filters": rec.get("filters"), "filters_removed": rec.get("filters_removed") if rec else None}
 
     def latency_cpu(self, job):
         """``cpu, N threads`` of the run's latency record, else None."""
@@ -818,12 +827,14 @@ class Table:
                 continue
             artefact = json.loads((job.folder / "table_done.json").read_text())["artefact"]
             model, _ = load_model(artefact)
+            filters = sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
             folded, report = fold_empty_channels(model.eval())
             with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
                 best, median = ort_latency(folded, self.a.img_size, self.a.latency_reps, folder, warmup=3)
             rec = {**setting, "ms": round(median, 3), "best_ms": round(best, 3), "reps": self.a.latency_reps,
                    "warmup": 3, "runtime": "onnxruntime", "artefact": artefact, "params_folded": report["params_after"],
-                   "filters_removed": report["removed"], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+                   "filters": filters, "filters_removed": report["removed"],
+                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
             path.write_text(json.dumps(rec, indent=1) + "\n")
             self.event("latency", job, ms=rec["ms"])
             self.out(f"{job.id} seed {job.seed}: {rec['ms']:.2f} ms (ONNX Runtime, batch 1, {self.a.img_size} px, "
@@ -841,7 +852,8 @@ class Table:
         rec = self.ledger.get(self.spec(job), job) if self.ledger is not None else None
         if rec is None:
             return None
-        return dict(rec["numbers"], seed=job.seed, run=str(job.folder), artefact_path="", checkpoint_bytes="",
+        return dict(dict.fromkeys(METRICS), **rec["numbers"], seed=job.seed, run=str(job.folder), artefact_path="",
+                    checkpoint_bytes="",
                     recorded=f"{rec['date']}, {rec['machine']}, commit {rec['commit']}")
 
     def collect(self):
@@ -904,6 +916,11 @@ def fmt_time(mean, std):
     return f"{mean / div:.1f}" + (f" ± {std / div:.1f}" if std and std / div >= 0.05 else "") + f" {unit}"
 
 
+def fmt_share(part, whole):
+    """``part`` as a percentage of ``whole`` ('-' when either is unknown)."""
+    return "-" if part is None or not whole else f"{part / whole:.1%}"
+
+
 def md_row(cells):
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
@@ -911,7 +928,7 @@ def md_row(cells):
 def markdown_table(results, link_base, seeds):
     """The rows as markdown; the runs cell links each finished seed's folder (a ledger record: † instead) and says
     when a row has fewer seeds than the table asks for, or none yet."""
-    lines = [md_row(COLUMNS), "|" + "|".join(["---"] * 2 + ["--:"] * 8 + ["---"] * 3) + "|"]
+    lines = [md_row(COLUMNS), "|" + "|".join(["---"] * 2 + ["--:"] * 9 + ["---"] * 3) + "|"]
     for r in results:
         g = r["agg"]
         mib = [None if v is None else v / 2**20 for v in g["storage_bytes"]]
@@ -922,7 +939,8 @@ def markdown_table(results, link_base, seeds):
         lines.append(md_row([r["model"], r["training"], fmt_float(*g["map50"]), fmt_float(*g["map"]),
                              fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]), fmt_int(*g["macs"]),
                              fmt_int(*g["sparse_macs"]), fmt_float(*mib, digits=2),
-                             fmt_float(*g["latency_ms"], digits=1), r["artefact"] or "-", fmt_time(*g["wall_s"]),
+                             fmt_float(*g["latency_ms"], digits=1), fmt_share(g["filters_removed"][0], g["filters"][0]),
+                             r["artefact"] or "-", fmt_time(*g["wall_s"]),
                              links]))
     return lines
 
@@ -935,7 +953,8 @@ def notes(meta):
         f"(pruned rows). MACs: batch 1 at {meta['img_size']} px, dense (every kernel weight) and sparse (non-zero "
         f"kernel weights only). storage: bytes on disk of the shipped artefact `export.py --include sparse`: a "
         f"bitmask + non-zero values for pruned rows (`sparse`), plain fp32 tensors for dense ones (`fp32`). "
-        f"latency: {latency_note(meta)}. wall "
+        f"latency: {latency_note(meta)}. filters folded: the share of the network's conv filters that folding "
+        f"removes (all their weights pruned), measured with the latency. wall "
         f"time: the run's epochs (training + validation) summed over its rounds, start-up and the final test "
         f"excluded; a run a row starts from (teacher, dense round 0, pruned or distilled student) counts in its "
         f"own row. runs: the run folder of each seed."] + ledger_note(meta)

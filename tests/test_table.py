@@ -134,8 +134,8 @@ def test_mean_and_std_are_over_the_seeds(full):
     for name, row in rows.items():
         for k in table.METRICS:
             values = [float(s[k]) for s in seeds if s["row"] == name and s[k] != ""]
-            if k == "latency_ms":  # timed only with --latency
-                assert values == [] and row["latency_ms_mean"] == row["latency_ms_std"] == ""
+            if k in ("latency_ms", "filters", "filters_removed"):  # measured only with --latency
+                assert values == [] and row[f"{k}_mean"] == row[f"{k}_std"] == ""
                 continue
             assert float(row[f"{k}_mean"]) == pytest.approx(statistics.fmean(values), rel=1e-9, abs=1e-12)
             assert float(row[f"{k}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-9, abs=1e-12)
@@ -197,6 +197,11 @@ def test_latency_is_measured_on_the_folded_artefacts_without_running_anything(fu
     assert not (base / "cs1-yolov3-tiny/seed0/latency.json").exists()  # rows not asked for are not timed
     rows = {r["row"]: r for r in read_csv(base / "table.csv")}
     assert list(rows) == ["tiny", "lth-filter"] and float(rows["tiny"]["latency_ms_mean"]) == dense["ms"] > 0
+    assert float(rows["tiny"]["filters_mean"]) == dense["filters"] == pruned["filters"] > 0  # conv filters, unfolded
+    assert float(rows["lth-filter"]["filters_removed_mean"]) == pruned["filters_removed"]
+    [(header, body)] = table.parse_block(table.START + "\n" + (base / "table.md").read_text() + "\n" + table.END)
+    share = pruned["filters_removed"] / pruned["filters"]
+    assert [r[header.index("filters folded")] for r in body] == ["0.0%", f"{share:.1%}"]
     md = (base / "table.md").read_text()
     assert dense["cpu"] in md and "ONNX Runtime, batch 1" in md and (base / "table_latency.png").stat().st_size > 5000
     before = (base / "dense-yolov3-tiny/seed0/latency.json").stat().st_mtime_ns
