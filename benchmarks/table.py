@@ -554,10 +554,10 @@ class Ledger:
 
     def save(self):
         self.records.sort(key=lambda r: (r["run"], r["seed"], json.dumps(r["spec"])))
+        from utils.checkpoint import write_atomic
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"runs": self.records}, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"runs": self.records}, indent=1) + "\n")
 
 
 def git_commit():
@@ -773,8 +773,7 @@ class Table:
                 "storage_bytes": int(s.get("file_bytes") or artefact.stat().st_size),
                 "artefact": "sparse" if marker.get("pruned") else "fp32", "artefact_path": str(artefact),
                 "checkpoint_bytes": final.stat().st_size if final.is_file() else "",
-                "latency_ms": self.latency(job), "latency_cpu": self.latency_cpu(job), **self.folding(job),
-                "wall_s": run_seconds(job),
+                **latency_fields(self.latency_record(job)), "wall_s": run_seconds(job),
                 "finished": marker["finished"], "machine": marker.get("machine") or machine(),
                 "commit": marker.get("commit", "unknown")}
 
@@ -793,21 +792,6 @@ class Table:
         rec = json.loads(path.read_text()) if path.is_file() else {}
         return rec if rec.get("img_size") == self.a.img_size else None
 
-    def latency(self, job):
-        """The median ms of the run's latency record, else None."""
-        rec = self.latency_record(job)
-        return float(rec["ms"]) if rec else None
-
-    def folding(self, job):
-        """``{'filters', 'filters_removed'}``: the conv filters of the run's network and how many folding removed
-        (from its latency record; None when it has none or predates the count)."""
-        rec = self.latency_record(job) or {}
-        return {"filters": rec.get("filters"), "filters_removed": rec.get("filters_removed") if rec else None}
-
-    def latency_cpu(self, job):
-        """``cpu, N threads`` of the run's latency record, else None."""
-        rec = self.latency_record(job)
-        return f"{rec['cpu']}, {rec['threads']} threads" if rec else None
 
     def measure_latencies(self):
         """latency.json for every finished run of the table whose figure is missing or from another setting."""
@@ -875,6 +859,15 @@ class Table:
                         "artefact": seeds[0]["artefact"] if seeds else "",
                         "runs": [str(self.jobs[(row.job, s)].folder) for s in range(self.a.seeds)]})
         return out
+
+
+def latency_fields(rec):
+    """A run's latency record as table figures: the median ms, ``cpu, N threads``, the conv filters and how many
+    folding removed (None where there is no record, or one from before the filter count)."""
+    rec = rec or {}
+    return {"latency_ms": float(rec["ms"]) if rec else None,
+            "latency_cpu": f"{rec['cpu']}, {rec['threads']} threads" if rec else None,
+            "filters": rec.get("filters"), "filters_removed": rec.get("filters_removed")}
 
 
 def spec_difference(saved, now):

@@ -480,7 +480,6 @@ class Trainer:
                 for k, v in plugin.extra_loss(self.context, imgs, targets, outputs, features).items():
                     total = total + v * bs
                     terms[k] = float(v.detach())
-            for plugin in self.plugins:
                 terms.update(plugin.step_metrics(self.context))
         if self.world > 1:
             total = total * self.world  # DDP averages gradients over processes

@@ -327,7 +327,6 @@ def filter_prune(weights, masks, rate, scope="local", criterion="l1"):
     return Masks(out)
 
 
-@torch.no_grad()
 def lth_prune(weights, masks, settings):
     """One Lottery Ticket pruning step, by ``settings`` (``LTHSettings``): new ``Masks`` with ``prune_rate`` of the
     alive weights (``granularity`` weight) or filters (filter) of smallest magnitude removed, within ``scope``."""
@@ -336,6 +335,7 @@ def lth_prune(weights, masks, settings):
     return magnitude_prune(weights, masks, settings.prune_rate, settings.scope)
 
 
+@torch.no_grad()
 def rewind(model, rewind_state, masks):
     """Step 3 of IMP: every parameter and buffer ← θ_k (``rewind_state``), then pruned weights ← 0 (bit for bit)."""
     de_parallel(model).load_state_dict(rewind_state)
