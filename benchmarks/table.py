@@ -180,12 +180,13 @@ def build_parser():
 
 
 def resolve_settings(a):
-    """img_size, epochs, batch sizes and the --hyp flags: table flag > --hyp file > params/default.yaml."""
-    from utils.my_utils import DEFAULT_PARAMS, load_params, train_parser
+    """img_size, epochs, batch sizes and the --hyp flags: table flag > --hyp file > what train.py does with no flags
+    (params/default.yaml over the settings' fallbacks)."""
+    from utils.my_utils import load_params, train_parser
 
-    base = {k: v for k, (v, _) in load_params(DEFAULT_PARAMS).items()}
-    hyp = {k: v for k, (v, _) in load_params(a.hyp).items()} if a.hyp else {}
     actions = {x.dest: x for x in train_parser()._actions}
+    base = {k: x.default for k, x in actions.items()}
+    hyp = {k: v for k, (v, _) in load_params(a.hyp).items()} if a.hyp else {}
     flags = yaml_flags(a.hyp, hyp, base, actions)
     student = {k: v for k, (v, _) in load_params(a.student_hyp).items()} if a.student_hyp else {}
     a.student_flags = yaml_flags(a.student_hyp, student, dict(base, **hyp), actions)

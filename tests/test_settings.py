@@ -10,15 +10,22 @@ from utils.cs import ContinuousSparsification, CSPlugin, SoftMasks
 from utils.distill import DistillPlugin, Teacher
 from utils.errors import UserError
 from utils.gan import GANPlugin
-from utils.my_utils import gan_parser, kd_parser, parse_args, prune_parser, upgrade_saved_args
+from utils.datasets import DEFAULT_HYP
+from utils.loss import ComputeLoss
+from utils.my_utils import (gan_parser, hyp_from_args, kd_parser, parse_args, prune_parser, train_parser,
+                            upgrade_saved_args)
 from utils.pruning import LotteryTicket
-from utils.settings import CSSettings, GANSettings, KDSettings, LTHSettings
+from utils.settings import (HYP_SETTINGS, AugmentSettings, CSSettings, GANSettings, KDSettings, LossSettings,
+                            LTHSettings, OptimSettings)
 
 from .conftest import ROOT
 
 TEACHER = ["--teacher-weights", "t.pt"]
 SCRIPTS = [(KDSettings, kd_parser, TEACHER), (GANSettings, gan_parser, TEACHER), (CSSettings, prune_parser, ["--cs"]),
-           (LTHSettings, prune_parser, ["--lth"])]
+           (LTHSettings, prune_parser, ["--lth"]), (OptimSettings, train_parser, []), (LossSettings, train_parser, []),
+           (AugmentSettings, train_parser, []), (LossSettings, kd_parser, TEACHER), (OptimSettings, gan_parser, TEACHER)]
+TECHNIQUES = (KDSettings, GANSettings, CSSettings, LTHSettings)
+PINNED = {"voc.yaml"}  # the GPU recipe states all its values (ultralytics' 2020 ones): they must not follow a fallback
 PRUNE_PARAMS = {"--cs": ROOT / "params" / "CS.yaml", "--lth": ROOT / "params" / "IMP.yaml"}
 
 
@@ -31,7 +38,7 @@ def tiny(seed=0):
 
 @pytest.mark.parametrize("cls, parser, argv", SCRIPTS)
 def test_the_script_with_no_flags_uses_the_dataclass_fallbacks(cls, parser, argv):
-    if argv[0] == "--lth":  # prune.py reads the technique's recipe (IMP.yaml: none of these keys)
+    if argv and argv[0] == "--lth":  # prune.py reads the technique's recipe (IMP.yaml: none of these keys)
         argv = [*argv, "--params", str(PRUNE_PARAMS[argv[0]])]
     from_cli = cls.from_args(parse_args(parser(), argv))
     expected = cls(teacher_weights="t.pt") if "teacher_weights" in {f.name for f in fields(cls)} else cls()
@@ -76,13 +83,31 @@ def test_recipes_do_not_repeat_a_fallback():
     owner = {"KD.yaml": KDSettings, "KD_GAN.yaml": GANSettings, "CS.yaml": CSSettings, "IMP.yaml": LTHSettings}
     repeated = []
     for path in sorted((ROOT / "params").glob("*.yaml")):
-        defaults = {f.name: f.default for cls in ([owner[path.name]] if path.name in owner else
-                                                  (KDSettings, GANSettings, CSSettings, LTHSettings)) for f in fields(cls)}
+        classes = ([owner[path.name]] if path.name in owner else list(TECHNIQUES)) + \
+            ([] if path.name in PINNED else list(HYP_SETTINGS))
+        defaults = {f.name: f.default for cls in classes for f in fields(cls)}
         for key, value in (yaml.safe_load(path.read_text()) or {}).items():
             value = tuple(value) if isinstance(value, list) else value
             if key in defaults and value == defaults[key]:
                 repeated.append(f"{path.name}: {key}")
     assert not repeated, repeated
+
+
+def test_loss_and_augmentation_built_from_python_equal_those_of_train_py():
+    cli = hyp_from_args(parse_args(train_parser(), []))
+    assert ComputeLoss(tiny()).gains == ComputeLoss(tiny(), cli).gains
+    assert ComputeLoss(tiny(), {"box": 0.1}).gains["cls"] == ComputeLoss(tiny(), cli).gains["cls"]  # a missing key
+    assert DEFAULT_HYP == {k: cli[k] for k in DEFAULT_HYP} and set(DEFAULT_HYP) == {f.name for f in fields(AugmentSettings)}
+    assert (cli["lr0"], cli["cls"], cli["mosaic"]) == (0.01, 2.0, 1.0)
+
+
+def test_training_values_are_checked_from_flags_and_recipes(tmp_path):
+    with pytest.raises(UserError, match="--mosaic 2.0"):
+        hyp_from_args(parse_args(train_parser(), ["--mosaic", "2"]))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("momentum: 1.2\n")
+    with pytest.raises(UserError, match="--momentum 1.2"):
+        OptimSettings.from_args(parse_args(train_parser(), ["--params", str(recipe)]))
 
 
 @pytest.mark.parametrize("cls, changes, flag", [
@@ -93,6 +118,13 @@ def test_recipes_do_not_repeat_a_fallback():
     (CSSettings, dict(cs_reset="never"), "--cs-reset"), (CSSettings, dict(final_temperature=0.5), "--final-temperature"),
     (CSSettings, dict(rounds=0), "--rounds"), (LTHSettings, dict(prune_rate=1.0), "--prune-rate"),
     (LTHSettings, dict(rounds=-1), "--rounds"), (LTHSettings, dict(retrain_schedule="again"), "--retrain-schedule"),
+    (OptimSettings, dict(lr0=0.0), "--lr0"), (OptimSettings, dict(momentum=1.0), "--momentum"),
+    (OptimSettings, dict(optimizer="rmsprop"), "--optimizer"), (OptimSettings, dict(nominal_batch_size=0),
+                                                                 "--nominal-batch-size"),
+    (OptimSettings, dict(grad_clip=-1.0), "--grad-clip"), (LossSettings, dict(cls=-1.0), "--cls"),
+    (LossSettings, dict(anchor_t=1.0), "--anchor-t"), (LossSettings, dict(label_smoothing=1.0), "--label-smoothing"),
+    (AugmentSettings, dict(mosaic=1.5), "--mosaic"), (AugmentSettings, dict(fliplr=float("nan")), "--fliplr"),
+    (AugmentSettings, dict(hsv_s=-0.1), "--hsv-s"),
 ])
 def test_settings_validate_in_one_place_with_one_line_errors(cls, changes, flag):
     with pytest.raises(UserError, match=flag) as e:

@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import tempfile
+from dataclasses import asdict
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from torch.utils.data.distributed import DistributedSampler
 from utils import shapes
 from utils.errors import UserError
 from utils.general import user_cache_dir
+from utils.settings import AugmentSettings
 
 IMG_FORMATS = ("bmp", "jpg", "jpeg", "png", "tif", "tiff", "webp")
 VID_FORMATS = ("avi", "mp4", "mov", "mkv", "m4v", "mpg", "mpeg", "wmv")
@@ -46,8 +48,7 @@ COORD_TOL = 1e-3  # label coordinates may leave 0..1 by this much before the lin
 CACHE_VERSION = "1"
 PAD_VALUE = 114  # grey of letterbox and mosaic borders
 MAX_MESSAGES = 50  # bad-label messages printed per dataset; the summary counts them all
-DEFAULT_HYP = dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.5, shear=0.0,
-                   perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0)
+DEFAULT_HYP = asdict(AugmentSettings())  # a dataset built without ``hyp`` augments like train.py with no flags
 
 cv2.setNumThreads(0)  # OpenCV threads fight with loader workers on small machines
 

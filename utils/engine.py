@@ -34,6 +34,7 @@ from utils.loss import ComputeLoss
 from utils.memory_format import choose_memory_format, machine_name
 from utils.metrics import EVAL_BATCH_SIZE
 from utils.my_utils import hyp_from_args, resume_args, save_args, upgrade_saved_args, vars_clean
+from utils.settings import OptimSettings
 from utils.torch_utils import (MEMORY_FORMATS, ModelEMA, autocast, build_optimizer, ddp, de_parallel, lr_schedule,
                                recompute_bn_stats, resolve_precision)
 
@@ -261,6 +262,7 @@ class Trainer:
         self.device = select_device(args.device)
         self.precision = resolve_precision(self.device, args.amp, warn=log if self.main else (lambda *_: None))
         self.hyp = hyp_from_args(args)
+        self.optim = OptimSettings.from_args(args)  # the optimiser, its schedule and warm-up
         self.data = parse_data_cfg(args.data)
         self.names = self.data["names"]
         self.model = model
@@ -301,10 +303,11 @@ class Trainer:
         self.first_scored = first = first_scored_epoch(args, self.epochs)
         if self.main and first > 1 and not args.notest:
             self.log(f"mAP after epochs {min(first, self.epochs)}-{self.epochs} (--eval-from {args.eval_from:g})")
-        self.accumulate = max(round(args.nominal_batch_size / args.batch_size), 1)
+        optim = self.optim
+        self.accumulate = max(round(optim.nominal_batch_size / args.batch_size), 1)
         self.optimizer = build_optimizer([self.model] + [m for p in self.plugins for m in p.modules()],
-                                         args.optimizer, args.lr0, args.momentum, args.weight_decay)
-        self.lf = lr_schedule(args.lr_schedule, self.epochs, args.lrf)
+                                         optim.optimizer, optim.lr0, optim.momentum, optim.weight_decay)
+        self.lf = lr_schedule(optim.lr_schedule, self.epochs, optim.lrf)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.ema = None if args.no_ema else ModelEMA(self.model)
@@ -424,7 +427,7 @@ class Trainer:
         for plugin in self.plugins:
             plugin.before_epoch(self.context, epoch)
         nb = len(self.train_loader)
-        n_warmup = round(args.warmup_epochs * nb)
+        n_warmup = round(self.optim.warmup_epochs * nb)
         size = self.epoch_img_size(epoch)
         if hasattr(self.train_set, "set_img_size") and not self.train_set.rect:
             self.train_set.set_img_size(size)  # the workers, started below, build this epoch's size
@@ -487,9 +490,9 @@ class Trainer:
 
     def optimizer_step(self):
         """Unscale, clip, step, zero (the plug-ins' optimisers too); then plug-ins (masks) and the EMA."""
-        if self.args.grad_clip:
+        if self.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.optimizer_parameters(), self.args.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.optimizer_parameters(), self.optim.grad_clip)
         self.scaler.step(self.optimizer)
         for optimizer in self.plugin_optimizers:
             self.average_gradients(optimizer)
@@ -519,14 +522,13 @@ class Trainer:
 
     def _warmup(self, ni, n_warmup, epoch):
         """Linear warm-up of the learning rate (biases from warmup_bias_lr down), momentum and accumulation."""
-        args = self.args
-        x = [0, n_warmup]
-        self.accumulate = max(1, round(np.interp(ni, x, [1, args.nominal_batch_size / args.batch_size])))
+        optim, x = self.optim, [0, n_warmup]
+        self.accumulate = max(1, round(np.interp(ni, x, [1, optim.nominal_batch_size / self.args.batch_size])))
         for j, group in enumerate(self.optimizer.param_groups):
-            start = args.warmup_bias_lr if j == 2 else 0.0
+            start = optim.warmup_bias_lr if j == 2 else 0.0
             group["lr"] = float(np.interp(ni, x, [start, group["initial_lr"] * self.lf(epoch)]))
             if "momentum" in group:
-                group["momentum"] = float(np.interp(ni, x, [args.warmup_momentum, args.momentum]))
+                group["momentum"] = float(np.interp(ni, x, [optim.warmup_momentum, optim.momentum]))
 
     def epoch_img_size(self, epoch):
         """Training image size of ``epoch``: ``--img-size``, or growing from ``--img-size-start`` (progressive)."""

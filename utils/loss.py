@@ -35,6 +35,8 @@ import math
 import torch
 import torch.nn as nn
 
+from utils.settings import LossSettings
+
 REF_IMG_SIZE = 640  # image size the YAML gains refer to
 REF_NC = 80  # class count the YAML class gain refers to
 MAX_WH_LOG = math.log(1e3)  # t_wh is clamped here before exp(): a box at most 1000 anchors wide, never inf
@@ -127,12 +129,13 @@ class ComputeLoss:
         self.nc = int(self.layers[0].nc)
         self.strides = [float(layer.stride) for layer in self.layers]
 
-        self.anchor_t = float(_hyp_get(hyp, "anchor_t", 4.0))
-        self.cls_pw = float(_hyp_get(hyp, "cls_pw", 1.0))
-        self.obj_pw = float(_hyp_get(hyp, "obj_pw", 1.0))
-        self.cp, self.cn = smooth_bce_targets(float(_hyp_get(hyp, "label_smoothing", 0.0) or 0.0))
+        fallback = LossSettings()  # a key ``hyp`` lacks takes train.py's default
+        get = lambda key: float(_hyp_get(hyp, key, None) if _hyp_get(hyp, key, None) is not None  # noqa: E731
+                                else getattr(fallback, key))
+        self.anchor_t, self.cls_pw, self.obj_pw = get("anchor_t"), get("cls_pw"), get("obj_pw")
+        self.cp, self.cn = smooth_bce_targets(get("label_smoothing"))
 
-        box, obj, cls = (float(_hyp_get(hyp, k, d)) for k, d in (("box", 0.05), ("obj", 1.5), ("cls", 0.5)))
+        box, obj, cls = get("box"), get("obj"), get("cls")
         if autoscale:
             img_size = _hyp_get(hyp, "img_size", None) or getattr(m, "img_size", None) or ref_img_size
             if isinstance(img_size, (list, tuple)):

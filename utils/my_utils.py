@@ -7,15 +7,16 @@ argparse defaults silently overrode its YAML files; here a YAML value loses only
 Every ``--dashed-flag`` also answers to ``--dashed_flag`` (the original's underscore spellings).
 """
 import argparse
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import yaml
 
 from utils.errors import UserError
 from utils.general import ROOT
-from utils.settings import CSSettings, GANSettings, KDSettings, LTHSettings, flag_kwargs
-from utils.torch_utils import LR_SCHEDULES, PRECISION_CHOICES
+from utils.settings import (HYP_SETTINGS, AugmentSettings, CSSettings, GANSettings, KDSettings, LossSettings,
+                            LTHSettings, OptimSettings, flag_kwargs)
+from utils.torch_utils import PRECISION_CHOICES
 
 DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
 
@@ -23,26 +24,10 @@ DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
 YAML_ALIASES = {"pruning_rate": "prune_rate", "iterations": "rounds", "reseting": "rewind_epoch",
                 "prune_kind": "scope"}
 
-# Hyperparameters handed to the loss and the augmentation as one dict (``hyp``); their values live in YAML.
-HYP_KEYS = (
-    "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
-    "box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t", "label_smoothing",
-    "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud", "fliplr", "mosaic",
-)
-
-HYP_HELP = {
-    "lr0": "initial learning rate", "lrf": "final learning rate as a fraction of lr0 (cosine)",
-    "momentum": "SGD momentum / Adam beta1", "weight_decay": "L2 on conv and linear weights",
-    "warmup_epochs": "linear warm-up length", "warmup_momentum": "momentum at the start of warm-up",
-    "warmup_bias_lr": "bias learning rate at the start of warm-up", "box": "GIoU box loss gain",
-    "obj": "objectness loss gain", "cls": "class loss gain", "cls_pw": "class BCE positive weight",
-    "obj_pw": "objectness BCE positive weight", "anchor_t": "anchor-matching ratio threshold",
-    "label_smoothing": "class label smoothing epsilon", "hsv_h": "hue jitter (fraction)",
-    "hsv_s": "saturation jitter (fraction)", "hsv_v": "value jitter (fraction)", "degrees": "rotation (+- deg)",
-    "translate": "translation (+- fraction)", "scale": "scale gain (+- fraction)", "shear": "shear (+- deg)",
-    "perspective": "perspective (+- fraction)", "flipud": "vertical flip probability",
-    "fliplr": "horizontal flip probability", "mosaic": "4-image mosaic probability",
-}
+# What the loss, the augmentation and the warm-up read as one dict (``hyp``), in this order; their fallbacks are
+# utils/settings.py's OptimSettings, LossSettings and AugmentSettings.
+HYP_KEYS = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
+            *(f.name for f in fields(LossSettings)), *(f.name for f in fields(AugmentSettings)))
 
 
 def flag(group, name, *more, **kwargs):
@@ -74,37 +59,27 @@ def add_data_args(p):
 
 
 def add_optim_args(p):
-    g = p.add_argument_group("optimisation (defaults in params/default.yaml)")
+    g = p.add_argument_group("optimisation (utils/settings.py OptimSettings and LossSettings)")
     flag(g, "--epochs", type=int, default=None)
-    flag(g, "--optimizer", choices=("sgd", "adam"), default=None, help="SGD with nesterov momentum, or Adam")
-    flag(g, "--lr-schedule", choices=LR_SCHEDULES, default="cosine",
-         help="learning-rate factor over the epochs: cosine to --lrf, or inverse-exp 1 - 10^(-4 (1 - e/epochs)) "
-              "(the original project's)")
-    for key in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr"):
-        flag(g, "--" + key.replace("_", "-"), type=float, default=None, help=HYP_HELP[key])
-    flag(g, "--nominal-batch-size", type=int, default=None, help="gradients are accumulated to this batch size")
+    add_settings_flags(g, OptimSettings)
     flag(g, "--multi-scale", action="store_true", help="vary the image size +-50%% per batch")
     flag(g, "--img-size-start", type=float, default=0,
          help="progressive resizing: train the first epoch at this size (pixels, or a fraction below 1 of --img-size), "
               "growing linearly to --img-size by the last; 0 disables")
     flag(g, "--no-ema", action="store_true", help="evaluate and save the raw weights instead of their EMA")
-    flag(g, "--grad-clip", type=float, default=10.0, help="clip the gradient norm (0 disables)")
     flag(g, "--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
          help="training memory format (auto: the faster one, timed on this machine at start-up and cached)")
     flag(g, "--autoanchor", action="store_true",
          help="fit the anchors to the training boxes (k-means) before training a fresh network (utils/anchors.py)")
     flag(g, "--precise-bn", type=int, default=16,
          help="before each evaluation, recompute BN statistics over this many training batches (0: keep the running ones)")
-    for key in ("box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t", "label_smoothing"):
-        flag(g, "--" + key.replace("_", "-"), type=float, default=None, help=HYP_HELP[key])
+    add_settings_flags(g, LossSettings)
     return g
 
 
 def add_aug_args(p):
-    g = p.add_argument_group("augmentation (defaults in params/default.yaml)")
-    for key in ("hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud",
-                "fliplr", "mosaic"):
-        flag(g, "--" + key.replace("_", "-"), type=float, default=None, help=HYP_HELP[key])
+    g = p.add_argument_group("augmentation (utils/settings.py AugmentSettings)")
+    add_settings_flags(g, AugmentSettings)
     flag(g, "--rect", action="store_true", help="rectangular training batches (no mosaic)")
     return g
 
@@ -307,8 +282,11 @@ def typed_dests(parser, argv):
 
 
 def hyp_from_args(args):
-    """The hyperparameter dict the loss and the data augmentation read."""
-    return {k: getattr(args, k) for k in HYP_KEYS}
+    """The hyperparameter dict the loss, the data augmentation and the warm-up read, checked by their settings."""
+    values = {}
+    for cls in HYP_SETTINGS:
+        values.update(asdict(cls.from_args(args)))
+    return {k: values[k] for k in HYP_KEYS}
 
 
 def save_args(args, path):

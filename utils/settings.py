@@ -61,6 +61,89 @@ class Settings:
         return replace(self, **changes)
 
 
+def check_range(settings, low, high, *names, high_open=False):
+    """A one-line error for a field outside [low, high] (or [low, high) with ``high_open``)."""
+    for name in names:
+        v = getattr(settings, name)
+        ok = v is not None and math.isfinite(float(v)) and low <= v and (v < high if high_open else v <= high)
+        if not ok:
+            raise UserError(f"--{name.replace('_', '-')} {v}: must lie in [{low:g}, {high:g}{')' if high_open else ']'}")
+
+
+LR_SCHEDULES = ("cosine", "inverse-exp")
+
+
+@dataclass(frozen=True)
+class OptimSettings(Settings):
+    """The optimiser and its schedule (utils/engine.py): every script trains with these."""
+
+    optimizer: str = setting("sgd", "SGD with nesterov momentum, or Adam", choices=("sgd", "adam"))
+    lr_schedule: str = setting("cosine", "learning-rate factor over the epochs: cosine to --lrf, or inverse-exp "
+                               "1 - 10^(-4 (1 - e/epochs)) (the original project's)", choices=LR_SCHEDULES)
+    lr0: float = setting(0.01, "initial learning rate", type=float)
+    lrf: float = setting(0.05, "final learning rate as a fraction of lr0 (cosine)", type=float)
+    momentum: float = setting(0.937, "SGD momentum / Adam beta1", type=float)
+    weight_decay: float = setting(0.0005, "L2 on conv and linear weights (not BN or biases)", type=float)
+    warmup_epochs: float = setting(2.0, "linear warm-up length", type=float)
+    warmup_momentum: float = setting(0.8, "momentum at the start of warm-up", type=float)
+    warmup_bias_lr: float = setting(0.1, "bias learning rate at the start of warm-up", type=float)
+    nominal_batch_size: int = setting(16, "gradients are accumulated to this batch size", type=int)
+    grad_clip: float = setting(10.0, "clip the gradient norm (0 disables)", type=float)
+
+    def __post_init__(self):
+        if self.lr0 is None or not self.lr0 > 0 or not math.isfinite(self.lr0):
+            raise UserError(f"--lr0 {self.lr0}: must be a number > 0")
+        if self.nominal_batch_size is None or self.nominal_batch_size < 1:
+            raise UserError(f"--nominal-batch-size {self.nominal_batch_size}: must be 1 or more")
+        check_range(self, 0, 1, "momentum", "warmup_momentum", high_open=True)
+        check_non_negative(self, "lrf", "weight_decay", "warmup_epochs", "warmup_bias_lr", "grad_clip")
+        check_choice(self, "optimizer", "lr_schedule")
+
+
+@dataclass(frozen=True)
+class LossSettings(Settings):
+    """The YOLO loss's gains and target matching (utils/loss.py)."""
+
+    box: float = setting(0.05, "GIoU box loss gain", type=float)
+    obj: float = setting(1.5, "objectness BCE gain: every cell of every scale weighs the same", type=float)
+    cls: float = setting(2.0, "class BCE gain, scaled by the class count and the number of scales (2.0: the CPU "
+                         "recipe on shapes, where 0.5 learnt the classes late; params/voc.yaml: 0.5)", type=float)
+    cls_pw: float = setting(1.0, "class BCE positive weight", type=float)
+    obj_pw: float = setting(1.0, "objectness BCE positive weight", type=float)
+    anchor_t: float = setting(4.0, "anchor-matching ratio threshold", type=float)
+    label_smoothing: float = setting(0.0, "class label smoothing epsilon", type=float)
+
+    def __post_init__(self):
+        check_non_negative(self, "box", "obj", "cls", "cls_pw", "obj_pw")
+        check_range(self, 0, 1, "label_smoothing", high_open=True)
+        if self.anchor_t is None or not self.anchor_t > 1:
+            raise UserError(f"--anchor-t {self.anchor_t}: must be above 1 (a ratio threshold)")
+
+
+@dataclass(frozen=True)
+class AugmentSettings(Settings):
+    """The training images' augmentation (utils/datasets.py)."""
+
+    hsv_h: float = setting(0.015, "hue jitter (fraction)", type=float)
+    hsv_s: float = setting(0.7, "saturation jitter (fraction)", type=float)
+    hsv_v: float = setting(0.4, "value jitter (fraction)", type=float)
+    degrees: float = setting(0.0, "rotation (+- deg)", type=float)
+    translate: float = setting(0.1, "translation (+- fraction)", type=float)
+    scale: float = setting(0.5, "scale gain (+- fraction)", type=float)
+    shear: float = setting(0.0, "shear (+- deg)", type=float)
+    perspective: float = setting(0.0, "perspective (+- fraction)", type=float)
+    flipud: float = setting(0.0, "vertical flip probability", type=float)
+    fliplr: float = setting(0.5, "horizontal flip probability", type=float)
+    mosaic: float = setting(1.0, "probability of a 4-image mosaic", type=float)
+
+    def __post_init__(self):
+        check_non_negative(self, "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "shear", "perspective")
+        check_range(self, 0, 1, "scale", "flipud", "fliplr", "mosaic")
+
+
+HYP_SETTINGS = (OptimSettings, LossSettings, AugmentSettings)  # what the engine, the loss and the data read
+
+
 @dataclass(frozen=True)
 class TeacherSettings(Settings):
     """Which teacher, and which student/teacher layers are paired (both distillation scripts)."""
@@ -242,5 +325,6 @@ def flag_kwargs(f):
     return names, kwargs
 
 
-__all__ = ["setting", "yes_no", "scope_type", "Settings", "TeacherSettings", "KDSettings", "GANSettings", "PruneSettings",
+__all__ = ["setting", "yes_no", "scope_type", "Settings", "OptimSettings", "LossSettings", "AugmentSettings",
+           "HYP_SETTINGS", "LR_SCHEDULES", "TeacherSettings", "KDSettings", "GANSettings", "PruneSettings",
            "LTHSettings", "CSSettings", "flag_kwargs"]

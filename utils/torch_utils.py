@@ -179,7 +179,6 @@ def inverse_exp_lr(epochs, exponent=4.0):
     return lambda e: 1 - 10 ** (-exponent * (1 - e / max(epochs, 1)))
 
 
-LR_SCHEDULES = ("cosine", "inverse-exp")
 
 
 def lr_schedule(name, epochs, lrf):
