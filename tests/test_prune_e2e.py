@@ -229,6 +229,10 @@ def test_a_filter_level_ticket_trains_and_folds_into_a_smaller_network(shapes_ti
         assert (masks[k].flatten(1).any(1) == keep).all() and not w[~keep].any()
         assert not last["train_state"]["model"][k.replace("conv.weight", "bn.weight")][~keep].any()
     pruned = sum(int((~masks[k].flatten(1).all(1)).sum()) for k in kernels)
+    row = list(csv.DictReader(open(run / "rounds.csv")))[1]
+    assert float(row["sparsity"]) == pytest.approx(masks.sparsity(), abs=1e-6)  # kernels only, no BN entries
+    assert masks.sparsity() > 0.45
+    assert float(row["expected_sparsity"]) == pytest.approx(float(row["sparsity"]), abs=1e-6)  # local: per layer
     out = export.main(["--weights", str(run / "round_1" / "weights" / "last.pt"), "--include", "sparse", "--fold",
                        "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8", "--workers", "0"])
     fold = out["fold"]

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError
-from utils.pruning import (MaskPlugin, Masks, RewindPlugin, expected_alive, expected_sparsity, filter_prune,
-                           magnitude_prune, prune_count, rewind)
+from utils.pruning import (MaskPlugin, Masks, RewindPlugin, expected_alive, expected_filter_sparsity, expected_sparsity,
+                           filter_prune, magnitude_prune, prune_count, rewind)
 from utils.torch_utils import ModelEMA, build_optimizer
 
 
@@ -293,6 +293,21 @@ def test_filter_prune_removes_whole_filters_by_l1_and_keeps_one_per_layer(scope)
         l1 = weights[k].abs().flatten(1).sum(1)
         gone = ~one[k].flatten(1).all(1)
         assert float(l1[gone].max()) <= float(l1[~gone].min())
+
+
+def test_filter_sparsity_counts_kernels_and_local_rounds_reach_the_expected_value():
+    model = shifted_tiny()
+    weights = dict(model.state_dict())
+    masks = Masks.from_model(model, granularity="filter")
+    kernels = [masks[n] for n in masks.names() if masks[n].dim() == 4]
+    for rounds in range(1, 4):
+        masks = filter_prune(weights, masks, 0.3, "local")
+        pruned = sum(int((~m).sum()) for m in [masks[n] for n in masks.names() if masks[n].dim() == 4])
+        assert masks.sparsity() == pytest.approx(pruned / sum(m.numel() for m in kernels), abs=1e-12)
+        assert masks.sparsity() != pytest.approx(masks.pruned() / masks.numel(), abs=1e-9)  # BN entries left out
+        start = Masks.from_model(model, granularity="filter")
+        assert expected_filter_sparsity(start, 0.3, rounds) == pytest.approx(masks.sparsity(), abs=1e-12)
+    assert expected_filter_sparsity(masks, 0.3, 0) == pytest.approx(masks.sparsity(), abs=1e-12)  # from a ticket
 
 
 def test_filter_prune_by_bn_gamma_ranks_by_the_scale():

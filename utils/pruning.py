@@ -145,10 +145,16 @@ class Masks:
     def pruned(self):
         return self.numel() - self.alive()
 
+    def kernels(self):
+        """The masked weight tensors (2-D and up): a filter mask's BN scale, shift and bias entries left out."""
+        return [m for m in self.masks.values() if m.dim() > 1]
+
     def sparsity(self):
-        """Pruned fraction of the masked (prunable) weights."""
-        n = self.numel()
-        return self.pruned() / n if n else 0.0
+        """Pruned fraction of the masked (prunable) kernel weights; with filter masks, of their kernels only (their
+        1-D BN and bias entries follow the filters and are not weights of the prunable convs)."""
+        kernels = self.kernels()
+        n = sum(m.numel() for m in kernels)
+        return 1 - sum(int(torch.count_nonzero(m)) for m in kernels) / n if n else 0.0
 
     def layer_stats(self):
         """``[{'name', 'numel', 'alive', 'sparsity'}]`` per masked tensor, in order."""
@@ -163,7 +169,8 @@ class Masks:
         lines = [f"{'tensor':<40} {'weights':>12} {'alive':>12} {'sparsity':>9}"]
         for r in self.layer_stats():
             lines.append(f"{r['name']:<40} {r['numel']:>12,} {r['alive']:>12,} {r['sparsity']:>9.2%}")
-        lines.append(f"{'all prunable':<40} {self.numel():>12,} {self.alive():>12,} {self.sparsity():>9.2%}")
+        lines.append(f"{'all prunable':<40} {self.numel():>12,} {self.alive():>12,} "
+                     f"{self.pruned() / max(self.numel(), 1):>9.2%}")
         return "\n".join(lines)
 
     # -- applying -------------------------------------------------------------------------------------
@@ -206,6 +213,19 @@ def expected_alive(n, rate, rounds):
 def expected_sparsity(rate, rounds, start=0.0):
     """1 − (1 − start)(1 − p)^r: the sparsity the formula gives after ``rounds`` rounds (Frankle et al. 2019)."""
     return 1 - (1 - start) * (1 - rate) ** rounds
+
+
+def expected_filter_sparsity(masks, rate, rounds):
+    """The kernel sparsity local filter pruning (``filter_prune``) reaches after ``rounds`` more rounds at ``rate``
+    from ``masks``: per layer ``min(prune_count(a, rate), a - 1)`` of its ``a`` alive filters go each round."""
+    total = alive = 0
+    for m in masks.kernels():
+        filters, size = m.shape[0], m[0].numel()
+        a = int(m.flatten(1).all(1).sum())
+        for _ in range(rounds):
+            a -= min(prune_count(a, rate), a - 1)
+        total, alive = total + filters * size, alive + a * size
+    return 1 - alive / total if total else 0.0
 
 
 def check_rate(rate):
@@ -757,7 +777,7 @@ class LotteryTicket(Strategy):
                 self.given = ckpt  # a trained round: its rewind point is already taken
         if self.given is None and self.rewind_iter is None and not 0 <= self.rewind_epoch <= args.epochs:
             raise UserError(f"--rewind-epoch {self.rewind_epoch} is outside the dense run's {args.epochs} epochs")
-        self._start_sparsity = None
+        self._start_masks = None  # the masks round 1 prunes from, for the expected sparsity
 
     def num_rounds(self):
         return self.rounds + 1
@@ -807,13 +827,25 @@ class LotteryTicket(Strategy):
         return masks
 
     def expected_sparsity(self, r):
-        if self._start_sparsity is None:
-            self._start_sparsity = 0.0
-            if self.given is not None and self.given.get("masks"):
-                model = Darknet.from_text(self.given["cfg"], name=self.given.get("cfg_name", "cfg"),
-                                          img_size=self.args.img_size, nc=self.given["nc"])
-                self._start_sparsity = self.start_masks(model).sparsity()
-        return round(expected_sparsity(self.rate, r, self._start_sparsity), 6)
+        """The sparsity round ``r`` should reach: weights, 1 − (1 − start)(1 − p)^r; local filters, per layer
+        (``expected_filter_sparsity``); global filters have no such formula (which layers lose filters decides)."""
+        filters = self.settings.granularity == "filter"
+        if filters and self.scope == "global":
+            return ""
+        if self._start_masks is None:
+            self._start_masks = self.round_one_masks() if filters or self.given is not None else Masks({})
+        if filters:
+            return round(expected_filter_sparsity(self._start_masks, self.rate, r), 6)
+        return round(expected_sparsity(self.rate, r, self._start_masks.sparsity()), 6)
+
+    def round_one_masks(self):
+        """The masks round 1 prunes: those of the given checkpoint's network, or of the dense run's."""
+        if self.given is not None:
+            model = Darknet.from_text(self.given["cfg"], name=self.given.get("cfg_name", "cfg"),
+                                      img_size=self.args.img_size, nc=self.given["nc"])
+        else:
+            model, _ = model_from_args(self.args, parse_data_cfg(self.args.data)["classes"])
+        return self.start_masks(model)
 
     # -- rounds ----------------------------------------------------------------------------------------
     def begin_round(self, r):
