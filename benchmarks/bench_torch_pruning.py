@@ -18,6 +18,10 @@
    MACs and ONNX Runtime latency at batch 1 (``--reps`` runs, median), with the CPU and threads; writes it with the
    numbers as ``--out``/result.json.
 
+As a row of benchmarks/table.py (``--rows tp``): ``--macs-fraction F --project P --name N`` prunes ``--weights`` to
+F of its MACs into ``P/N/pruned.pt`` and fine-tunes it there with ``train.py`` (every other flag goes to train.py),
+so ``P/N`` is a train.py run folder; ``--resume P/N`` continues the fine-tuning.
+
 Only networks of plain layers ([convolutional] with groups 1, [route], [shortcut], [upsample], [maxpool]) are
 written back as cfg text: Torch-Pruning also narrows the inside of [pep]/[bottleneck]-style sections, whose widths a
 cfg here cannot express.
@@ -41,7 +45,10 @@ PLAIN = {"convolutional", "route", "shortcut", "upsample", "maxpool", "yolo", "d
 def build_parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", required=True, help="the converged dense checkpoint")
-    ap.add_argument("--target", required=True, help="the filter-level ticket whose folded MACs Torch-Pruning matches")
+    goal = ap.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target", help="the filter-level ticket whose folded MACs Torch-Pruning matches")
+    goal.add_argument("--macs-fraction", type=float, help="prune to this fraction of the dense network's MACs")
+    ap.add_argument("--resume", help="a table row's run folder: continue its fine-tuning")
     ap.add_argument("--data", default="data/shapes.data")
     ap.add_argument("--img-size", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=116, help="fine-tuning epochs (the ticket's retraining budget)")
@@ -49,6 +56,9 @@ def build_parser():
     ap.add_argument("--reps", type=int, default=20, help="timed ONNX Runtime runs per network (median)")
     ap.add_argument("--venv", default="runs/bench_torch_pruning/venv", help="Torch-Pruning's own virtualenv")
     ap.add_argument("--out", default="runs/bench_torch_pruning")
+    ap.add_argument("--project", help="a table row: prune and fine-tune in PROJECT/NAME (other flags go to train.py)")
+    ap.add_argument("--name", default="exp")
+    ap.add_argument("--exist-ok", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return ap
 
@@ -136,7 +146,9 @@ def worker(a, out):
 
     model, ckpt = load_model(a.weights)
     check_plain(model, a.weights)
-    goal = target_macs(a.target, a.img_size)
+    if a.macs_fraction is not None and not 0 < a.macs_fraction < 1:
+        raise UserError(f"--macs-fraction {a.macs_fraction}: must lie in (0, 1)")
+    goal = target_macs(a.target, a.img_size) if a.target else a.macs_fraction * macs(model, a.img_size)
     lo, hi = 0.0, 0.95
     for _ in range(12):  # bisect the ratio to the target's MACs (within 0.5%)
         mid = (lo + hi) / 2
@@ -173,16 +185,42 @@ def score(path, a, folder):
             "ort_ms": median, "ort_best_ms": best, "threads": torch.get_num_threads()}
 
 
+def prune_in_venv(a, out):
+    """``out/pruned.pt`` (and pruned.cfg): Torch-Pruning's network at the goal of ``a``, pruned in its virtualenv."""
+    goal = ["--target", a.target] if a.target else ["--macs-fraction", a.macs_fraction]
+    run_timed([tp_python(a.venv), Path(__file__).resolve(), "--weights", a.weights, *goal, "--img-size", a.img_size,
+               "--out", out, "--worker"], env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def table_row(a, train_args):
+    """The table's Torch-Pruning row: ``PROJECT/NAME/pruned.pt``, then train.py fine-tunes it in that folder."""
+    train = [sys.executable, ROOT / "train.py"]
+    if a.resume:
+        return run_timed([*train, "--resume", a.resume, *train_args])
+    folder = Path(a.project) / a.name
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "pruned.pt").is_file():
+        prune_in_venv(a, folder)
+    run_timed([*train, "--weights", folder / "pruned.pt", "--data", a.data, "--img-size", a.img_size, "--epochs",
+               a.epochs, *train_args, "--project", a.project, "--name", a.name, "--exist-ok"])
+
+
 def main(argv=None):
-    a = build_parser().parse_args(argv)
+    a, train_args = build_parser().parse_known_args(argv)
+    if a.worker:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        return worker(a, out)
+    if a.project or a.resume:
+        return table_row(a, train_args)
+    if train_args:
+        build_parser().error(f"unrecognized arguments: {' '.join(train_args)} (train.py flags go with --project)")
+    if a.target is None:
+        build_parser().error("the comparison needs --target (a filter-level ticket)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    if a.worker:
-        return worker(a, out)
     if not (out / "pruned.pt").is_file():
-        argv = list(argv if argv is not None else sys.argv[1:])
-        run_timed([tp_python(a.venv), Path(__file__).resolve(), *argv, "--worker"],
-                  env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        prune_in_venv(a, out)
     run = out / "finetune"
     if len(read_csv(run / "results.csv")) < a.epochs:
         if (run / "weights" / "last.pt").is_file():  # killed midway: continue that run

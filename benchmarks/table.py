@@ -18,6 +18,7 @@ For each seed k in 0 .. --seeds-1 the real entry scripts run as subprocesses, ea
 | ``lth-local``, ``lth-global`` | prune.py --lth --weights DENSE | Lottery Ticket on the big model, from its dense run |
 | ``cs1``, ``cs3`` | prune.py --cs | Continuous Sparsification, 1 and 3 search rounds (``--cs-rounds``) |
 | ``lth-filter``, ``cs-filter`` | prune.py --granularity filter | filter-level LTH and CS (1 round): foldable |
+| ``tp`` (only when named) | benchmarks/bench_torch_pruning.py | the peer: Torch-Pruning to ``--tp-macs`` of the dense MACs, fine-tuned by train.py |
 | ``kd-<student>`` | my_kd.py | classical KD (Chen et al. 2017) from the big model of the same seed |
 | ``gan-<student>`` | my_kd_gan.py | GAN KD (Wang et al. 2020) from the same teacher |
 | ``lth-<c>`` | prune.py --lth --weights DENSE | LTH on the composition student ``c`` (``--compose-student``) |
@@ -153,11 +154,15 @@ def build_parser():
                    help="LTH/CS rewind epoch (default: round(epochs / 30), the original's 10 of 300)")
     g.add_argument("--cs-rounds", type=int, nargs="+", default=[1, 3], help="CS search rounds, one row each")
     g.add_argument("--cs-epochs", type=int, default=None, help="epochs of a CS search round (default max(2, epochs))")
+    g.add_argument("--tp-macs", type=float, default=0.5,
+                   help="the tp row: Torch-Pruning prunes the dense big model to this fraction of its MACs, then "
+                        "train.py fine-tunes it for --epochs")
     g.add_argument("--prune-args", default="", help="more prune.py flags, one quoted string")
     g.add_argument("--kd-args", default="", help="more my_kd.py flags, one quoted string")
     g.add_argument("--gan-args", default="", help="more my_kd_gan.py flags, one quoted string")
     g = p.add_argument_group("what to run and where")
-    g.add_argument("--rows", nargs="+", default=None, help="row names or patterns (default: all; see --list-rows)")
+    g.add_argument("--rows", nargs="+", default=None,
+                   help="row names or patterns (default: all but tp, the peer tool's row; see --list-rows)")
     g.add_argument("--out", default="runs/table", help="run folders and tables go to OUT/<data stem>/")
     g.add_argument("--readme", default=None, help="rewrite this README's block between the table markers")
     g.add_argument("--readme-images", default="docs/results",
@@ -269,7 +274,7 @@ class Row:
     model: str
     training: str
     job: str                     # the Job id whose result the row describes
-    family: str                  # baseline, pruning, distillation, composition
+    family: str                  # baseline, pruning, distillation, composition, peer
 
 
 def model_label(cfg):
@@ -401,6 +406,11 @@ def build_plan(a, base):
                             "--ticket-epochs", str(a.epochs), "--rewind-epoch", str(min(a.rewind_epoch, a.cs_epochs)),
                             "--seed", str(s), *prune_extra], final_round=1, pruned=True)
     add("cs-filter", big, "CS filters, 1 round", jid, "pruning")
+    dense_big = baseline(big)
+    jid = job(f"tp-{big.stem}", "benchmarks/bench_torch_pruning.py",
+              lambda s, J: ["--weights", str(J[dense_big].weights("best.pt")), "--macs-fraction", f"{a.tp_macs:g}",
+                            *common, "--seed", str(s)], deps=[dense_big])
+    add("tp", big, f"Torch-Pruning to {a.tp_macs:g} of the MACs + fine-tuning", jid, "peer")
     teacher = baseline(big)
     teacher_weights = lambda J: str(J[teacher].weights("best.pt"))  # noqa: E731
     for name, cfg in students.items():
@@ -434,7 +444,7 @@ def build_plan(a, base):
         if r.job not in seen and r.name not in {u.name for u in unique}:
             seen.add(r.job)
             unique.append(r)
-    rows = select_rows(unique, a.rows)
+    rows = select_rows(unique, a.rows if a.rows else [r.name for r in unique if r.name not in OPT_IN_ROWS])
 
     needed, order = set(), []
 
@@ -462,9 +472,10 @@ def build_plan(a, base):
     return rows, jobs
 
 
+OPT_IN_ROWS = ("tp",)  # run only when --rows names them: tp installs Torch-Pruning into its own virtualenv
+
+
 def select_rows(rows, patterns):
-    if not patterns:
-        return rows
     names = [r.name for r in rows]
     chosen = set()
     for p in patterns:
@@ -1005,7 +1016,7 @@ def plot(results, path, title, x_key="storage_bytes"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"baseline": "o", "pruning": "s", "distillation": "^", "composition": "D"}
+    markers = {"baseline": "o", "pruning": "s", "distillation": "^", "composition": "D", "peer": "X"}
     fig, ax = plt.subplots(figsize=(8, 5))
     for fam, marker in markers.items():
         pts = [r for r in results if r["family"] == fam and r["n"] and r["agg"][x_key][0] is not None]
@@ -1149,6 +1160,8 @@ def main(argv=None, runner=None, out=print):
     base = out_root / stem
     rows, jobs = build_plan(a, base)
     if a.list_rows:
+        if not a.rows:
+            out(f"(and, only when --rows names them: {', '.join(OPT_IN_ROWS)})")
         for r in rows:
             deps = sorted({d[0] for j in jobs.values() if j.id == r.job for d in j.deps})
             out(f"{r.name:<16} {r.model} | {r.training}  <- run {r.job}" + (f" (needs {', '.join(deps)})" if deps
