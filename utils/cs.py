@@ -20,47 +20,8 @@ arXiv 1912.04427), section 3 and Algorithm 1 ("ticket search"). Notation of the 
   ``--rewind-epoch`` epochs of the first search round, Frankle et al.'s late rewinding) and the masked network is
   retrained (Algorithm 1, lines 10-11).
 
-How it is built here:
-
-- ``SoftMasks``: the logits (plain leaf tensors owned by the plug-in, never ``nn.Parameter``s of the network), β
-  and s₀. It applies m to the network with a forward pre-hook (and a forward hook) on each masked ``nn.Conv2d``:
-  the pre-hook puts the tensor w ⊙ m in the place of the module's ``weight`` parameter for the duration of the
-  call (as ``torch.func.functional_call`` does) and the hook puts the parameter back. So ``models.py``'s forward
-  is unchanged, and — unlike ``torch.nn.utils.parametrize``, which renames the weight
-  ``parametrizations.weight.original`` — the state dict keeps its plain keys and raw values, the main optimiser
-  sees the ordinary ``weight`` parameters (and never the logits), and resume, rewind capture and the EMA work on
-  plain state dicts. In training mode with gradients the pre-hook uses the soft gate σ(β·s)/σ(s₀); otherwise the
-  hard gate 1[s > 0]/σ(s₀) (the network one would get by stopping here): so the BN statistics recomputed before an
-  evaluation (``--precise-bn``, train mode without gradients) are those of the hard-gated network that is scored.
-  (The original project scored search rounds with the soft gates and running BN statistics.)
-- ``SoftFilterMasks`` (``--granularity filter``): one logit per output channel of the plain convs, gating the
-  channel after its BN; its ticket is a filter-level one that ``export.py --fold`` shrinks (see its docstring).
-- ``CSPlugin``: the engine plug-in of a search round. ``extra_loss`` returns λ·Σσ(β·s) as a per-image term (the
-  engine multiplies it by the batch size exactly as it does the detection loss, which is the per-image mean loss
-  times the batch size: so λ weighs the L1 term against the mean detection loss as in the paper's objective).
-  The logits have their own SGD (``--mask-lr``, ``--mask-momentum``, nesterov, no weight decay), returned by
-  ``optimizers()``: the engine steps it with the main optimiser, its learning rate following the main cosine schedule
-  (as the authors' code drops both learning rates together); ``before_epoch`` sets β_e; ``after_epoch`` adds
-  the results.csv columns ``cs/beta``, ``cs/soft_sparsity`` (1 − mean σ(β·s), the normalised L1 term; at the
-  start of a round it is 1 − σ(s₀)) and ``cs/hard_sparsity`` (fraction of s ≤ 0).
-- The EMA and the checkpoints. The engine deep-copies the model for its EMA after the plug-ins' setup; the hooks
-  come along (they share the one ``SoftMasks``), so the EMA averages the raw weights only (not the logits: the mask
-  is a decision, not a weight) and is evaluated in eval mode with the *current* hard gates: each epoch's mAP is that
-  of  EMA(w) ⊙ 1[s > 0]/σ(s₀). A checkpoint's ``model`` entry is exactly that network with the gate folded into
-  the weights (plain keys, plain values, exact zeros where s ≤ 0), and ``masks`` is 1[s > 0], so ``test.py``,
-  ``models.py --weights``, sparse storage and export read a search round's checkpoint like an LTH one and score
-  what the engine scored. The raw EMA weights of the masked tensors, the logits and the logit optimiser go into
-  the plug-in's training state (``last.pt`` only), from which resume restores them bit for bit; a top-level ``cs``
-  entry records β, s₀, β_T and the two sparsities.
-- ``ContinuousSparsification``: the ``Strategy`` (utils/pruning.py): rounds 0 … R−1 are search rounds (round 0
-  captures θ_k with ``RewindPlugin``; round r ≥ 1 continues from round r − 1's last raw weights, BN statistics and
-  logits after the reset), round R is the ticket, retrained with the LTH ``MaskPlugin`` for ``--ticket-epochs``
-  (default ``--epochs``) and saved in the LTH format (plain weights + ``masks`` + ``rewind``). The ticket's
-  weights are θ_k ⊙ 1[s > 0] (Algorithm 1, line 10): the search gate's normalisation 1/σ(s₀) ≈ 2.1 is not carried
-  over. Folding it into the rewound weights (as this module first did) gives the same function but, every conv
-  being followed by BN, divides the effective learning rate of the kept weights by 1/σ(s₀)² ≈ 4.2: on shapes the
-  folded ticket's box loss stayed flat for 10 epochs (BENCHMARKS.md). rounds.csv rows: search rounds describe their last.pt (the state
-  the next round and the ticket derive from), the ticket its best.pt.
+The classes (``SoftMasks``, ``SoftFilterMasks``, ``CSPlugin``, ``ContinuousSparsification``), the EMA and the
+checkpoint format are described in docs/techniques.md ("Continuous Sparsification").
 """
 import copy
 import math
