@@ -7,6 +7,9 @@
         --prune-rate 0.2                                                              # the paper setting (GPU)
     python benchmarks/table.py --data data/shapes.data --list-rows                   # the rows and their runs
     python benchmarks/table.py --data data/shapes.data --dry-run                     # the commands, run nothing
+    python benchmarks/table.py --data data/shapes.data --seeds 1 --big-cfg cfg/yolov3-tiny.cfg --rows tiny lth-global \
+        lth-local cs1 cs3 --all-rounds                                   # LTH and CS, every round in rounds.md
+    python benchmarks/table.py --data data/shapes.data --n-train 256 --n-val 64 ...  # a smaller shapes set
 
 For each seed k in 0 .. --seeds-1 the real entry scripts run as subprocesses, each in a fixed folder
 ``OUT/<data stem>/<run id>/seed<k>/`` (``--out``, default runs/table), all with ``--seed k``:
@@ -121,6 +124,10 @@ def build_parser():
     p = argparse.ArgumentParser(prog="benchmarks/table.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="dataset .data file")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="instead of --data's images: a smaller shapes set of this many training images, written "
+                        "under --out (default 128 with --n-val)")
+    p.add_argument("--n-val", type=int, default=None, help="... and this many validation images (default 32)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per row")
     g = p.add_argument_group("training settings of every run (default: --hyp, else params/default.yaml)")
     g.add_argument("--img-size", type=int, default=None, help="train and test image size")
@@ -171,6 +178,8 @@ def build_parser():
     g.add_argument("--runner", choices=("subprocess", "inprocess"), default="subprocess",
                    help="inprocess: call each script's main() in this process (no start-up cost; for tests)")
     g.add_argument("--list-rows", action="store_true", help="print the rows and the runs they need, then stop")
+    g.add_argument("--all-rounds", action="store_true",
+                   help="also write rounds.md: every round of every pruning run (LTH rounds, CS search rounds)")
     g.add_argument("--collect-only", action="store_true", help="start no run: tables from the finished runs")
     g.add_argument("--latency", action="store_true",
                    help="time each finished run's shipped artefact, folded, in ONNX Runtime at batch 1 (latency.json; "
@@ -1084,7 +1093,23 @@ def write_outputs(table, meta):
         plot(results, base / "table_latency.png", title.replace("storage", "latency"), "latency_ms")
     (base / "table.md").write_text("\n".join(lines))
     (base / "table.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1) + "\n")
+    if table.a.all_rounds:
+        (base / "rounds.md").write_text("\n".join(rounds_report(table)) + "\n")
     return results
+
+
+def rounds_report(table):
+    """rounds.md: one line per round of every prune.py run of the table here (its rounds.csv), seed by seed."""
+    from benchmarks.common import read_csv
+
+    lines = ["| run | seed | round | kind | sparsity | params alive | sparse MACs | mAP@0.5 | AP@[.5:.95] | wall time |",
+             "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|"]
+    for job in table.jobs.values():
+        for r in read_csv(job.folder / "rounds.csv") if job.script == "prune.py" else []:
+            lines.append(f"| {job.id} | {job.seed} | {r['round']} | {r['kind']} | {float(r['sparsity']):.2%} | "
+                         f"{int(r['alive_params']):,} | {int(r['sparse_macs']):,} | {float(r['map50'] or 'nan'):.3f} | "
+                         f"{float(r['map'] or 'nan'):.3f} | {float(r['seconds'] or 0):.0f} s |")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------------- README
@@ -1153,6 +1178,10 @@ def scored_split(data):
 def main(argv=None, runner=None, out=print):
     argv = sys.argv[1:] if argv is None else list(argv)
     a = resolve_settings(build_parser().parse_args(argv))
+    if a.n_train or a.n_val:
+        from benchmarks.common import data_path
+
+        a.data = data_path(a, Path(a.out).resolve())
     if not Path(a.data).is_file() and not (a.dry_run or a.list_rows):
         raise UserError(f"{a.data}: no such .data file")
     stem = Path(a.data).stem

@@ -69,7 +69,7 @@ def full(shapes_tiny, tmp_path_factory):
         calls.append(script)
         return table.run_inprocess(script, argv, log, env)
 
-    argv = ["--data", str(shapes_tiny), *FAST, "--out", str(out), "--runner", "inprocess"]
+    argv = ["--data", str(shapes_tiny), *FAST, "--out", str(out), "--runner", "inprocess", "--all-rounds"]
     base, two = out / "shapes", out / "two_seeds"
     with pytest.MonkeyPatch.context() as mp:
         quiet_plots(mp)
@@ -125,6 +125,17 @@ def test_every_row_is_in_the_table_with_numbers_from_its_run_folders(full):
 
 
 @pytest.mark.slow
+def test_all_rounds_lists_every_round_of_every_pruning_run(full):
+    lines = (full["base"] / "rounds.md").read_text().splitlines()[2:]
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines]
+    expected = {(f.parent.parent.name, r["round"], r["kind"]) for f in full["base"].glob("*/seed0/rounds.csv")
+                for r in read_csv(f)}
+    assert {(c[0], c[2], c[3]) for c in cells} == expected and len(cells) == len(expected)
+    assert {c[2] for c in cells if c[0] == "cs3-yolov3-tiny"} == {"0", "1", "2", "3"}  # search rounds and the ticket
+    lth = next(c for c in cells if c[0] == "lth-local-yolov3-tiny" and c[2] == "1")
+    assert lth[3] == "lth-local" and float(lth[4].rstrip("%")) == pytest.approx(50, abs=0.5)
+
+
 def test_mean_and_std_are_over_the_seeds(full):
     two = full["two_seeds"]
     seeds = read_csv(two / "seeds.csv")
@@ -375,3 +386,13 @@ def test_a_broken_ledger_is_a_one_line_error(tmp_path):
     path.write_text("{not json")
     with pytest.raises(table.UserError, match=f"{path}: not a table ledger"):
         table.Ledger(path)
+
+
+def test_a_smaller_shapes_set_is_written_under_out_and_used_by_every_run(tmp_path):
+    lines = []
+    table.main(["--data", "data/shapes.data", "--n-train", "8", "--n-val", "4", "--seeds", "1", "--out", str(tmp_path),
+                "--rows", "tiny", "--dry-run"], out=lines.append)
+    data = tmp_path / "shapes_8_4" / "shapes.data"
+    assert data.is_file() and "train" in data.read_text()
+    commands = [line for line in lines if line.startswith("python ")]
+    assert commands and all(f"--data {data}" in c for c in commands)
