@@ -118,7 +118,7 @@ def test_training_values_are_checked_from_flags_and_recipes(tmp_path):
     (CSSettings, dict(cs_reset="never"), "--cs-reset"), (CSSettings, dict(final_temperature=0.5), "--final-temperature"),
     (CSSettings, dict(rounds=0), "--rounds"), (LTHSettings, dict(prune_rate=1.0), "--prune-rate"),
     (LTHSettings, dict(rounds=-1), "--rounds"), (LTHSettings, dict(retrain_schedule="again"), "--retrain-schedule"),
-    (OptimSettings, dict(lr0=0.0), "--lr0"), (OptimSettings, dict(momentum=1.0), "--momentum"),
+    (OptimSettings, dict(lr0=-0.01), "--lr0"), (OptimSettings, dict(momentum=1.0), "--momentum"),
     (OptimSettings, dict(optimizer="rmsprop"), "--optimizer"), (OptimSettings, dict(nominal_batch_size=0),
                                                                  "--nominal-batch-size"),
     (OptimSettings, dict(grad_clip=-1.0), "--grad-clip"), (LossSettings, dict(cls=-1.0), "--cls"),

@@ -91,12 +91,10 @@ class OptimSettings(Settings):
     grad_clip: float = setting(10.0, "clip the gradient norm (0 disables)", type=float)
 
     def __post_init__(self):
-        if self.lr0 is None or not self.lr0 > 0 or not math.isfinite(self.lr0):
-            raise UserError(f"--lr0 {self.lr0}: must be a number > 0")
         if self.nominal_batch_size is None or self.nominal_batch_size < 1:
             raise UserError(f"--nominal-batch-size {self.nominal_batch_size}: must be 1 or more")
         check_range(self, 0, 1, "momentum", "warmup_momentum", high_open=True)
-        check_non_negative(self, "lrf", "weight_decay", "warmup_epochs", "warmup_bias_lr", "grad_clip")
+        check_non_negative(self, "lr0", "lrf", "weight_decay", "warmup_epochs", "warmup_bias_lr", "grad_clip")
         check_choice(self, "optimizer", "lr_schedule")
 
 
