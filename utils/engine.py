@@ -114,8 +114,7 @@ class PluginContext:
         if name not in PluginContext.NAMES:
             raise AttributeError(f"a plug-in sees {', '.join(PluginContext.NAMES)} and eval_model() of the run, "
                                  f"not {name!r}")
-        t = self._trainer
-        return getattr(t.args, name) if name in ("img_size", "seed") else getattr(t, name)
+        return getattr(self._trainer, name)
 
     def __setattr__(self, name, value):
         raise AttributeError(f"the run is read-only to plug-ins ({name!r})")
@@ -268,6 +267,7 @@ class Trainer:
         self.model = model
         self.resume_ckpt = resume_ckpt
         self.epochs = args.epochs
+        self.img_size, self.seed = args.img_size, args.seed  # the run's final training size and its seed
         self.first_epoch = first_epoch  # a fresh run may start later in the schedule (LTH's continued retraining)
         self.epoch = 0
         self.rows = []
