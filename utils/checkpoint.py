@@ -74,6 +74,22 @@ def save_checkpoint(obj, path):
                         f"{free / 2**20:.1f} MiB are free; the previous {Path(path).name} is intact") from None
 
 
+def save_compact(ckpt, path):
+    """``save_checkpoint`` of ``ckpt`` with a pruned network's zeros left out (``sparse.compact_checkpoint``; a dense
+    one is saved as it is): how best.pt is written. ``load_checkpoint`` expands it."""
+    save_checkpoint(sparse.compact_checkpoint(ckpt), path)
+
+
+def plugin_state(ckpt, name, where):
+    """The training state plug-in ``name`` saved in a last.pt (``train_state.plugins.NAME``); a one-line error naming
+    ``where`` when the checkpoint holds none."""
+    try:
+        return ckpt["train_state"]["plugins"][name]
+    except (KeyError, TypeError):
+        raise UserError(f"{where}: holds no '{name}' training state (not the last.pt of a run with that plug-in)") \
+            from None
+
+
 def plain(obj):
     """Numpy scalars and arrays inside ``obj`` as Python numbers and tensors, so ``weights_only`` loads accept it."""
     import numpy as np

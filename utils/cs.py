@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from models import prunable_parameters
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, plugin_state
 from utils.datasets import parse_data_cfg
 from utils.engine import Plugin, model_from_args
 from utils.errors import UserError
@@ -541,10 +541,8 @@ class ContinuousSparsification(Strategy):
 
     @staticmethod
     def search_state(ckpt, where):
-        try:
-            return ckpt["train_state"]["plugins"]["cs"]["masks"]
-        except (KeyError, TypeError):
-            raise UserError(f"{where}: holds no CS logits (not the last.pt of a CS search round)") from None
+        """The CS logits a search round's last.pt holds."""
+        return plugin_state(ckpt, "cs", where)["masks"]
 
     def ticket_model(self, prev):
         """The ticket from the last search round's last.pt: θ_k ⊙ 1[s > 0], and its binary ``Masks``."""

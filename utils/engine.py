@@ -24,8 +24,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from models import Darknet, load_darknet_weights
-from utils import anchors, runlock, sparse
-from utils.checkpoint import atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_atomic
+from utils import anchors, runlock
+from utils.checkpoint import (atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, save_compact,
+                              write_atomic)
 from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError
 from utils.evaluation import evaluate
@@ -704,8 +705,7 @@ class Trainer:
         # best.pt before the last.pt that records its fitness: a kill between the two leaves the old last.pt, whose
         # resume re-runs this epoch and judges it again, instead of a last.pt claiming a best.pt never written
         if best:
-            best_ckpt = sparse.compact_checkpoint(self.checkpoint(epoch, train_state=False))  # pruned: zeros not stored
-            save_checkpoint(best_ckpt, self.wdir / "best.pt")
+            save_compact(self.checkpoint(epoch, train_state=False), self.wdir / "best.pt")  # pruned: zeros not stored
             self.best_epoch = epoch
         save_checkpoint(self.checkpoint(epoch, train_state=True), self.wdir / "last.pt")
         self.saved_epoch = epoch
