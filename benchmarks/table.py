@@ -420,7 +420,7 @@ def build_plan(a, base):
               lambda s, J: ["--weights", str(J[dense_big].weights("best.pt")), "--macs-fraction", f"{a.tp_macs:g}",
                             *common, "--seed", str(s)], deps=[dense_big])
     add("tp", big, f"Torch-Pruning to {a.tp_macs:g} of the MACs + fine-tuning", jid, "peer")
-    teacher = baseline(big)
+    teacher = dense_big  # the KD teacher: the big model's dense run
     teacher_weights = lambda J: str(J[teacher].weights("best.pt"))  # noqa: E731
     for name, cfg in students.items():
         jid = job(f"kd-{cfg.stem}", "my_kd.py",
