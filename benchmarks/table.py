@@ -581,6 +581,17 @@ class Ledger:
         write_atomic(self.path, json.dumps({"runs": self.records}, indent=1) + "\n")
 
 
+def moved(job, recorded):
+    """A file the run's marker names (an absolute path), in ``job.folder`` wherever that folder lies now: a run folder
+    copied from another machine (benchmarks/gpu_table.sh) keeps its layout below ``<run id>/seed<k>/``."""
+    p = Path(recorded)
+    parts = p.parts
+    for i in range(len(parts) - 2, -1, -1):
+        if (parts[i], parts[i + 1]) == (job.id, job.folder.name):
+            return job.folder.joinpath(*parts[i + 2:])
+    return p
+
+
 def git_commit():
     """The repository's short commit hash (``+changes`` when the work tree differs from it), or 'unknown'."""
     try:
@@ -786,8 +797,7 @@ class Table:
         marker = json.loads((job.folder / "table_done.json").read_text())
         metrics = json.loads((job.folder / "test" / "metrics.json").read_text())
         s = metrics.get("summary") or {}
-        artefact = Path(marker["artefact"])
-        final = Path(marker["final"])
+        artefact, final = moved(job, marker["artefact"]), moved(job, marker["final"])
         return {"map50": float(metrics["map50"]), "map": float(metrics["map"]), "params": int(s["params"]),
                 "nonzero_params": int(s["nonzero_params"]), "sparsity": float(s["sparsity"]),
                 "macs": float(s["macs"]), "sparse_macs": float(s["sparse_macs"]),
@@ -830,7 +840,10 @@ class Table:
             if not self.done(job) or (path.is_file() and {k: json.loads(path.read_text()).get(k) for k in setting}
                                       == setting):
                 continue
-            artefact = json.loads((job.folder / "table_done.json").read_text())["artefact"]
+            artefact = str(moved(job, json.loads((job.folder / "table_done.json").read_text())["artefact"]))
+            if not Path(artefact).is_file():
+                self.out(f"{job.id} seed {job.seed}: no latency, its artefact {artefact} is not on this machine")
+                continue
             model, _ = load_model(artefact)
             filters = sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
             folded, report = fold_empty_channels(model.eval())

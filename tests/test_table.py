@@ -396,3 +396,14 @@ def test_a_smaller_shapes_set_is_written_under_out_and_used_by_every_run(tmp_pat
     assert data.is_file() and "train" in data.read_text()
     commands = [line for line in lines if line.startswith("python ")]
     assert commands and all(f"--data {data}" in c for c in commands)
+
+
+def test_a_run_folder_copied_from_another_machine_finds_its_files_below_itself(tmp_path):
+    """benchmarks/gpu_table.sh packs run folders on the GPU machine; their markers name that machine's paths."""
+    job = table.Job("lth-local-yolov3-tiny", 0, tmp_path / "shapes" / "lth-local-yolov3-tiny" / "seed0", "prune.py", [])
+    there = "/root/repo/runs/gpu_table/shapes/lth-local-yolov3-tiny/seed0/export/best.sparse.pt"
+    assert table.moved(job, there) == job.folder / "export" / "best.sparse.pt"
+    here = job.folder / "round_5" / "weights" / "best.pt"
+    assert table.moved(job, str(here)) == here
+    assert table.moved(job, "/elsewhere/x.pt") == Path("/elsewhere/x.pt")  # not below a run folder: as recorded
+
