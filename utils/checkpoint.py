@@ -107,16 +107,26 @@ def plain(obj):
 
 def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint dict with ``weights_only=True``; any problem is a one-line ``UserError`` naming the file."""
+    return checked(read_file(path, map_location), path)
+
+
+def read_file(path, map_location="cpu"):
+    """What ``torch.load(weights_only=True)`` reads from ``path``, as written (a one-line ``UserError`` when it cannot)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 -- garbage makes the weights-only unpickler raise almost anything
         first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
         if not isinstance(e, (RuntimeError, OSError, EOFError)) or not first:
             first = f"{type(e).__name__}: {first}" if first else type(e).__name__
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first}") from None
+
+
+def checked(ckpt, path):
+    """A file's contents (``read_file``) as a plain checkpoint dict: its checksum verified, a sparse export decoded, a
+    compact best.pt expanded."""
     if sparse.is_export(ckpt):  # export.py --include sparse: decode (and check) it to a plain checkpoint dict
         return _checked_layout(sparse.decode(ckpt, path), path)
     if isinstance(ckpt, dict) and "crc32" in ckpt:  # files written before checksums have none

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from models import Darknet, darknet_file_bytes, make_checkpoint, prunable_parameters, save_darknet_weights
-from utils.checkpoint import load_checkpoint, load_model, save_checkpoint
+from utils.checkpoint import checked, load_model, read_file, save_checkpoint
 from utils.errors import UserError
 from utils.sparse import export_bytes, zero_output_channels
 
@@ -137,8 +137,8 @@ def verify_files(paths):
             out[str(path)] = "no checksum"
             print(f"{path}: a Darknet .weights file carries no checksum")
             continue
-        load_checkpoint(path)  # checks the checksum, or raises naming the file
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = read_file(path)
+        checked(raw, path)  # checks the checksum, or raises naming the file
         has = isinstance(raw, dict) and "crc32" in raw
         out[str(path)] = "ok" if has else "no checksum"
         print(f"{path}: checksum ok (crc32 {raw['crc32']:#010x})" if has else
