@@ -409,9 +409,10 @@ def test_best_pt_is_written_before_the_last_pt_that_records_its_fitness(shapes_t
     """Issue 30: a kill between the two writes must not leave a last.pt whose best_fitness names a best.pt that was
     never written; a kill while last.pt is written after a new best then resumes that epoch again."""
     written = []
-    save = engine.save_checkpoint
-    monkeypatch.setattr(engine, "save_checkpoint",
-                        lambda obj, path: written.append((Path(path).name, obj["epoch"])) or save(obj, path))
+    for name in ("save_checkpoint", "save_compact"):  # last.pt, best.pt
+        save = getattr(engine, name)
+        monkeypatch.setattr(engine, name, lambda obj, path, save=save: written.append((Path(path).name, obj["epoch"]))
+                            or save(obj, path))
     run_train(shapes_tiny, tmp_path, "order", "--epochs", "2", "--precise-bn", "0", "--eval-from", "1")
     bests = [e for name, e in written if name == "best.pt"]
     assert bests and [e for name, e in written if name == "last.pt"] == [0, 1]
