@@ -1108,7 +1108,33 @@ def write_outputs(table, meta):
     (base / "table.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1) + "\n")
     if table.a.all_rounds:
         (base / "rounds.md").write_text("\n".join(rounds_report(table)) + "\n")
+        plot_rounds_curves(table, base / "rounds.png", f"{meta['stem']}: mAP@0.5 of every pruning round")
     return results
+
+
+def plot_rounds_curves(table, path, title):
+    """rounds.png: mAP@0.5 against sparsity, one line per prune.py run (seed 0), a point per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.common import read_csv
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for job in (j for j in table.jobs.values() if j.script == "prune.py" and j.seed == 0):
+        rows = [r for r in read_csv(job.folder / "rounds.csv") if r["map50"] not in ("", None)]
+        if len(rows) > 1:
+            ax.plot([100 * float(r["sparsity"]) for r in rows], [float(r["map50"]) for r in rows], "o-", label=job.id)
+    ax.set_xlabel("sparsity of the prunable weights (%)")
+    ax.set_ylabel("mAP@0.5")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def rounds_report(table):

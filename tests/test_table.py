@@ -132,6 +132,7 @@ def test_all_rounds_lists_every_round_of_every_pruning_run(full):
                 for r in read_csv(f)}
     assert {(c[0], c[2], c[3]) for c in cells} == expected and len(cells) == len(expected)
     assert {c[2] for c in cells if c[0] == "cs3-yolov3-tiny"} == {"0", "1", "2", "3"}  # search rounds and the ticket
+    assert (full["base"] / "rounds.png").stat().st_size > 10_000  # the sparsity-mAP curves of those runs
     lth = next(c for c in cells if c[0] == "lth-local-yolov3-tiny" and c[2] == "1")
     assert lth[3] == "lth-local" and float(lth[4].rstrip("%")) == pytest.approx(50, abs=0.5)
 
