@@ -1107,24 +1107,24 @@ def write_outputs(table, meta):
     (base / "table.md").write_text("\n".join(lines))
     (base / "table.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1) + "\n")
     if table.a.all_rounds:
-        (base / "rounds.md").write_text("\n".join(rounds_report(table)) + "\n")
-        plot_rounds_curves(table, base / "rounds.png", f"{meta['stem']}: mAP@0.5 of every pruning round")
+        runs = pruning_rounds(table)
+        (base / "rounds.md").write_text("\n".join(rounds_report(runs)) + "\n")
+        plot_rounds_curves(runs, base / "rounds.png", f"{meta['stem']}: mAP@0.5 of every pruning round")
     return results
 
 
-def plot_rounds_curves(table, path, title):
-    """rounds.png: mAP@0.5 against sparsity, one line per prune.py run (seed 0), a point per round."""
+def plot_rounds_curves(runs, path, title):
+    """rounds.png: mAP@0.5 against sparsity, one line per prune.py run of ``runs`` (``pruning_rounds``, seed 0), a
+    point per round."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.common import read_csv
-
     fig, ax = plt.subplots(figsize=(8, 5))
-    for job in (j for j in table.jobs.values() if j.script == "prune.py" and j.seed == 0):
-        rows = [r for r in read_csv(job.folder / "rounds.csv") if r["map50"] not in ("", None)]
-        if len(rows) > 1:
+    for job, rows in runs:
+        rows = [r for r in rows if r["map50"] not in ("", None)]
+        if job.seed == 0 and len(rows) > 1:
             ax.plot([100 * float(r["sparsity"]) for r in rows], [float(r["map50"]) for r in rows], "o-", label=job.id)
     ax.set_xlabel("sparsity of the prunable weights (%)")
     ax.set_ylabel("mAP@0.5")
@@ -1137,14 +1137,19 @@ def plot_rounds_curves(table, path, title):
     plt.close(fig)
 
 
-def rounds_report(table):
-    """rounds.md: one line per round of every prune.py run of the table here (its rounds.csv), seed by seed."""
+def pruning_rounds(table):
+    """``[(job, its rounds.csv rows)]`` of every prune.py run of the table (rows: [] before it has any)."""
     from benchmarks.common import read_csv
 
+    return [(job, read_csv(job.folder / "rounds.csv")) for job in table.jobs.values() if job.script == "prune.py"]
+
+
+def rounds_report(runs):
+    """rounds.md: one line per round of ``runs`` (``pruning_rounds``), seed by seed."""
     lines = ["| run | seed | round | kind | sparsity | params alive | sparse MACs | mAP@0.5 | AP@[.5:.95] | wall time |",
              "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|"]
-    for job in table.jobs.values():
-        for r in read_csv(job.folder / "rounds.csv") if job.script == "prune.py" else []:
+    for job, rows in runs:
+        for r in rows:
             lines.append(f"| {job.id} | {job.seed} | {r['round']} | {r['kind']} | {float(r['sparsity']):.2%} | "
                          f"{int(r['alive_params']):,} | {int(r['sparse_macs']):,} | {float(r['map50'] or 'nan'):.3f} | "
                          f"{float(r['map'] or 'nan'):.3f} | {float(r['seconds'] or 0):.0f} s |")

@@ -96,11 +96,9 @@ def decode_matched(ps, anchors):
 
 
 def _hyp_get(hyp, key, default=None):
-    if hyp is None:
-        return default
-    if isinstance(hyp, dict):
-        return hyp.get(key, default)
-    return getattr(hyp, key, default)
+    """``hyp[key]`` of a dict or namespace; ``default`` where it is missing or None."""
+    value = None if hyp is None else hyp.get(key) if isinstance(hyp, dict) else getattr(hyp, key, None)
+    return default if value is None else value
 
 
 class ComputeLoss:
@@ -130,8 +128,7 @@ class ComputeLoss:
         self.strides = [float(layer.stride) for layer in self.layers]
 
         fallback = LossSettings()  # a key ``hyp`` lacks takes train.py's default
-        get = lambda key: float(_hyp_get(hyp, key, None) if _hyp_get(hyp, key, None) is not None  # noqa: E731
-                                else getattr(fallback, key))
+        get = lambda key: float(_hyp_get(hyp, key, getattr(fallback, key)))  # noqa: E731
         self.anchor_t, self.cls_pw, self.obj_pw = get("anchor_t"), get("cls_pw"), get("obj_pw")
         self.cp, self.cn = smooth_bce_targets(get("label_smoothing"))
 

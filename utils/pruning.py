@@ -839,13 +839,8 @@ class LotteryTicket(Strategy):
         return round(expected_sparsity(self.rate, r, self._start_masks.sparsity()), 6)
 
     def round_one_masks(self):
-        """The masks round 1 prunes: those of the given checkpoint's network, or of the dense run's."""
-        if self.given is not None:
-            model = Darknet.from_text(self.given["cfg"], name=self.given.get("cfg_name", "cfg"),
-                                      img_size=self.args.img_size, nc=self.given["nc"])
-        else:
-            model, _ = model_from_args(self.args, parse_data_cfg(self.args.data)["classes"])
-        return self.start_masks(model)
+        """The masks round 1 prunes, built as begin_round(1) builds them (from the given or the dense checkpoint)."""
+        return self.start_masks(build_model(self.previous(1), self.args))
 
     # -- rounds ----------------------------------------------------------------------------------------
     def begin_round(self, r):
