@@ -15,6 +15,8 @@
 ``--fold-empty-channels`` first removes conv output channels whose kernels are entirely zero and the inputs that
 read them downstream (``utils/export.py`` says how constants are folded), writes ``NAME.folded.pt`` +
 ``NAME.folded.cfg``, and exports that network (``NAME.folded.*``); with ``--data`` it reports mAP before and after.
+Folded widths are rounded up to multiples of ``--fold-round-to`` (16) by keeping some empty channels: a width off
+ONNX Runtime's channel block costs more than the channels it saves.
 """
 import argparse
 import json
@@ -28,8 +30,8 @@ from utils.checkpoint import export_sparse, load_export, load_model, save_checkp
 from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError, cli
 from utils.evaluation import evaluate, model_stride
-from utils.export import (bit_equal, check_foldable, check_onnx, compare_outputs, export_darknet, export_onnx,
-                          fold_empty_channels, render_cfg, write_text)
+from utils.export import (FOLD_ROUND_TO, bit_equal, check_foldable, check_onnx, compare_outputs, export_darknet,
+                          export_onnx, fold_empty_channels, render_cfg, write_text)
 from utils.my_utils import add_model_args, flag
 from utils.summary import model_summary
 
@@ -49,6 +51,9 @@ def build_parser():
     flag(g, "--fold-exact", action="store_true",
          help="with --fold-empty-channels: keep channels whose constant would be folded only approximately "
               "(read by a padded kxk conv)")
+    flag(g, "--fold-round-to", type=int, default=FOLD_ROUND_TO,
+         help="with --fold-empty-channels: keep empty channels so each folded conv's width is a multiple of this "
+              "(ONNX Runtime and oneDNN compute convs in blocks of 8 or 16 channels; 1 keeps the fewest)")
     flag(g, "--opset", type=int, default=17, help="ONNX opset")
     flag(g, "--out", type=str, default=None, help="output folder (default: beside --weights)")
     flag(g, "--nc", type=int, default=None, help="class count of a Darknet .weights input")
@@ -89,11 +94,14 @@ def checkpoint_of(model, ckpt):
 
 def fold(model, ckpt, args, out_dir, stem, img_size):
     check_foldable(model)
-    folded, rep = fold_empty_channels(model, exact=args.fold_exact)
+    if args.fold_round_to < 1:
+        raise UserError(f"--fold-round-to {args.fold_round_to}: a width multiple is 1 or more")
+    folded, rep = fold_empty_channels(model, exact=args.fold_exact, round_to=args.fold_round_to)
     result = {k: rep[k] for k in ("removed", "folded_constants", "inexact_constants", "passes", "params_before",
                                   "params_after")}
     print(f"fold: removed {rep['removed']:,} empty output channels in {len(rep['layers'])} layers "
-          f"({rep['passes']} passes); parameters {rep['params_before']:,} -> {rep['params_after']:,}")
+          f"({rep['passes']} passes, widths rounded up to multiples of {args.fold_round_to}); parameters "
+          f"{rep['params_before']:,} -> {rep['params_after']:,}")
     for i, (before, after) in sorted(rep["layers"].items()):
         print(f"  layer {i:>3}: {before} -> {after} channels")
     if rep["kept_layers"]:

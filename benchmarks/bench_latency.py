@@ -4,12 +4,14 @@ channels_last only where the CPU runs bf16 natively) and ONNX Runtime, per batch
     python benchmarks/bench_latency.py --weights dense.pt ticket.pt
     python benchmarks/bench_latency.py --weights dense.pt ticket.pt --img-sizes 256 416 --batch-sizes 1 16 --reps 20
     python benchmarks/bench_latency.py --weights best.pt --filter-rates 0.2 0.36 0.488   # filter masks, untrained
+    python benchmarks/bench_latency.py --weights best.pt --filter-rates 0.5 --round-to 1 8 16  # folded widths
 
 Every figure is the median of ``--reps`` runs (default 20) after ``--warmup`` untimed ones, with ``--threads``
 threads (default: torch's choice) for PyTorch and ONNX Runtime alike; the header names the CPU. ``--filter-rates``
 adds, for each checkpoint, networks with that fraction of every plain conv's filters removed by L1 norm
 (``prune.py --granularity filter``'s ranking, one local step) and folded: their speed, not their accuracy (which
-needs the retraining ``prune.py`` does). The first network of the list is the reference of the speed-up column.
+needs the retraining ``prune.py`` does). ``--round-to`` folds each network once per width multiple
+(``export.py --fold-round-to``). The first network of the list is the reference of the speed-up column.
 """
 import argparse
 import json
@@ -24,16 +26,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import latencies  # noqa: E402
+from benchmarks.common import latencies  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
-from utils.export import fold_empty_channels  # noqa: E402
+from utils.export import FOLD_ROUND_TO, fold_empty_channels  # noqa: E402
 from utils.general import cpu_name  # noqa: E402
 from utils.pruning import Masks, filter_prune  # noqa: E402
 from utils.summary import model_summary  # noqa: E402
 
 
-def networks(weights, rates):
-    """``[(label, folded model, {'params', 'macs', 'removed'})]`` for each checkpoint and each filter rate."""
+def networks(weights, rates, round_to=(FOLD_ROUND_TO,)):
+    """``[(label, folded model, {'params', 'removed', 'round_to'})]`` for each checkpoint, filter rate and width
+    multiple."""
     out = []
     for w in weights:
         model, _ = load_model(w)
@@ -43,9 +46,10 @@ def networks(weights, rates):
             masks = filter_prune(dict(masked.state_dict()), Masks.from_model(masked, granularity="filter"), rate)
             masks.apply(masked)
             variants.append((f"{Path(w).name} filters -{rate:g}", masked))
-        for label, net in variants:
-            folded, rep = fold_empty_channels(net.eval())
-            out.append((label, folded, {"params": rep["params_after"], "removed": rep["removed"]}))
+        for (label, net), r in ((v, r) for v in variants for r in round_to):
+            folded, rep = fold_empty_channels(net.eval(), round_to=r)
+            tag = f" (widths x{r})" if len(round_to) > 1 else ""
+            out.append((label + tag, folded, {"params": rep["params_after"], "removed": rep["removed"], "round_to": r}))
     return out
 
 
@@ -58,6 +62,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--filter-rates", type=float, nargs="*", default=[])
+    ap.add_argument("--round-to", type=int, nargs="+", default=[FOLD_ROUND_TO],
+                    help="fold each network with its conv widths rounded up to these multiples")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     a = ap.parse_args(argv)
     if a.threads:
@@ -71,7 +77,7 @@ def main(argv=None):
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     rows, ref = [], {}
     with tempfile.TemporaryDirectory() as folder:
-        for label, net, info in networks(a.weights, a.filter_rates):
+        for label, net, info in networks(a.weights, a.filter_rates, a.round_to):
             for size in a.img_sizes:
                 macs = model_summary(net, size)["macs"]
                 for bs in a.batch_sizes:

@@ -10,8 +10,9 @@
 2. In that virtualenv (``--worker``): prunes ``--weights`` (the converged dense network) with Torch-Pruning's
    dependency graph and its L1 group importance, the same ratio in every layer (its local mode, like ``prune.py
    --scope local``), the convs that feed a ``[yolo]`` head kept. The ratio is bisected until the network's MACs
-   reach those of ``--target`` folded (``export.py --fold``), so both are judged at the same cost. The pruned network
-   is written as a toolkit checkpoint with its own cfg text.
+   reach those of ``--target`` folded (``export.py --fold``), so both are judged at the same cost. ``--round-to``
+   (Torch-Pruning's own ``round_to``; default that of ``export.py --fold-round-to``) keeps every width a multiple of
+   it. The pruned network is written as a toolkit checkpoint with its own cfg text.
 3. Fine-tunes it with ``train.py`` for ``--epochs`` (give the ticket's retraining budget: rounds x (epochs - rewind
    epoch)) on the same data, size and recipe (``--train-args`` for anything else).
 4. Prints one markdown table (dense, ticket, Torch-Pruning): mAP@0.5 and AP@[.5:.95] (test.py's evaluation), params,
@@ -37,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, ort_latency, read_csv, run_timed  # noqa: E402
+from utils.export import FOLD_ROUND_TO  # noqa: E402
 
 PACKAGE = "torch-pruning==1.6.0"
 PLAIN = {"convolutional", "route", "shortcut", "upsample", "maxpool", "yolo", "dropout"}
@@ -49,6 +51,8 @@ def build_parser():
     goal.add_argument("--target", help="the filter-level ticket whose folded MACs Torch-Pruning matches")
     goal.add_argument("--macs-fraction", type=float, help="prune to this fraction of the dense network's MACs")
     ap.add_argument("--resume", help="a table row's run folder: continue its fine-tuning")
+    ap.add_argument("--round-to", type=int, default=FOLD_ROUND_TO,
+                    help="kept channels per layer are a multiple of this (Torch-Pruning's round_to; 1: any count)")
     ap.add_argument("--data", default="data/shapes.data")
     ap.add_argument("--img-size", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=116, help="fine-tuning epochs (the ticket's retraining budget)")
@@ -97,8 +101,9 @@ def head_convs(model):
     return [model.module_list[i] for i in range(len(defs) - 1) if defs[i + 1]["type"] == "yolo"]
 
 
-def tp_prune(model, ratio, img_size):
-    """A copy of ``model`` with ``ratio`` of every prunable channel group removed by Torch-Pruning (L1)."""
+def tp_prune(model, ratio, img_size, round_to=1):
+    """A copy of ``model`` with ``ratio`` of every prunable channel group removed by Torch-Pruning (L1), the kept
+    widths multiples of ``round_to``."""
     import torch
     import torch_pruning as tp
 
@@ -106,6 +111,7 @@ def tp_prune(model, ratio, img_size):
     x = torch.rand(1, 3, img_size, img_size)
     pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.GroupMagnitudeImportance(p=1), pruning_ratio=ratio,
                                   ignored_layers=head_convs(m), global_pruning=False,
+                                  round_to=round_to if round_to > 1 else None,
                                   output_transform=lambda out: out[0] if isinstance(out, (tuple, list)) else out)
     pruner.step()
     return m
@@ -152,18 +158,18 @@ def worker(a, out):
     lo, hi = 0.0, 0.95
     for _ in range(12):  # bisect the ratio to the target's MACs (within 0.5%)
         mid = (lo + hi) / 2
-        got = macs(tp_prune(model, mid, a.img_size), a.img_size)
+        got = macs(tp_prune(model, mid, a.img_size, a.round_to), a.img_size)
         lo, hi = (mid, hi) if got > goal else (lo, mid)
         if abs(got - goal) <= 0.005 * goal:
             break
-    module = tp_prune(model, mid, a.img_size)
+    module = tp_prune(model, mid, a.img_size, a.round_to)
     pruned, text = as_darknet(module)
     diff = compare_outputs(pruned, module, a.img_size)["raw"]
     if diff > 1e-4:
         raise UserError(f"Torch-Pruning's network and its cfg rebuild differ (max |diff| {diff:.3g})")
     save_checkpoint(checkpoint_of(pruned, ckpt), out / "pruned.pt")
     write_text(out / "pruned.cfg", text)
-    print(json.dumps({"ratio": mid, "macs": macs(pruned, a.img_size), "target_macs": goal}))
+    print(json.dumps({"ratio": mid, "macs": macs(pruned, a.img_size), "target_macs": goal, "round_to": a.round_to}))
 
 
 # ------------------------------------------------------------------------------------ the comparison
@@ -189,7 +195,7 @@ def prune_in_venv(a, out):
     """``out/pruned.pt`` (and pruned.cfg): Torch-Pruning's network at the goal of ``a``, pruned in its virtualenv."""
     goal = ["--target", a.target] if a.target else ["--macs-fraction", a.macs_fraction]
     run_timed([tp_python(a.venv), Path(__file__).resolve(), "--weights", a.weights, *goal, "--img-size", a.img_size,
-               "--out", out, "--worker"], env=dict(os.environ, PYTHONPATH=str(ROOT)))
+               "--round-to", a.round_to, "--out", out, "--worker"], env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 def table_row(a, train_args):

@@ -165,6 +165,8 @@ def build_parser():
                    help="the tp row: Torch-Pruning prunes the dense big model to this fraction of its MACs, then "
                         "train.py fine-tunes it for --epochs")
     g.add_argument("--prune-args", default="", help="more prune.py flags, one quoted string")
+    g.add_argument("--cs-args", default="",
+                   help="more prune.py flags for the CS rows only (e.g. --cs-lambda), one quoted string")
     g.add_argument("--kd-args", default="", help="more my_kd.py flags, one quoted string")
     g.add_argument("--gan-args", default="", help="more my_kd_gan.py flags, one quoted string")
     g = p.add_argument_group("what to run and where")
@@ -336,6 +338,8 @@ def parse_students(specs):
 
 def build_plan(a, base):
     """``(rows, jobs)``: every row of the table and, per seed, the runs (``{key: Job}``, dependencies first)."""
+    from utils.export import FOLD_ROUND_TO
+
     data = str(Path(a.data).resolve())
     tiny = existing_cfg(a.tiny_cfg, "--tiny-cfg")
     big = existing_cfg(a.big_cfg, "--big-cfg")
@@ -354,6 +358,8 @@ def build_plan(a, base):
     common_cs = ["--epochs", str(a.cs_epochs), *common]
     common = ["--epochs", str(a.epochs), *common]
     prune_extra, kd_extra, gan_extra = (shlex.split(s) for s in (a.prune_args, a.kd_args, a.gan_args))
+    cs_extra = [*prune_extra, *shlex.split(a.cs_args)]
+    cs_note = f" ({a.cs_args.strip()})" if a.cs_args.strip() else ""
     lth = ["--rounds", str(a.lth_rounds), "--prune-rate", f"{a.prune_rate:g}"]
     lth_label = f"{a.lth_rounds} round{'s' * (a.lth_rounds != 1)} at {a.prune_rate:g}"
     compose_cfg = students[a.compose_student]
@@ -407,17 +413,18 @@ def build_plan(a, base):
         jid = job(f"cs{n}-{big.stem}", "prune.py",
                   lambda s, J, n=n: ["--cs", "--cfg", str(big), "--rounds", str(n), *common_cs,
                                      "--ticket-epochs", str(a.epochs), "--rewind-epoch",
-                                     str(min(a.rewind_epoch, a.cs_epochs)), "--seed", str(s), *prune_extra],
+                                     str(min(a.rewind_epoch, a.cs_epochs)), "--seed", str(s), *cs_extra],
                   final_round=n, pruned=True)
-        add(f"cs{n}", big, f"CS {n} round{'s' * (n != 1)}", jid, "pruning")
+        add(f"cs{n}", big, f"CS {n} round{'s' * (n != 1)}{cs_note}", jid, "pruning")
     jid = job(f"cs-filter-{big.stem}", "prune.py",
               lambda s, J: ["--cs", "--granularity", "filter", "--cfg", str(big), "--rounds", "1", *common_cs,
                             "--ticket-epochs", str(a.epochs), "--rewind-epoch", str(min(a.rewind_epoch, a.cs_epochs)),
-                            "--seed", str(s), *prune_extra], final_round=1, pruned=True)
-    add("cs-filter", big, "CS filters, 1 round", jid, "pruning")
+                            "--seed", str(s), *cs_extra], final_round=1, pruned=True)
+    add("cs-filter", big, f"CS filters, 1 round{cs_note}", jid, "pruning")
     dense_big = baseline(big)
     jid = job(f"tp-{big.stem}", "benchmarks/bench_torch_pruning.py",
               lambda s, J: ["--weights", str(J[dense_big].weights("best.pt")), "--macs-fraction", f"{a.tp_macs:g}",
+                            "--round-to", str(FOLD_ROUND_TO),
                             *common, "--seed", str(s)], deps=[dense_big])
     add("tp", big, f"Torch-Pruning to {a.tp_macs:g} of the MACs + fine-tuning", jid, "peer")
     teacher = dense_big  # the KD teacher: the big model's dense run
@@ -815,7 +822,10 @@ class Table:
 
         from utils.general import cpu_name
 
-        return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "img_size": self.a.img_size, "batch": 1}
+        from utils.export import FOLD_ROUND_TO
+
+        return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "img_size": self.a.img_size, "batch": 1,
+                "round_to": FOLD_ROUND_TO}
 
     def latency_record(self, job):
         """The run's latency.json when it was measured at this table's image size, else None."""
@@ -895,12 +905,18 @@ class Table:
         return out
 
 
+def widths(rec):
+    """', widths xN' for a latency measured with folded widths rounded to multiples of N (N > 1)."""
+    n = rec.get("round_to") or 1
+    return f", widths x{n}" if n > 1 else ""
+
+
 def latency_fields(rec):
     """A run's latency record as table figures: the median ms, ``cpu, N threads``, the conv filters and how many
     folding removed (None where there is no record, or one from before the filter count)."""
     rec = rec or {}
     return {"latency_ms": float(rec["ms"]) if rec else None,
-            "latency_cpu": f"{rec['cpu']}, {rec['threads']} threads" if rec else None,
+            "latency_cpu": f"{rec['cpu']}, {rec['threads']} threads{widths(rec)}" if rec else None,
             "filters": rec.get("filters"), "filters_removed": rec.get("filters_removed")}
 
 
@@ -998,7 +1014,8 @@ def latency_note(meta):
     cpus = meta.get("latency_cpus") or []
     if not cpus:
         return "not measured (`--latency`)"
-    return (f"ms per image of the shipped artefact with its empty filters folded away (`export.py --fold`), ONNX "
+    return (f"ms per image of the shipped artefact with its empty filters folded away (`export.py --fold`; 'widths "
+            f"xN': the folded conv widths rounded up to multiples of N, `--fold-round-to`), ONNX "
             f"Runtime, batch 1, {meta['img_size']} px, median of {meta.get('latency_reps', 20)} runs after 3 "
             f"warm-up, on {'; '.join(cpus)} (`--latency`, run with nothing else running)")
 

@@ -214,7 +214,7 @@ def test_filter_gates_give_a_filter_ticket_that_folds_into_a_smaller_network(sha
         assert torch.equal(ticket["rewind"]["model"][k][keep], theta_k[keep])  # rewound to θ_k
     assert 0 < closed < sum(s.numel() for s in soft.logits.values())
     out = export.main(["--weights", str(run / "round_1" / "weights" / "last.pt"), "--include", "sparse", "--fold",
-                       "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8", "--workers", "0"])
+                       "--fold-round-to", "1", "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8", "--workers", "0"])
     fold = out["fold"]
     assert fold["removed"] >= closed and fold["params_after"] < fold["params_before"]
     assert fold["max_abs_diff"]["raw"] < 1e-4 and fold["map_before"] == pytest.approx(fold["map_after"], abs=1e-6)

@@ -313,7 +313,7 @@ def test_fold_zero_signal_channels_matches_and_reloads(tmp_path):
     the outputs agree to float32 summation-order rounding."""
     torch.manual_seed(0)
     model = kill_filters(Darknet(TINY, nc=6).eval())
-    folded, rep = fold_empty_channels(model)
+    folded, rep = fold_empty_channels(model, round_to=1)
     assert rep["removed"] > 500 and rep["folded_constants"] == 0
     assert rep["params_after"] < 0.6 * rep["params_before"]
     diff = compare_outputs(model, folded, img_size=96)
@@ -329,6 +329,30 @@ def test_fold_zero_signal_channels_matches_and_reloads(tmp_path):
     assert Darknet.from_text(render_cfg(folded)).channels == folded.channels
 
 
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_fold_rounds_widths_to_a_multiple_and_stays_exact(round_to):
+    """Every folded conv is a multiple of ``round_to`` wide (or as wide as before), keeps as few empty channels as
+    that allows, and computes what the unfolded network computes."""
+    torch.manual_seed(0)
+    model = kill_filters(Darknet(TINY, nc=6).eval(), fraction=0.6)
+    minimal, _ = fold_empty_channels(model, round_to=1)
+    folded, rep = fold_empty_channels(model, round_to=round_to)
+    convs = [i for i, d in enumerate(model.module_defs) if d["type"] == "convolutional"]
+    for i in convs:
+        before, least, after = model.channels[i], minimal.channels[i], folded.channels[i]
+        assert after == before or after % round_to == 0
+        assert least <= after < least + round_to or after == before
+    assert sum(model.channels[i] - folded.channels[i] for i in convs) == rep["removed"] > 0
+    assert compare_outputs(model, folded, img_size=96)["raw"] < 1e-5
+    # the SMALL graph: a shortcut ties two convs' channels, a route concatenates widths
+    small = Darknet.from_text(SMALL, name="small.cfg").eval()
+    with torch.no_grad():
+        small.module_list[5].conv.weight[:13] = 0
+    out, _ = fold_empty_channels(small, round_to=round_to)
+    assert out.channels[5] == (8 if round_to == 8 else 16)
+    assert compare_outputs(small, out, img_size=64)["raw"] < 1e-5
+
+
 def test_fold_constant_channels_exact_and_border_tolerance():
     """Non-zero constants (BN shift): with ``exact=True`` only channels whose constant folds exactly go (1x1
     readers), and the outputs agree everywhere to 1e-5; by default a constant read by a padded 3x3 conv is folded
@@ -337,12 +361,12 @@ def test_fold_constant_channels_exact_and_border_tolerance():
     16) from the edge agree to 1e-5."""
     torch.manual_seed(0)
     model = kill_filters(Darknet(TINY, nc=6).eval(), random_bn=True)
-    exact, rep_exact = fold_empty_channels(model, exact=True)
+    exact, rep_exact = fold_empty_channels(model, exact=True, round_to=1)
     assert rep_exact["removed"] > 100 and rep_exact["folded_constants"] == rep_exact["removed"]
     assert rep_exact["inexact_constants"] == 0
     assert compare_outputs(model, exact, img_size=96)["raw"] < 1e-5
 
-    approx, rep = fold_empty_channels(model)
+    approx, rep = fold_empty_channels(model, round_to=1)
     assert rep["removed"] > rep_exact["removed"] and rep["inexact_constants"] > 0
     x = torch.rand(1, 3, 512, 512)
     with torch.no_grad():
@@ -431,17 +455,17 @@ def test_fold_shortcut_needs_both_sides_and_routes_follow():
         model.module_list[5].conv.weight[[3, 7]] = 0  # read (upsample, route) by the 1x1 output conv only
     # zero BN shift: empty filters output 0, exact and approximate folding agree
     for exact in (True, False):
-        folded, rep = fold_empty_channels(model, exact=exact)
+        folded, rep = fold_empty_channels(model, exact=exact, round_to=1)
         assert folded.channels[:9] == [8, 6, 6, 6, 6, 14, 14, 20, 18] and rep["folded_constants"] == 0
         assert compare_outputs(model, folded, img_size=64)["raw"] < 1e-5
     # non-zero constants: conv 5 (3x3, padded) reads the shortcut's channels 1 and 5 through the maxpool
     with torch.no_grad():
         for b in (1, 2, 5):
             model.module_list[b].bn.bias.uniform_(-0.5, 0.5)
-    exact, rep = fold_empty_channels(model, exact=True)
+    exact, rep = fold_empty_channels(model, exact=True, round_to=1)
     assert exact.channels[:9] == [8, 8, 8, 8, 8, 14, 14, 22, 18] and rep["folded_constants"] == 2
     assert compare_outputs(model, exact, img_size=64)["raw"] < 1e-5
-    approx, rep = fold_empty_channels(model)
+    approx, rep = fold_empty_channels(model, round_to=1)
     assert approx.channels[:9] == [8, 6, 6, 6, 6, 14, 14, 20, 18]
     assert rep["folded_constants"] == 4 and rep["inexact_constants"] == 2
     x = torch.rand(1, 3, 64, 64)
@@ -458,7 +482,8 @@ def test_export_cli_fold_reports_map(shapes_tiny, tmp_path):
     model = kill_filters(Darknet(TINY, nc=len(names)).eval())
     save_checkpoint(make_checkpoint(model, names), tmp_path / "dead.pt")
     out = export.main(["--weights", str(tmp_path / "dead.pt"), "--include", "sparse", "--fold-empty-channels",
-                       "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8", "--workers", "0"])
+                       "--fold-round-to", "8", "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8",
+                       "--workers", "0"])
     fold = out["fold"]
     assert fold["removed"] > 500 and fold["max_abs_diff"]["raw"] < 1e-5
     assert fold["map_before"] == pytest.approx(fold["map_after"], abs=1e-6)
@@ -466,5 +491,10 @@ def test_export_cli_fold_reports_map(shapes_tiny, tmp_path):
     assert ckpt["names"] == names and sum(p.numel() for p in folded.parameters()) == fold["params_after"]
     small, _ = load_model(tmp_path / "dead.folded.sparse.pt")
     assert small.channels == folded.channels
+    heads = [i for i, d in enumerate(folded.module_defs[:-1]) if folded.module_defs[i + 1]["type"] == "yolo"]
+    assert all(c % 8 == 0 for i, (d, c) in enumerate(zip(folded.module_defs, folded.channels))
+               if d["type"] == "convolutional" and i not in heads)
+    with pytest.raises(UserError, match="--fold-round-to 0"):
+        export.main(["--weights", str(tmp_path / "dead.pt"), "--fold", "--fold-round-to", "0"])
     assert json.loads(json.dumps(out, default=str))["files"]["sparse"]["bytes"] > 0
     assert math.isfinite(out["files"]["sparse"]["ratio"])

@@ -234,7 +234,7 @@ def test_a_filter_level_ticket_trains_and_folds_into_a_smaller_network(shapes_ti
     assert masks.sparsity() > 0.45
     assert float(row["expected_sparsity"]) == pytest.approx(float(row["sparsity"]), abs=1e-6)  # local: per layer
     out = export.main(["--weights", str(run / "round_1" / "weights" / "last.pt"), "--include", "sparse", "--fold",
-                       "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8", "--workers", "0"])
+                       "--fold-round-to", "1", "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8", "--workers", "0"])
     fold = out["fold"]
     assert fold["removed"] == pruned and fold["folded_constants"] == 0
     assert fold["params_after"] < 0.5 * fold["params_before"] and fold["max_abs_diff"]["raw"] < 1e-4

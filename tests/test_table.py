@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import table
+from utils.export import FOLD_ROUND_TO
 
 from .conftest import ROOT
 
@@ -206,6 +207,7 @@ def test_latency_is_measured_on_the_folded_artefacts_without_running_anything(fu
     pruned = json.loads((base / "lth-filter-local-yolov3-tiny/seed0/latency.json").read_text())
     assert dense["filters_removed"] == 0 < pruned["filters_removed"]  # the filter ticket is timed folded
     assert pruned["params_folded"] < dense["params_folded"] and dense["img_size"] == 64 and dense["batch"] == 1
+    assert dense["round_to"] == pruned["round_to"] == FOLD_ROUND_TO  # folded widths rounded as export.py does
     assert not (base / "cs1-yolov3-tiny/seed0/latency.json").exists()  # rows not asked for are not timed
     rows = {r["row"]: r for r in read_csv(base / "table.csv")}
     assert list(rows) == ["tiny", "lth-filter"] and float(rows["tiny"]["latency_ms_mean"]) == dense["ms"] > 0
@@ -321,6 +323,15 @@ def test_students_get_the_compact_recipe_and_nobody_else(tmp_path):
     assert {r.training for r in rows if r.name == "nano"} == {"compact recipe"}
     _, jobs = table.build_plan(settings("--seeds", "1", "--student-hyp", ""), tmp_path)
     assert not any(has_recipe(j.argv) for j in jobs.values())
+
+
+def test_cs_args_reach_the_cs_rows_only_and_name_them(tmp_path):
+    a = settings("--seeds", "1", "--big-cfg", "cfg/yolov3-tiny.cfg", "--cs-args", "--cs-lambda 5e-9",
+                 "--rows", "tiny", "lth-local", "cs1", "cs-filter")
+    rows, jobs = table.build_plan(a, tmp_path)
+    flagged = {jid for (jid, _), job in jobs.items() if job.argv[-2:] == ["--cs-lambda", "5e-9"]}
+    assert flagged == {"cs1-yolov3-tiny", "cs-filter-yolov3-tiny"} and len(jobs) == 4
+    assert {r.name: r.training for r in rows}["cs-filter"] == "CS filters, 1 round (--cs-lambda 5e-9)"
 
 
 def test_reduced_width_yolov3_builds_with_its_heads(tmp_path):

@@ -1,0 +1,28 @@
+"""benchmarks/bench_latency.py: the networks it times (no timing here)."""
+import torch
+
+from benchmarks.bench_latency import networks
+from models import Darknet, make_checkpoint
+from utils.checkpoint import save_checkpoint
+
+TINY = "cfg/yolov3-tiny.cfg"
+
+
+def test_each_filter_rate_is_folded_once_per_width_multiple(tmp_path):
+    torch.manual_seed(0)
+    model = Darknet(TINY, nc=3, img_size=64).eval()
+    save_checkpoint(make_checkpoint(model), tmp_path / "dense.pt")
+    nets = networks([str(tmp_path / "dense.pt")], [0.5], (1, 16))
+    assert [label for label, _, _ in nets] == ["dense.pt (widths x1)", "dense.pt (widths x16)",
+                                               "dense.pt filters -0.5 (widths x1)", "dense.pt filters -0.5 (widths x16)"]
+    dense1, dense16, half1, half16 = (net for _, net, _ in nets)
+    assert dense1.channels == dense16.channels == model.channels  # nothing to fold in a dense network
+    convs = [i for i, d in enumerate(model.module_defs) if d["type"] == "convolutional"]
+    heads = [i for i in convs if model.module_defs[i + 1]["type"] == "yolo"]
+    for i in convs:
+        if i in heads:
+            assert half1.channels[i] == half16.channels[i] == model.channels[i]
+        else:
+            assert half1.channels[i] == model.channels[i] // 2  # ceil(0.5 n) of an even n pruned
+            assert half16.channels[i] % 16 == 0 and half1.channels[i] <= half16.channels[i] < half1.channels[i] + 16
+    assert nets[3][2]["removed"] < nets[2][2]["removed"] and nets[3][2]["round_to"] == 16
