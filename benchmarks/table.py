@@ -167,6 +167,8 @@ def build_parser():
     g.add_argument("--prune-args", default="", help="more prune.py flags, one quoted string")
     g.add_argument("--cs-args", default="",
                    help="more prune.py flags for the CS rows only (e.g. --cs-lambda), one quoted string")
+    g.add_argument("--lth-args", default="",
+                   help="more prune.py flags for the pruned LTH rounds only, not the dense runs (e.g. --rewind lr)")
     g.add_argument("--kd-args", default="", help="more my_kd.py flags, one quoted string")
     g.add_argument("--gan-args", default="", help="more my_kd_gan.py flags, one quoted string")
     g = p.add_argument_group("what to run and where")
@@ -358,10 +360,10 @@ def build_plan(a, base):
     common_cs = ["--epochs", str(a.cs_epochs), *common]
     common = ["--epochs", str(a.epochs), *common]
     prune_extra, kd_extra, gan_extra = (shlex.split(s) for s in (a.prune_args, a.kd_args, a.gan_args))
-    cs_extra = [*prune_extra, *shlex.split(a.cs_args)]
-    cs_note = f" ({a.cs_args.strip()})" if a.cs_args.strip() else ""
+    cs_extra, lth_extra = ([*prune_extra, *shlex.split(x)] for x in (a.cs_args, a.lth_args))
+    cs_note, lth_note = (f" ({x.strip()})" if x.strip() else "" for x in (a.cs_args, a.lth_args))
     lth = ["--rounds", str(a.lth_rounds), "--prune-rate", f"{a.prune_rate:g}"]
-    lth_label = f"{a.lth_rounds} round{'s' * (a.lth_rounds != 1)} at {a.prune_rate:g}"
+    lth_label = f"{a.lth_rounds} round{'s' * (a.lth_rounds != 1)} at {a.prune_rate:g}{lth_note}"
     compose_cfg = students[a.compose_student]
     dense_cfgs = {big, compose_cfg}  # trained by prune.py --lth --rounds 0: baseline, teacher and LTH round 0
 
@@ -393,7 +395,7 @@ def build_plan(a, base):
         return job(f"lth-{tag}{scope}-{cfg.stem}", "prune.py",
                    lambda s, J: ["--lth", "--cfg", str(cfg), "--weights",
                                  str(J[dense].folder / "round_0/weights/last.pt"), "--scope", scope, *schedule,
-                                 *common, *own(cfg), "--seed", str(s), *prune_extra],
+                                 *common, *own(cfg), "--seed", str(s), *lth_extra],
                    deps=[dense], final_round=a.lth_rounds if granularity == "weight" else a.filter_rounds,
                    pruned=True)
 
@@ -405,7 +407,7 @@ def build_plan(a, base):
             "baseline")
     add("lth-local", big, f"LTH local, {lth_label}", lth_job(big, "local"), "pruning")
     add("lth-global", big, f"LTH global, {lth_label}", lth_job(big, "global"), "pruning")
-    add("lth-filter", big, f"LTH filters local, {a.filter_rounds} rounds at {a.filter_rate:g}",
+    add("lth-filter", big, f"LTH filters local, {a.filter_rounds} rounds at {a.filter_rate:g}{lth_note}",
         lth_job(big, "local", "filter"), "pruning")
     for n in a.cs_rounds:
         if n < 1:
@@ -450,7 +452,7 @@ def build_plan(a, base):
     distilled = f"kd-{c.stem}"
     jid = job(f"kdlth-{c.stem}", "prune.py",
               lambda s, J: ["--lth", "--cfg", str(c), "--weights", str(J[distilled].weights("best.pt")), "--scope",
-                            "local", *lth, "--rewind-epoch", "0", *common, *own(c), "--seed", str(s), *prune_extra],
+                            "local", *lth, "--rewind-epoch", "0", *common, *own(c), "--seed", str(s), *lth_extra],
               deps=[distilled], final_round=a.lth_rounds, pruned=True)
     add("kd+lth", c, f"KD + LTH (LTH local {lth_label})", jid, "composition")
 

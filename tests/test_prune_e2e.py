@@ -203,6 +203,27 @@ def test_restart_retrains_every_epoch_and_raw_ranking_uses_the_trained_weights(r
     assert any(not torch.equal(ema[k], got[k]) for k in got)  # the two rankings differ on this run
 
 
+def test_learning_rate_rewinding_keeps_the_final_weights_and_replays_the_schedule(reference, shapes_tiny, tmp_path):
+    """--rewind lr (Renda et al. 2020): round 1 prunes as weight rewinding does, but its survivors start from round
+    0's final (EMA) weights, bit for bit, and it trains epochs k+1..T as weight rewinding does."""
+    dense_pt = reference / "round_0/weights/last.pt"
+    run = prune.main([*TINY, *LTH, "--rounds", "1", "--weights", str(dense_pt), "--rewind", "lr",
+                      "--data", str(shapes_tiny), "--project", str(tmp_path), "--name", "lr"])
+    with open(run / "round_1/results.csv", newline="") as f:
+        assert [int(x["epoch"]) for x in csv.DictReader(f)] == [2, 3]
+    strategy = LotteryTicket(PruneRun(run).load_args(), PruneRun(run))
+    assert "kept their final values" in strategy.describe_start(1)
+    model, plugins = strategy.begin_round(1)
+    masks, final = plugins[0].masks, load_checkpoint(dense_pt)["model"]
+    weight_rewound = Masks.from_state_dict(load_checkpoint(reference / "round_1/weights/last.pt")["masks"])
+    assert all(torch.equal(masks[k], weight_rewound[k]) for k in masks)  # the same pruning
+    state = model.state_dict()
+    for k, v in final.items():
+        m = masks[k] if k in masks else torch.ones_like(v, dtype=torch.bool)
+        assert torch.equal(state[k][m], v[m]) and not state[k][~m].any(), k
+    assert any(not torch.equal(v, load_checkpoint(dense_pt)["rewind"]["model"][k]) for k, v in final.items())
+
+
 def test_rewind_epoch_below_one_is_a_fraction_of_the_epochs():
     from utils.errors import UserError
 

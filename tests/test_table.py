@@ -325,13 +325,19 @@ def test_students_get_the_compact_recipe_and_nobody_else(tmp_path):
     assert not any(has_recipe(j.argv) for j in jobs.values())
 
 
-def test_cs_args_reach_the_cs_rows_only_and_name_them(tmp_path):
+def test_cs_and_lth_args_reach_their_rows_only_and_name_them(tmp_path):
     a = settings("--seeds", "1", "--big-cfg", "cfg/yolov3-tiny.cfg", "--cs-args", "--cs-lambda 5e-9",
                  "--rows", "tiny", "lth-local", "cs1", "cs-filter")
     rows, jobs = table.build_plan(a, tmp_path)
     flagged = {jid for (jid, _), job in jobs.items() if job.argv[-2:] == ["--cs-lambda", "5e-9"]}
     assert flagged == {"cs1-yolov3-tiny", "cs-filter-yolov3-tiny"} and len(jobs) == 4
     assert {r.name: r.training for r in rows}["cs-filter"] == "CS filters, 1 round (--cs-lambda 5e-9)"
+    a = settings("--seeds", "1", "--big-cfg", "cfg/yolov3-tiny.cfg", "--lth-args", "--rewind lr",
+                 "--rows", "tiny", "lth-local", "lth-filter", "cs1")
+    rows, jobs = table.build_plan(a, tmp_path)
+    flagged = {jid for (jid, _), job in jobs.items() if job.argv[-2:] == ["--rewind", "lr"]}
+    assert flagged == {"lth-local-yolov3-tiny", "lth-filter-local-yolov3-tiny"} and len(jobs) == 4
+    assert {r.name: r.training for r in rows}["lth-filter"].endswith(" (--rewind lr)")
 
 
 def test_reduced_width_yolov3_builds_with_its_heads(tmp_path):

@@ -757,6 +757,8 @@ class LotteryTicket(Strategy):
     with the schedule continued from k (``--retrain-schedule continue``, Frankle et al. 2019's T − k iterations),
     or all ``--epochs`` with warm-up and cosine restarted (``restart``, the original project). ``--rank-weights``
     says which final weights are ranked: the EMA (``ema``, the weights evaluated and saved) or the raw ones.
+    ``--rewind lr`` (learning-rate rewinding, Renda et al. 2020, arXiv 2003.02389) keeps the survivors' ranked final
+    values instead of θ_k and replays the same schedule.
     """
 
     name = "lth"
@@ -769,6 +771,7 @@ class LotteryTicket(Strategy):
         self.rewind_epoch = rewind_epochs(s.rewind_epoch, args.epochs)
         self.continued = s.retrain_schedule == "continue"
         self.rank_raw = s.rank_weights == "raw"
+        self.lr_rewind = s.rewind == "lr"
         self.given = None
         weights = str(args.weights or "")
         if weights.endswith(".pt"):
@@ -796,8 +799,9 @@ class LotteryTicket(Strategy):
             return f"round 0/{self.rounds} (dense; rewind point after {where})"
         what = ("filters" if self.settings.granularity == "filter" else "weights")
         by = ("BN |gamma|" if self.settings.filter_criterion == "bn" and what == "filters" else "magnitudes")
+        start = "kept their final values (learning-rate rewinding)" if self.lr_rewind else "rewound"
         return (f"round {r}/{self.rounds}: pruned {self.rate:g} of the surviving {what} ({self.scope}, by "
-                f"{'raw' if self.rank_raw else 'EMA'} {by}), rewound")
+                f"{'raw' if self.rank_raw else 'EMA'} {by}), {start}")
 
     def first_epoch(self, r):
         """``continue``: a pruned round resumes the schedule at the epoch its θ_k was taken in (with
@@ -852,8 +856,9 @@ class LotteryTicket(Strategy):
         prev = self.previous(r)
         model = build_model(prev, self.args)
         masks = checkpoint_masks(prev) if r > 1 else self.start_masks(model)
-        new = lth_prune(self.ranked_weights(prev, r), masks, self.settings)
-        rewind(model, prev["rewind"]["model"], new)
+        ranked = self.ranked_weights(prev, r)
+        new = lth_prune(ranked, masks, self.settings)
+        rewind(model, ranked if self.lr_rewind else prev["rewind"]["model"], new)
         return model, [MaskPlugin(new), RewindPlugin(snapshot=prev["rewind"])]
 
     def ranked_weights(self, prev, r):

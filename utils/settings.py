@@ -259,6 +259,9 @@ class LTHSettings(PruneSettings):
                                     "schedule continued from k (continue: Frankle et al. 2019, open_lth), or all "
                                     "--epochs with warm-up and cosine restarted (restart: the original project)",
                                     choices=("continue", "restart"))
+    rewind: str = setting("weights", "what a pruned round restarts from: the survivors' weights at the rewind epoch "
+                          "(weights: Frankle et al. 2019) or their final trained values, with the same learning-rate "
+                          "schedule (lr: learning-rate rewinding, Renda et al. 2020)", choices=("weights", "lr"))
     rank_weights: str = setting("ema", "rank by the magnitudes of the previous round's final weights: their EMA (the "
                                 "weights evaluated and saved) or the raw trained weights", choices=("ema", "raw"))
     filter_criterion: str = setting("l1", "with --granularity filter: rank filters by the L1 norm of their kernel, "
@@ -270,7 +273,7 @@ class LTHSettings(PruneSettings):
             raise UserError(f"--rounds must be 0 or more, not {self.rounds}")
         if self.prune_rate is None or not 0 < float(self.prune_rate) < 1:
             raise UserError(f"--prune-rate must be in (0, 1), not {self.prune_rate}")
-        check_choice(self, "retrain_schedule", "rank_weights", "granularity", "filter_criterion")
+        check_choice(self, "retrain_schedule", "rewind", "rank_weights", "granularity", "filter_criterion")
 
 
 @dataclass(frozen=True)
