@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import Darknet  # noqa: E402
 from utils.summary import model_summary  # noqa: E402
+from utils.engine import progressive_img_size  # noqa: E402
 from utils.general import select_device  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.memory_format import choose_memory_format, machine_name  # noqa: E402
@@ -82,6 +83,48 @@ def step_rate(cfg, img_size, batch, precision, steps, device="cpu", memory_forma
         if i >= 2:
             times.append(time.perf_counter() - t)
     return batch / (sum(times) / len(times))
+
+
+STRIDE = 32  # the largest stride of every cfg here: progressive sizes are its multiples
+
+
+def train_rates(runs, batch, device="", amp="auto", steps=4, rounds=3):
+    """Training images per second of each ``(cfg path, img_size)`` on ``device`` in the precision ``--amp`` resolves
+    to and the memory format train.py picks (random data): the best of ``rounds`` interleaved rounds, so that a burst
+    of load from other processes does not decide a budget."""
+    device = select_device(device)
+    precision = resolve_precision(device, amp)
+    fmts = {run: choose_memory_format(Darknet(str(run[0]), img_size=run[1]), device, precision, run[1], batch)[0]
+            for run in runs}
+    rates = {run: 0.0 for run in runs}
+    for _ in range(rounds):
+        for cfg, size in runs:
+            rates[cfg, size] = max(rates[cfg, size], step_rate(str(cfg), size, batch, precision.name, steps, device,
+                                                               fmts[cfg, size]))
+    return rates
+
+
+def training_cost(epochs, rates, start, end, stride=STRIDE):
+    """Seconds per training image of ``epochs`` epochs, each at its progressive size (``engine.progressive_img_size``)
+    at ``rates[size]`` images per second."""
+    return sum(1 / rates[progressive_img_size(e, epochs, start, end, stride)] for e in range(epochs))
+
+
+def epochs_for_time(budget, rates, start, end, stride=STRIDE):
+    """The epoch count whose training time (``training_cost``) is closest to ``budget``; at least 1. Without
+    progressive resizing (``start`` 0) this is ``round(budget * rates[end])``."""
+    epochs = 1
+    while training_cost(epochs + 1, rates, start, end, stride) <= budget:
+        epochs += 1
+    below, above = (training_cost(n, rates, start, end, stride) for n in (epochs, epochs + 1))
+    return epochs + 1 if budget - below > above - budget else epochs
+
+
+def train_sizes(start, end, stride=STRIDE):
+    """The image sizes a run trains at: every stride multiple from ``start`` (0: none) up to ``end``."""
+    if not start:
+        return [end]
+    return sorted({*range(max(stride, start // stride * stride), end, stride), end})
 
 
 def modes(device, emulated=False):

@@ -8,7 +8,7 @@
 # and batch size (8 runs). SECONDS (default 460) bounds the whole script; a run still going then is stopped, and its
 # finished epochs are in its results.csv. OUT gets env.txt and results.tar.gz (every run's results.csv, args.yaml
 # and a log without progress bars). Environment: DEV (default 0), E (the compact runs' epochs, 7: their CPU budget
-# in bench_compact.py), EL (the long runs', 21), EM (MobileNetV3-YOLO's, 10), ET (yolov3-tiny's, 30), SMALL (extra
+# in the table's --equal-time), EL (the long runs', 21), EM (MobileNetV3-YOLO's, 10), ET (yolov3-tiny's, 30), SMALL (extra
 # train.py flags for every run, e.g. "--img-size 64" to try the script on a CPU with DEV=cpu E=1 ...).
 set -u
 OUT=$1; END=$(( $(date +%s) + ${2:-460} )); SET=${3:-1}

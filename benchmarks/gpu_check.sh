@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_check.sh OUT TEACHER.pt [SECONDS]
 #
 # OUT gets env.txt, inference.log, smoke.log, kd.log, kd.tar.gz (results of the KD seeds) and pytest.log.
-# TEACHER.pt: a yolov3-tiny trained on the shapes set at 256 px (benchmarks/bench_kd.py's teacher). SECONDS bounds the
+# TEACHER.pt: a yolov3-tiny trained on the shapes set at 256 px (the table's tiny row). SECONDS bounds the
 # whole script (default 520): each step gets what is left, the test suite runs last with the remainder.
 # Steps 2 and 3 run side by side (the smoke runs are small; the KD runs are not timed).
 # DEV, DATA and VAL (environment) change the device and the smoke runs' data (DEV=cpu DATA=... tries the commands here).
@@ -25,13 +25,11 @@ timeout "$(left)" python3 benchmarks/bench_inference.py --device 0 --batch-sizes
   --cfgs cfg/yolov3-tiny.cfg cfg/yolov3.cfg cfg/yolo-nano.cfg cfg/mobilenetv3-yolo.cfg cfg/yolov3-mobile.cfg \
   --test-weights "$TEACHER" --json "$OUT/inference.json" >"$OUT/inference.log" 2>&1
 
-# 2. KD seeds (background): Nano alone vs distilled from the teacher, bench_kd.py's shapes recipe, seeds 0-2
-S="--optimizer adam --lr0 0.001 --grad-clip 0 --autoanchor"
-for seed in 0 1 2; do
-  timeout "$(left)" python3 benchmarks/bench_kd.py --teacher-weights "$TEACHER" --student-cfg cfg/yolo-nano.cfg \
-    --epochs 8 --variants alone,kd1 --student-args "$S" --seed $seed --device 0 --workers 4 \
-    --out runs/gpu_check/kd_s$seed >"runs/gpu_check/kd_s$seed.log" 2>&1 &
-done
+# 2. KD seeds (background): Nano alone vs distilled from the teacher (the table's nano and kd-nano rows), seeds 0-2
+timeout "$(left)" python3 benchmarks/table.py --data data/shapes.data --big-cfg cfg/yolov3-tiny.cfg --seeds 3 \
+  --epochs 8 --teacher-weights "$TEACHER" --student nano=cfg/yolo-nano.cfg --compose-student nano --student-hyp "" \
+  --extra-args "--optimizer adam --lr0 0.001 --grad-clip 0 --autoanchor" --rows nano kd-nano --device 0 --workers 4 \
+  --jobs 3 --out runs/gpu_check/kd >runs/gpu_check/kd.log 2>&1 &
 
 # 3. smoke: every entry script once on CUDA (shapes, 128 px, an epoch or two)
 R=runs/gpu_check/smoke; C="--data $DATA --img-size 128 --batch-size 32 --workers 4 --device $DEV --exist-ok"
@@ -53,7 +51,7 @@ step() { echo "== $*"; local t=$(date +%s); timeout "$(left)" python3 "$@" 2>&1 
 wait
 cat runs/gpu_check/kd_s*.log >"$OUT/kd.log" 2>&1
 tar czf "$OUT/kd.tar.gz" $(find runs/gpu_check -name 'results.md' -o -name 'results.json' -o -name 'metrics.json' \
-  -o -name 'results.csv' -o -name 'bench_kd.log' -o -name 'opt.yaml') 2>/dev/null
+  -o -name 'results.csv' -o -name 'table.md' -o -name 'seeds.csv' -o -name 'opt.yaml') 2>/dev/null
 
 # 4. the test suite with CUDA visible (tests that do not name a device run on the GPU), with what time is left
 XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")   # pytest-xdist where installed, else one process

@@ -22,8 +22,9 @@ For each seed k in 0 .. --seeds-1 the real entry scripts run as subprocesses, ea
 | ``cs1``, ``cs3`` | prune.py --cs | Continuous Sparsification, 1 and 3 search rounds (``--cs-rounds``) |
 | ``lth-filter``, ``cs-filter`` | prune.py --granularity filter | filter-level LTH and CS (1 round): foldable |
 | ``tp`` (only when named) | benchmarks/bench_torch_pruning.py | the peer: Torch-Pruning to ``--tp-macs`` of the dense MACs, fine-tuned by train.py |
-| ``kd-<student>`` | my_kd.py | classical KD (Chen et al. 2017) from the big model of the same seed |
+| ``kd-<student>`` | my_kd.py | classical KD (Chen et al. 2017) from the big model of the same seed (``--teacher-weights``: a given one) |
 | ``gan-<student>`` | my_kd_gan.py | GAN KD (Wang et al. 2020) from the same teacher |
+| ``kd2-``, ``gan-hint-``, ``gan-all-``, ``gan-light-``, ``gan-lighter-<student>`` (only when named) | my_kd.py, my_kd_gan.py | the distillation ablations (``DISTILL_ROWS``) |
 | ``lth-<c>`` | prune.py --lth --weights DENSE | LTH on the composition student ``c`` (``--compose-student``) |
 | ``lth+kd`` | my_kd.py --weights PRUNED | distillation into the pruned student ``lth-<c>``, its mask held fixed |
 | ``kd+lth`` | prune.py --lth --weights DISTILLED | LTH of the distilled student ``kd-<c>`` |
@@ -35,6 +36,9 @@ at ``--prune-rate`` (local: per layer; global: one threshold); ``kd+lth`` rewind
 (``--rewind-epoch 0``). CS search rounds last ``max(2, --epochs)`` epochs, its ticket ``--epochs``. Every run of a
 student (its baseline, KD, GAN, LTH and composition rows) also gets the training keys of ``--student-hyp``
 (default params/compact.yaml: Adam, lr0 0.006, class gain 2, no gradient clip), typed after the ``--hyp`` flags.
+With ``--equal-time`` every run of a student trains for the epochs that take the tiny baseline's training time:
+training-step rates of tiny and each student timed once at every size they train at (cached in
+``OUT/<stem>/rates.json``, so a rerun plans the same runs); ``--student-epochs N`` sets that count by hand.
 
 After a run its final checkpoint is exported (``export.py --include sparse`` -> ``export/best.sparse.pt``, the
 shipped artefact: a bitmask + non-zero values for pruned networks, plain fp32 tensors otherwise) and that artefact
@@ -151,6 +155,13 @@ def build_parser():
     g.add_argument("--compose-student", default="nano-leaky", help="the student of the LTH + KD / KD + LTH rows")
     g.add_argument("--student-hyp", default=str(ROOT / "params" / "compact.yaml"),
                    help="YAML whose training keys every run of a student gets on top of --hyp ('' for none)")
+    g.add_argument("--equal-time", action="store_true",
+                   help="every run of a student trains the epochs that take tiny's --epochs' time at the training "
+                        "rates measured here (cached in OUT/<stem>/rates.json)")
+    g.add_argument("--student-epochs", type=int, default=None,
+                   help="every run of a student trains this many epochs (e.g. an --equal-time count from elsewhere)")
+    g.add_argument("--teacher-weights", default=None,
+                   help="a trained teacher for the distillation rows instead of the big model's dense run")
     g = p.add_argument_group("techniques")
     g.add_argument("--lth-rounds", type=int, default=3, help="LTH prune-rewind-retrain rounds")
     g.add_argument("--prune-rate", type=float, default=0.5, help="LTH: fraction of the surviving weights per round")
@@ -211,6 +222,7 @@ def resolve_settings(a):
     pick = lambda k: getattr(a, k) if getattr(a, k) is not None else hyp.get(k, base.get(k))  # noqa: E731
     a.img_size, a.epochs, a.batch_size = pick("img_size"), pick("epochs"), pick("batch_size")
     a.nominal_batch_size = pick("nominal_batch_size")
+    a.img_size_start = hyp.get("img_size_start", base.get("img_size_start"))  # for --equal-time's sizes
     if not a.epochs or a.epochs < 1:
         raise UserError(f"--epochs must be 1 or more, not {a.epochs}")
     if a.seeds < 1:
@@ -328,6 +340,13 @@ def existing_cfg(path, what):
     return p.resolve()
 
 
+def existing_file(path, flag):
+    p = Path(path).resolve()
+    if not p.is_file():
+        raise UserError(f"{path}: {flag} not found")
+    return p
+
+
 def parse_students(specs):
     out = {}
     for spec in specs:
@@ -369,7 +388,9 @@ def build_plan(a, base):
 
     rows, specs = [], {}  # specs: job id -> (script, argv(seed, jobs), deps, final_round, pruned)
     student_cfgs = set(students.values())
-    own = lambda cfg: a.student_flags if cfg in student_cfgs else []  # noqa: E731  (the students' recipe)
+    student_epochs = plan_student_epochs(a, tiny, students, common, base)
+    own = lambda cfg: [*a.student_flags, *(  # noqa: E731  (the students' recipe and epochs)
+        ["--epochs", str(student_epochs[cfg])] if cfg in student_epochs else [])] if cfg in student_cfgs else []
 
     def job(jid, script, argv, deps=(), final_round=None, pruned=False):
         specs.setdefault(jid, (script, argv, list(deps), final_round, pruned))
@@ -403,8 +424,9 @@ def build_plan(a, base):
     add("tiny", tiny, "default", baseline(tiny), "baseline")
     add("big", big, "default", baseline(big), "baseline")
     for name, cfg in students.items():
-        add(name, cfg, Path(a.student_hyp).stem + " recipe" if a.student_flags else "default", baseline(cfg),
-            "baseline")
+        epochs = f", {student_epochs[cfg]} epochs" if cfg in student_epochs else ""
+        add(name, cfg, (Path(a.student_hyp).stem + " recipe" if a.student_flags else "default") + epochs,
+            baseline(cfg), "baseline")
     add("lth-local", big, f"LTH local, {lth_label}", lth_job(big, "local"), "pruning")
     add("lth-global", big, f"LTH global, {lth_label}", lth_job(big, "global"), "pruning")
     add("lth-filter", big, f"LTH filters local, {a.filter_rounds} rounds at {a.filter_rate:g}{lth_note}",
@@ -429,25 +451,29 @@ def build_plan(a, base):
                             "--round-to", str(FOLD_ROUND_TO),
                             *common, "--seed", str(s)], deps=[dense_big])
     add("tp", big, f"Torch-Pruning to {a.tp_macs:g} of the MACs + fine-tuning", jid, "peer")
-    teacher = dense_big  # the KD teacher: the big model's dense run
-    teacher_weights = lambda J: str(J[teacher].weights("best.pt"))  # noqa: E731
-    for name, cfg in students.items():
-        jid = job(f"kd-{cfg.stem}", "my_kd.py",
-                  lambda s, J, cfg=cfg: ["--cfg", str(cfg), "--teacher-weights", teacher_weights(J), *common,
-                                         *own(cfg), "--seed", str(s), *kd_extra], deps=[teacher])
-        add(f"kd-{name}", cfg, f"KD from {big_label}", jid, "distillation")
-    for name, cfg in students.items():
-        jid = job(f"gan-{cfg.stem}", "my_kd_gan.py",
-                  lambda s, J, cfg=cfg: ["--cfg", str(cfg), "--teacher-weights", teacher_weights(J), *common,
-                                         *own(cfg), "--seed", str(s), *gan_extra], deps=[teacher])
-        add(f"gan-{name}", cfg, f"KD GAN from {big_label}", jid, "distillation")
+    if a.teacher_weights:  # a given teacher: no run of the big model behind the distillation rows
+        given = str(existing_file(a.teacher_weights, "--teacher-weights"))
+        teacher, teacher_deps, teacher_weights = None, [], lambda J: given
+        teacher_label = f"KD from {Path(given).parent.parent.name}/{Path(given).name}"
+    else:
+        teacher, teacher_deps = dense_big, [dense_big]
+        teacher_weights = lambda J: str(J[teacher].weights("best.pt"))  # noqa: E731
+        teacher_label = f"KD from {big_label}"
+    for prefix, (script, label, _) in DISTILL_ROWS.items():
+        for name, cfg in students.items():
+            jid = job(f"{prefix}-{cfg.stem}", script,
+                      lambda s, J, cfg=cfg, prefix=prefix: [
+                          "--cfg", str(cfg), "--teacher-weights", teacher_weights(J), *common, *own(cfg),
+                          "--seed", str(s), *(kd_extra if script == "my_kd.py" else gan_extra),
+                          *variant_flags(prefix, cfg, teacher_weights(J), a, own(cfg))], deps=teacher_deps)
+            add(f"{prefix}-{name}", cfg, teacher_label.replace("KD", label, 1), jid, "distillation")
     c = compose_cfg
     pruned_student = lth_job(c, "local")
     add(f"lth-{a.compose_student}", c, f"LTH local, {lth_label}", pruned_student, "pruning")
     jid = job(f"lthkd-{c.stem}", "my_kd.py",
               lambda s, J: ["--cfg", str(c), "--weights", str(J[pruned_student].weights("best.pt")),
                             "--teacher-weights", teacher_weights(J), *common, *own(c), "--seed", str(s), *kd_extra],
-              deps=[pruned_student, teacher], pruned=True)
+              deps=[pruned_student, *teacher_deps], pruned=True)
     add("lth+kd", c, f"LTH + KD (LTH local {lth_label}, mask held)", jid, "composition")
     distilled = f"kd-{c.stem}"
     jid = job(f"kdlth-{c.stem}", "prune.py",
@@ -462,7 +488,7 @@ def build_plan(a, base):
         if r.job not in seen and r.name not in {u.name for u in unique}:
             seen.add(r.job)
             unique.append(r)
-    rows = select_rows(unique, a.rows if a.rows else [r.name for r in unique if r.name not in OPT_IN_ROWS])
+    rows = select_rows(unique, a.rows if a.rows else [r.name for r in unique if not opt_in(r.name)])
 
     needed, order = set(), []
 
@@ -490,7 +516,100 @@ def build_plan(a, base):
     return rows, jobs
 
 
-OPT_IN_ROWS = ("tp",)  # run only when --rows names them: tp installs Torch-Pruning into its own virtualenv
+# rows run only when --rows names them: tp installs Torch-Pruning into its own virtualenv; the distillation
+# ablations are studies of one technique, not rows of the comparison
+OPT_IN_ROWS = ("tp", "kd2-*", "gan-hint-*", "gan-all-*", "gan-light-*", "gan-lighter-*")
+
+# the distillation rows, per student: row prefix -> (script, training label, what the variant adds)
+DISTILL_ROWS = {
+    "kd": ("my_kd.py", "KD", "the default feature pair (params/KD.yaml)"),
+    "kd2": ("my_kd.py", "KD, two feature pairs,", "the stage outputs at the two finest strides both networks detect at"),
+    "gan": ("my_kd_gan.py", "KD GAN", "params/KD_GAN.yaml (Wang et al. 2020)"),
+    "gan-hint": ("my_kd_gan.py", "KD GAN + hint 0.1,", "--hint-weight 0.1"),
+    "gan-all": ("my_kd_gan.py", "KD GAN, adversarial every epoch,", "--second-stage EPOCHS"),
+    "gan-light": ("my_kd_gan.py", "KD GAN, adv 0.1 on the full detection loss,",
+                  "--adv-weight 0.1 --stage1-det-scale 1.0"),
+    "gan-lighter": ("my_kd_gan.py", "KD GAN, adv 0.01 on the full detection loss,",
+                    "--adv-weight 0.01 --stage1-det-scale 1.0"),
+}
+
+
+def opt_in(name):
+    return any(fnmatch.fnmatchcase(name, p) for p in OPT_IN_ROWS)
+
+
+def variant_flags(prefix, cfg, teacher, a, student_flags):
+    """The flags a distillation row adds to its script's defaults (DISTILL_ROWS' third column)."""
+    if prefix == "kd2":
+        s, t = two_feature_pairs(str(cfg), teacher, a)
+        return ["--student-features", *map(str, s), "--teacher-features", *map(str, t)]
+    if prefix == "gan-all":
+        return ["--second-stage", flag_value(["--epochs", str(a.epochs), *student_flags], "--epochs")]
+    how = DISTILL_ROWS[prefix][2]
+    return how.split() if how.startswith("--") else []
+
+
+def two_feature_pairs(cfg, teacher, a):
+    """``utils.distill.stage_feature_pairs`` with n=2: the teacher's architecture from its checkpoint where it is
+    there already, else from --big-cfg (the run that will train it); the pairing needs no trained weights."""
+    from models import Darknet
+    from utils.checkpoint import load_model
+    from utils.distill import stage_feature_pairs
+    from utils.datasets import parse_data_cfg
+
+    nc = int(parse_data_cfg(a.data)["classes"])
+    t_net = load_model(teacher)[0] if Path(teacher).is_file() else Darknet(str(existing_cfg(a.big_cfg, "--big-cfg")),
+                                                                             img_size=a.img_size, nc=nc)
+    return stage_feature_pairs(Darknet(cfg, img_size=a.img_size, nc=nc), t_net, a.img_size, n=2)
+
+
+def flag_value(argv, option, default=None):
+    """The last value of ``option`` in ``argv`` (argparse's rule: the last one wins)."""
+    values = [argv[i + 1] for i, x in enumerate(argv[:-1]) if x == option]
+    return values[-1] if values else default
+
+
+def plan_student_epochs(a, tiny, students, common, base):
+    """``{student cfg: epochs}`` for every run of a student: ``--student-epochs``; with ``--equal-time`` the count
+    whose epochs, each costed at its progressive size, take the time of tiny's ``--epochs`` (``measured_rates``,
+    ``bench_train.epochs_for_time``); else nothing (they train --epochs like every run)."""
+    if a.student_epochs:
+        return {cfg: a.student_epochs for cfg in students.values()}
+    if not a.equal_time:
+        return {}
+    from benchmarks.bench_train import STRIDE, epochs_for_time, train_sizes, training_cost
+    from utils.engine import start_img_size
+
+    start = lambda argv: start_img_size(  # noqa: E731  (the flag, else params/default.yaml's)
+        float(flag_value(argv, "--img-size-start", a.img_size_start or 0)), a.img_size, STRIDE)
+    tiny_start, student_start = start(common), start([*common, *a.student_flags])
+    sizes = {tiny: train_sizes(tiny_start, a.img_size),
+             **{cfg: train_sizes(student_start, a.img_size) for cfg in students.values()}}
+    rates = measured_rates(a, sizes, base)
+    tiny_rates = {s: rates[tiny.stem, s] for s in sizes[tiny]}
+    budget = training_cost(a.epochs, tiny_rates, tiny_start, a.img_size)
+    return {cfg: epochs_for_time(budget, {s: rates[cfg.stem, s] for s in sizes[cfg]}, student_start, a.img_size)
+            for cfg in students.values()}
+
+
+def measured_rates(a, sizes, base):
+    """``{(cfg stem, size): training images per second}`` of every cfg at every size it trains at, on the first
+    --device in the precision and memory format train.py picks there (``bench_train.train_rates``); timed once and
+    kept in ``base/rates.json``, so a rerun plans the same epochs."""
+    from benchmarks.bench_train import train_rates
+
+    path = base / "rates.json"
+    cached = {tuple(k.rsplit("@", 1)): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+    cached = {(stem, int(size)): v for (stem, size), v in cached.items()}
+    todo = [(cfg, s) for cfg, ss in sizes.items() for s in ss if (cfg.stem, s) not in cached]
+    if todo:
+        print(f"--equal-time: timing training steps of {len({c for c, _ in todo})} cfgs at "
+              f"{', '.join(map(str, sorted({s for _, s in todo})))} px ...", flush=True)
+        measured = train_rates(todo, a.batch_size, a.devices[0], flag_value(shlex.split(a.extra_args), "--amp", "auto"))
+        cached.update({(cfg.stem, s): r for (cfg, s), r in measured.items()})
+        base.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({f"{k}@{s}": v for (k, s), v in sorted(cached.items())}, indent=1))
+    return cached
 
 
 def select_rows(rows, patterns):

@@ -423,33 +423,3 @@ def test_compact_cfg_learns(cfg, shapes_batch):
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert min(losses[-3:]) < 0.5 * losses[0], [round(v, 3) for v in losses]
-
-
-def test_bench_compact_budget_counts_each_epoch_at_its_size():
-    """bench_compact's epoch count for tiny's time: rounding of budget x rate at one size; with progressive resizing
-    the cheaper small epochs buy more epochs, each costed at its own size."""
-    from benchmarks.bench_compact import epochs_for_time
-
-    assert epochs_for_time(30 / 60.0, {256: 14.0}, 0, 256) == 7  # 30 epochs at 60 img/s: 7.0 at 14 img/s
-    assert epochs_for_time(30 / 60.0, {256: 12.8}, 0, 256) == 6  # 6.4 -> 6, the nearer count
-    assert epochs_for_time(30 / 60.0, {256: 13.2}, 0, 256) == 7  # 6.6 -> 7
-    assert epochs_for_time(0.01, {256: 14.0}, 0, 256) == 1  # at least one epoch
-    rates = {128: 40.0, 160: 30.0, 192: 20.0, 224: 16.0, 256: 14.0}
-    # 11 epochs from 128 px: sizes 128 x3, 160 x2, 192 x3, 224 x2, 256 -> 3/40 + 2/30 + 3/20 + 2/16 + 1/14 = 0.488 s
-    # per image, nearer the budget of 0.5 than 12 epochs (0.521)
-    assert epochs_for_time(30 / 60.0, rates, 128, 256) == 11
-
-
-def test_bench_compact_compact_epochs_skips_the_budget(monkeypatch):
-    """--compact-epochs N: tiny keeps --epochs, every compact cfg gets N, and no training rate is timed."""
-    from benchmarks import bench_compact
-
-    monkeypatch.setattr(bench_compact, "train_rates", lambda *a: pytest.fail("rates timed despite --compact-epochs"))
-    a = bench_compact.parse_args(["--epochs", "30", "--compact-epochs", "18", "--img-size-start", "128"])
-    cfgs = ["cfg/yolo-nano.cfg", "cfg/yolov3-mobile.cfg"]
-    assert bench_compact.plan_epochs(a, cfgs) == {bench_compact.REFERENCE: 30, cfgs[0]: 18, cfgs[1]: 18}
-    a = bench_compact.parse_args(["--epochs", "30", "--img-size-start", "128"])
-    monkeypatch.setattr(bench_compact, "train_rates", lambda a, runs: {run: 60.0 if run[0] == bench_compact.REFERENCE
-                                                                       else 14.0 + run[1] / 10 for run in runs})
-    expected = bench_compact.epochs_for_time(0.5, {s: 14.0 + s / 10 for s in (128, 160, 192, 224, 256)}, 128, 256)
-    assert bench_compact.plan_epochs(a, cfgs[:1]) == {bench_compact.REFERENCE: 30, cfgs[0]: expected}

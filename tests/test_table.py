@@ -340,6 +340,66 @@ def test_cs_and_lth_args_reach_their_rows_only_and_name_them(tmp_path):
     assert {r.name: r.training for r in rows}["lth-filter"].endswith(" (--rewind lr)")
 
 
+def test_distillation_ablations_are_opt_in_rows_from_a_given_teacher(tmp_path):
+    """bench_kd/bench_gan's variants as rows: left out unless named; --teacher-weights replaces the dense run."""
+    teacher = tmp_path / "teacher" / "weights" / "best.pt"
+    teacher.parent.mkdir(parents=True)
+    from models import Darknet
+    from utils.checkpoint import save_checkpoint
+
+    cfg = ROOT / "cfg" / "yolov3-tiny.cfg"
+    save_checkpoint({"model": Darknet(str(cfg), nc=3).state_dict(), "cfg": cfg.read_text(), "nc": 3}, teacher)
+    names = [r.name for r in table.build_plan(settings("--big-cfg", "cfg/yolov3-tiny.cfg"), tmp_path)[0]]
+    assert "kd-nano" in names and "gan-nano" in names
+    assert not [n for n in names if n.split("-")[0] == "kd2" or n.startswith(("gan-hint", "gan-all", "gan-light"))]
+    a = settings("--seeds", "1", "--student", "nano=cfg/yolo-nano.cfg",
+                 "--compose-student", "nano", "--teacher-weights", str(teacher), "--epochs", "7",
+                 "--rows", "gan-*", "kd2-nano")
+    rows, jobs = table.build_plan(a, tmp_path / "out")
+    assert [r.name for r in rows] == ["kd2-nano", "gan-nano", "gan-hint-nano", "gan-all-nano", "gan-light-nano",
+                                      "gan-lighter-nano"]
+    assert all(j.deps == [] for j in jobs.values()) and len(jobs) == 6  # no dense run of a teacher
+    argv = {jid: j.argv for (jid, _), j in jobs.items()}
+    assert all(v[v.index("--teacher-weights") + 1] == str(teacher) for v in argv.values())
+    tail = {jid: v[v.index("--seed") + 2:] for jid, v in argv.items()}
+    assert tail["gan-yolo-nano"] == [] and tail["gan-hint-yolo-nano"] == ["--hint-weight", "0.1"]
+    assert tail["gan-all-yolo-nano"] == ["--second-stage", "7"]
+    assert tail["gan-lighter-yolo-nano"] == ["--adv-weight", "0.01", "--stage1-det-scale", "1.0"]
+    # two pairs: nano's stage outputs at strides 16 and 32 against the given teacher's (a yolov3-tiny)
+    assert tail["kd2-yolo-nano"] == ["--student-features", "21", "27", "--teacher-features", "8", "13"]
+    assert {r.training for r in rows if r.name == "gan-all-nano"} == {
+        "KD GAN, adversarial every epoch, from teacher/best.pt"}
+
+
+def test_equal_time_gives_the_students_tinys_time_from_rates_timed_once(tmp_path, monkeypatch):
+    """--equal-time: every run of a student gets the epochs that take tiny's time at the measured rates (each epoch at
+    its progressive size); the rates are timed once and read back from rates.json by the next plan."""
+    from benchmarks import bench_train
+
+    timed = []
+
+    def fake_rates(runs, batch, device, amp):
+        timed.append(list(runs))
+        return {(cfg, s): (60.0 if cfg.stem == "yolov3-tiny" else 20.0) * 256 / s for cfg, s in runs}
+
+    monkeypatch.setattr(bench_train, "train_rates", fake_rates)
+    args = ("--seeds", "1", "--epochs", "30", "--big-cfg", "cfg/yolov3-tiny.cfg", "--student", "nano=cfg/yolo-nano.cfg",
+            "--compose-student", "nano", "--rows", "tiny", "nano", "kd-nano", "--equal-time")
+    rows, jobs = table.build_plan(settings(*args), tmp_path)
+    sizes = [128, 160, 192, 224, 256]  # params/default.yaml's img_size_start 0.5 of 256 px, for tiny and students
+    assert sorted(s for _, s in timed[0]) == sorted(sizes * 2)
+    budget = bench_train.training_cost(30, {s: 60.0 * 256 / s for s in sizes}, 128, 256)
+    expected = bench_train.epochs_for_time(budget, {s: 20.0 * 256 / s for s in sizes}, 128, 256)
+    assert expected == 10  # a third of tiny's rate at every size: a third of its epochs
+    epochs = {jid: table.flag_value(j.argv, "--epochs") for (jid, _), j in jobs.items()}
+    assert epochs == {"dense-yolov3-tiny": "30", "dense-yolo-nano": str(expected), "kd-yolo-nano": str(expected)}
+    assert {r.name: r.training for r in rows}["nano"] == f"compact recipe, {expected} epochs"
+    table.build_plan(settings(*args), tmp_path)
+    assert len(timed) == 1  # read from rates.json
+    _, jobs = table.build_plan(settings(*args[:-1], "--student-epochs", "4"), tmp_path / "fixed")
+    assert table.flag_value(jobs["dense-yolo-nano", 0].argv, "--epochs") == "4" and len(timed) == 1
+
+
 def test_reduced_width_yolov3_builds_with_its_heads(tmp_path):
     import torch
 
