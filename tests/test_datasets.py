@@ -111,6 +111,23 @@ def make_bad_set(root):
     return im
 
 
+def test_an_image_deleted_after_the_scan_is_skipped_and_counted(tmp_path, capsys):
+    im = tmp_path / "images"
+    paths = [write_img(im / f"{k}.jpg", color=(20 * k, 40, 60)) for k in range(3)]
+    for p in paths:
+        write_label(p, "0 0.5 0.5 0.2 0.2\n")
+    ds = LoadImagesAndLabels(im, img_size=64, batch_size=1, nc=1, augment=False)
+    paths[1].unlink()
+    img, labels, path, _ = ds[1]
+    assert Path(path) == paths[2] and img.shape == (3, 64, 64) and labels.shape == (1, 6)
+    assert ds.unreadable == 1 and f"{paths[1]}" in capsys.readouterr().err
+    assert torch.equal(img, ds[2][0])  # the item of the next image, as it is on its own
+    for p in (paths[0], paths[2]):
+        p.unlink()
+    with pytest.raises(UserError, match="none of the 3 images can be read"):
+        ds[0]
+
+
 def test_bad_data_is_counted_reported_and_skipped(tmp_path, capsys):
     im = make_bad_set(tmp_path)
     ds = LoadImagesAndLabels(im, img_size=64, batch_size=2, nc=2)

@@ -549,6 +549,7 @@ class LoadImagesAndLabels(Dataset):
         self.img_files, self.label_files = res["img_files"], res["label_files"]
         self.shapes, self.labels = res["shapes"], res["labels"]  # shapes: (w, h) of the original images
         n = self.n = len(self.img_files)
+        self.unreadable = 0  # images that failed to load after the scan (skipped by __getitem__)
         bs = max(1, int(batch_size))
         self.batch = np.arange(n) // bs
         self.batch_shapes = None
@@ -603,10 +604,21 @@ class LoadImagesAndLabels(Dataset):
         return load_resized(self.img_files[i], self.img_size, self.augment)
 
     def __getitem__(self, index):
+        """``(img CHW RGB uint8, labels (n, 6), path, shapes)``. An image that cannot be read any more (deleted or
+        damaged since the scan) is skipped and counted like a corrupt one: the item is built from the next one."""
         epoch = None
         if isinstance(index, (tuple, list)):
             index, epoch = index
         index = int(index)
+        for k in range(self.n):
+            try:
+                return self._item((index + k) % self.n, epoch)
+            except FileNotFoundError as e:
+                self.unreadable += 1
+                _warn(f"{e}: skipped ({self.unreadable} unreadable since the scan, in this process)")
+        raise UserError(f"{Path(self.img_files[index]).parent}: none of the {self.n} images can be read any more")
+
+    def _item(self, index, epoch):
         rng = self.item_rng(index, epoch)
         hyp, s = self.hyp, self.img_size
         do_mosaic = self.mosaic and rng.random() < float(hyp.get("mosaic", 1.0))
