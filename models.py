@@ -18,7 +18,8 @@ Choices worth knowing (see also docs/architecture.md):
 - Compact-model sections ``[ep]``, ``[pep]`` (YOLO Nano), ``[bottleneck]`` (MobileNetV2/V3) and ``[se]``
   (squeeze-excite / FCA) are stacks of ConvBlocks and nn.Linear layers: see docs/models.md.
 - ``[maxpool]`` pads like Darknet: ``size - 1`` cells in all, ``(size - 1) // 2`` of them before, where an out-of-range
-  cell never wins the max; output size ``(w - 1) // stride + 1``.
+  cell never wins the max; output size ``(w - 1) // stride + 1``. ``zero_pad=1`` (our extension) pads with zeros, as
+  ultralytics/yolov3 does (for models trained there).
 - Keys only Darknet's trainer reads (``jitter``, ``ignore_thresh``, ``scale_x_y``, ...) are accepted and ignored,
   and kept in the layer's dict as strings; ``[net]`` accepts any key.
 - Eval-mode decoding always runs in float32 (also under autocast), so ``inf`` is float32.
@@ -399,22 +400,28 @@ def build_conv(d, ctx):
     return ConvBlock(ctx.c, f, k, s, p, g, bool(d["batch_normalize"]), bias, act), f, scaled(ctx.s, s)
 
 
-@section("maxpool", size=(int, None), stride=(int, 1), padding=(int, None))
+@section("maxpool", size=(int, None), stride=(int, 1), padding=(int, None), zero_pad=(int, 0))
 def build_maxpool(d, ctx):
     s = d["stride"]
     k = d["size"] if d["size"] is not None else s
     pad = d["padding"] if d["padding"] is not None else k - 1
     if k < 1 or s < 1 or pad < 0:
         raise ctx.error(d, f"size={k}, stride={s}, padding={pad}: need size, stride >= 1 and padding >= 0")
-    return darknet_maxpool(k, s, pad), ctx.c, scaled(ctx.s, s)
+    if d["zero_pad"] not in (0, 1):
+        raise ctx.error(d, f"zero_pad={d['zero_pad']}: 0 (Darknet's padding) or 1 (zeros)", "zero_pad")
+    return darknet_maxpool(k, s, pad, bool(d["zero_pad"])), ctx.c, scaled(ctx.s, s)
 
 
-def darknet_maxpool(k, s, pad):
+def darknet_maxpool(k, s, pad, zero_pad=False):
     """Darknet max pooling: ``pad`` cells in all, ``pad // 2`` before; padded cells never win the max.
 
     Edge replication is used for asymmetric padding: a replicated edge value never exceeds the max of its window.
+    ``zero_pad`` (the cfg key ``zero_pad=1``, our extension) pads with zeros instead, as ultralytics/yolov3 and the
+    original project do for tiny's size-2 stride-1 pool: a zero beats negative activations at the border.
     """
     before, after = pad // 2, pad - pad // 2
+    if zero_pad:
+        return nn.Sequential(nn.ZeroPad2d((before, after, before, after)), nn.MaxPool2d(k, s))
     if before == after and before <= k // 2:
         return nn.MaxPool2d(k, s, padding=before)
     if before == 0 and s == k:

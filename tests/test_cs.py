@@ -359,7 +359,7 @@ def test_filter_gates_start_at_one_and_the_folded_ticket_is_the_gated_network(cf
     for k, (shape, extra) in soft.units.items():
         keep = soft.logits[k].detach() > 0
         assert masks[k].shape == shape and torch.equal(masks[k].flatten(1).all(1), keep)
-        assert torch.equal(masks[k].flatten(1).any(1), keep)  # whole rows
+        assert torch.equal(masks[k].flatten(1).any(1), keep)  # whole rows (the ticket adds the consumers' columns)
         assert extra and all(torch.equal(masks[c], keep) for c in extra)
     folded, report = fold_empty_channels(plain, round_to=1)
     closed = sum(int((s.detach() <= 0).sum()) for s in soft.logits.values())

@@ -17,7 +17,7 @@ from models import Darknet
 from utils import cs, pruning
 from utils.checkpoint import load_checkpoint
 from utils.cs import ContinuousSparsification, SoftMasks, reset_logits
-from utils.pruning import Masks, MaskPlugin, PruneRun
+from utils.pruning import Masks, MaskPlugin, PruneRun, filter_consumers, filter_rows
 
 from .conftest import run_script, script_env
 
@@ -206,13 +206,17 @@ def test_filter_gates_give_a_filter_ticket_that_folds_into_a_smaller_network(sha
     for k, (shape, extra) in soft.units.items():
         keep = soft.logits[k].detach() > 0
         closed += int((~keep).sum())
-        assert torch.equal(masks[k].flatten(1).all(1), keep) and torch.equal(masks[k].flatten(1).any(1), keep)
+        assert torch.equal(filter_rows(masks[k]), keep)
         for c in (k, *extra):
             assert torch.equal(masks[c].flatten(1).any(1) if masks[c].dim() > 1 else masks[c], keep)
             assert not ticket["model"][c][~keep].any() and not ticket["train_state"]["model"][c][~keep].any()
         theta_k = search["rewind"]["model"][k]
         assert torch.equal(ticket["rewind"]["model"][k][keep], theta_k[keep])  # rewound to θ_k
     assert 0 < closed < sum(s.numel() for s in soft.logits.values())
+    consumers = filter_consumers(Darknet("cfg/yolov3-tiny.cfg", img_size=64, nc=ticket["nc"]))
+    for k, (shape, fed) in consumers.items():  # the closed filters' input columns are masked in every consumer
+        gone = torch.cat([cols[soft.logits[p].detach()[rows] <= 0] for p, (cols, rows) in fed.items()])
+        assert len(gone) and not masks[k][:, gone].any() and not ticket["model"][k][:, gone].any()
     out = export.main(["--weights", str(run / "round_1" / "weights" / "last.pt"), "--include", "sparse", "--fold",
                        "--fold-round-to", "1", "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8", "--workers", "0"])
     fold = out["fold"]

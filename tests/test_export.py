@@ -444,6 +444,32 @@ classes=1
 """
 
 
+def test_fold_keeps_a_negative_constant_that_a_zero_padded_pool_reads():
+    """With ``zero_pad=1`` on tiny's size-2 stride-1 pool a channel of constant c < 0 is max(c, 0) at the border, no
+    longer constant: folding keeps it, where with Darknet's padding it stays constant through the pool."""
+    from utils.export import channel_graph
+
+    text = open(TINY).read()
+    i = text.index("size=2\nstride=1")
+    for zero_pad in (0, 1):
+        model = Darknet.from_text(text[:i] + f"zero_pad={zero_pad}\n" + text[i:], nc=6).eval()
+        conv = model.module_list[10]  # read by the size-2 stride-1 pool (layer 11)
+        with torch.no_grad():
+            conv.conv.weight[:4] = 0
+            conv.bn.bias[:2] = -1.0  # leaky(-1) = -0.1 < 0
+            conv.bn.bias[2:4] = 0.0  # exactly 0: goes either way
+        g, _, _ = channel_graph(model)
+        pooled = g.value[g.ids(11, 4)]
+        assert pooled[2:].tolist() == [0.0, 0.0]
+        if zero_pad:
+            assert torch.isnan(torch.from_numpy(pooled[:2])).all()
+        else:
+            assert pooled[:2] == pytest.approx([-0.1, -0.1])
+        folded, rep = fold_empty_channels(model, exact=True, round_to=1)
+        assert folded.channels[10] == model.channels[10] - 2
+        assert compare_outputs(model, folded, img_size=64)["raw"] < 1e-5
+
+
 def test_fold_shortcut_needs_both_sides_and_routes_follow():
     """A channel of a [shortcut] goes only when it is empty on both sides; maxpool, upsample and route carry the
     removal to the convs that read them; ``exact=True`` keeps a non-zero constant that a padded 3x3 conv reads."""

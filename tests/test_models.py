@@ -271,6 +271,25 @@ def test_maxpool_matches_darknet(k, s, size):
     torch.testing.assert_close(darknet_maxpool(k, s, k - 1)(x), darknet_maxpool_reference(x, k, s), rtol=0, atol=0)
 
 
+def test_zero_pad_maxpool_is_ultralytics_tiny_pool_and_the_default_stays_darknets():
+    """Issue 27: tiny's size-2 stride-1 pool pads one cell after the row and column; Darknet's padding never wins
+    the max, ultralytics/yolov3's (ZeroPad2d((0, 1, 0, 1))) is 0, which beats negative activations at the border."""
+    x = -1 - torch.rand(1, 2, 5, 5)
+    ultralytics = torch.nn.functional.max_pool2d(torch.nn.functional.pad(x, (0, 1, 0, 1)), 2, 1)
+    torch.testing.assert_close(darknet_maxpool(2, 1, 1, zero_pad=True)(x), ultralytics, rtol=0, atol=0)
+    assert float(ultralytics[..., -1, :].max()) == 0.0 and float(darknet_maxpool(2, 1, 1)(x).max()) < -1
+    text = open("cfg/yolov3-tiny.cfg").read()
+    i = text.index("size=2\nstride=1")
+    zero = Darknet.from_text(text[:i] + "zero_pad=1\n" + text[i:], img_size=64, nc=80).eval()
+    plain = Darknet("cfg/yolov3-tiny.cfg", img_size=64, nc=80).eval()
+    zero.load_state_dict(plain.state_dict())
+    pools = [m for m in zero.modules() if isinstance(m, torch.nn.ZeroPad2d)]
+    assert len(pools) == 1 and pools[0].padding == (0, 1, 0, 1)
+    bad = text[:i] + "zero_pad=2\n" + text[i:]
+    with pytest.raises(UserError, match="zero_pad=2"):
+        Darknet.from_text(bad, img_size=64)
+
+
 COMPACT_CFG = """[net]
 channels=3
 

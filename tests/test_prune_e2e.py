@@ -11,7 +11,9 @@ import prune
 import test
 from utils import pruning, sparse
 from utils.checkpoint import load_checkpoint
-from utils.pruning import LotteryTicket, Masks, PruneRun, expected_alive, magnitude_prune
+from models import Darknet
+from utils.pruning import (LotteryTicket, Masks, PruneRun, expected_alive, filter_consumers, filter_rows,
+                           magnitude_prune, unit_kernels)
 
 from .conftest import run_script, script_env
 
@@ -243,20 +245,29 @@ def test_a_filter_level_ticket_trains_and_folds_into_a_smaller_network(shapes_ti
     run = prune.main(common)
     last = load_checkpoint(run / "round_1" / "weights" / "last.pt")
     masks = Masks.from_state_dict(last["masks"])
-    kernels = [k for k in masks.names() if masks[k].dim() == 4]
+    kernels = unit_kernels(masks)
     for k in kernels:
-        keep = masks[k].flatten(1).all(1)
+        keep = filter_rows(masks[k])
         w = last["train_state"]["model"][k]
-        assert (masks[k].flatten(1).any(1) == keep).all() and not w[~keep].any()
+        assert not w[~keep].any()
         assert not last["train_state"]["model"][k.replace("conv.weight", "bn.weight")][~keep].any()
-    pruned = sum(int((~masks[k].flatten(1).all(1)).sum()) for k in kernels)
+    consumers = filter_consumers(Darknet("cfg/yolov3-tiny.cfg", img_size=64, nc=last["nc"]))
+    assert set(masks.names()) == {*kernels, *consumers} | {n for n in masks.names() if masks[n].dim() == 1}
+    for k, (shape, fed) in consumers.items():  # the consumers' input columns of pruned filters: masked and zero
+        gone = torch.cat([cols[~filter_rows(masks[p])[rows]] for p, (cols, rows) in fed.items()])
+        assert len(gone) and not masks[k][:, gone].any() and not last["train_state"]["model"][k][:, gone].any()
+    pruned = sum(int((~filter_rows(masks[k])).sum()) for k in kernels)
     row = list(csv.DictReader(open(run / "rounds.csv")))[1]
     assert float(row["sparsity"]) == pytest.approx(masks.sparsity(), abs=1e-6)  # kernels only, no BN entries
-    assert masks.sparsity() > 0.45
+    assert masks.sparsity() > 0.7  # half the filters and, in their consumers, half the inputs
     assert float(row["expected_sparsity"]) == pytest.approx(float(row["sparsity"]), abs=1e-6)  # local: per layer
+    alive_kernels = sum(int(masks[k].sum()) for k in masks.names() if masks[k].dim() == 4)
     out = export.main(["--weights", str(run / "round_1" / "weights" / "last.pt"), "--include", "sparse", "--fold",
                        "--fold-round-to", "1", "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8", "--workers", "0"])
     fold = out["fold"]
     assert fold["removed"] == pruned and fold["folded_constants"] == 0
     assert fold["params_after"] < 0.5 * fold["params_before"] and fold["max_abs_diff"]["raw"] < 1e-4
+    folded = load_checkpoint(fold["checkpoint"])
+    kernel_weights = sum(v.numel() for k, v in folded["model"].items() if k.endswith("conv.weight") and v.dim() == 4)
+    assert kernel_weights == alive_kernels  # the ticket's alive weights are exactly the folded network's
     assert fold["map_before"] == pytest.approx(fold["map_after"], abs=1e-6)

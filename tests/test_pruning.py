@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from utils.errors import UserError
 from utils.pruning import (MaskPlugin, Masks, RewindPlugin, expected_alive, expected_filter_sparsity, expected_sparsity,
-                           filter_prune, magnitude_prune, prune_count, rewind)
+                           filter_consumers, filter_prune, filter_rows, magnitude_prune, prune_count, rewind,
+                           unit_kernels, with_consumer_inputs)
 from utils.torch_utils import ModelEMA, build_optimizer
 
 
@@ -298,16 +299,48 @@ def test_filter_prune_removes_whole_filters_by_l1_and_keeps_one_per_layer(scope)
 def test_filter_sparsity_counts_kernels_and_local_rounds_reach_the_expected_value():
     model = shifted_tiny()
     weights = dict(model.state_dict())
-    masks = Masks.from_model(model, granularity="filter")
-    kernels = [masks[n] for n in masks.names() if masks[n].dim() == 4]
+    consumers = filter_consumers(model)
+    start = Masks.from_model(model, granularity="filter")
+    masks = start
     for rounds in range(1, 4):
-        masks = filter_prune(weights, masks, 0.3, "local")
-        pruned = sum(int((~m).sum()) for m in [masks[n] for n in masks.names() if masks[n].dim() == 4])
+        masks = with_consumer_inputs(filter_prune(weights, masks, 0.3, "local"), consumers)
+        kernels = [masks[n] for n in masks.names() if masks[n].dim() == 4]
+        pruned = sum(int((~m).sum()) for m in kernels)
         assert masks.sparsity() == pytest.approx(pruned / sum(m.numel() for m in kernels), abs=1e-12)
         assert masks.sparsity() != pytest.approx(masks.pruned() / masks.numel(), abs=1e-9)  # BN entries left out
-        start = Masks.from_model(model, granularity="filter")
-        assert expected_filter_sparsity(start, 0.3, rounds) == pytest.approx(masks.sparsity(), abs=1e-12)
-    assert expected_filter_sparsity(masks, 0.3, 0) == pytest.approx(masks.sparsity(), abs=1e-12)  # from a ticket
+        assert expected_filter_sparsity(start, 0.3, rounds, consumers) == pytest.approx(masks.sparsity(), abs=1e-12)
+    assert expected_filter_sparsity(masks, 0.3, 0, consumers) == pytest.approx(masks.sparsity(), abs=1e-12)  # a ticket
+    assert expected_filter_sparsity(masks, 0.3, 1, {}) < masks.sparsity()  # the consumers' columns count
+
+
+def test_consumers_lose_the_input_columns_of_pruned_filters_and_the_outputs_stay():
+    """Issue 28: a filter mask covers the kernel, the BN channel and the matching input channels of every consumer
+    (through tiny's route, max-pools and upsampling, and its output convs), so the ticket's non-zero weights are
+    exactly the folded network's weights, and the outputs are those of the filter masks alone."""
+    from utils.export import fold_empty_channels
+
+    model = shifted_tiny()
+    consumers = filter_consumers(model)
+    assert {"module_list.15.conv.weight", "module_list.22.conv.weight"} <= set(consumers)  # the output convs
+    route = consumers["module_list.21.conv.weight"]  # reads the route of layers 20 (upsampled 18) and 8
+    assert set(route[1]) == {"module_list.18.conv.weight", "module_list.8.conv.weight"}
+    rows = filter_prune(dict(model.state_dict()), Masks.from_model(model, granularity="filter"), 0.5, "local")
+    full = with_consumer_inputs(rows, consumers)
+    for k, (shape, fed) in consumers.items():
+        gone = torch.zeros(shape[1], dtype=torch.bool)
+        for p, (cols, filters) in fed.items():
+            gone[cols] = ~filter_rows(rows[p])[filters]
+        assert gone.any() and torch.equal(full[k].transpose(0, 1).flatten(1).any(1), ~gone)
+    x = torch.rand(2, 3, 64, 64)
+    a, b = shifted_tiny(), shifted_tiny()
+    rows.apply(a)
+    full.apply(b)
+    with torch.no_grad():
+        assert torch.equal(a(x)[0], b(x)[0])  # the masked inputs carried exact zeros
+    folded, rep = fold_empty_channels(b, round_to=1)
+    kernel_weights = sum(p.numel() for n, p in folded.named_parameters() if n.endswith("conv.weight"))
+    assert kernel_weights == sum(int(full[k].sum()) for k in full.names() if full[k].dim() == 4)
+    assert full.alive() < rows.alive()
 
 
 def test_filter_prune_by_bn_gamma_ranks_by_the_scale():
@@ -332,8 +365,9 @@ def test_a_filter_ticket_folds_into_a_smaller_network_with_the_same_outputs(cfg,
 
     model = shifted_tiny(cfg=f"cfg/{cfg}.cfg")
     masks = filter_prune(dict(model.state_dict()), Masks.from_model(model, granularity="filter"), 0.5, "local")
+    masks = with_consumer_inputs(masks, filter_consumers(model))
     masks.apply(model)
-    pruned = sum(int((~masks[k].flatten(1).all(1)).sum()) for k in masks.names() if masks[k].dim() == 4)
+    pruned = sum(int((~filter_rows(masks[k])).sum()) for k in unit_kernels(masks))
     folded, rep = fold_empty_channels(model, round_to=1)
     assert rep["removed"] == pruned and rep["folded_constants"] == 0
     assert rep["params_after"] <= shrink * rep["params_before"]

@@ -35,8 +35,8 @@ from utils.datasets import parse_data_cfg
 from utils.engine import Plugin, model_from_args
 from utils.errors import UserError
 from utils.general import init_seeds
-from utils.pruning import (STRATEGIES, MaskPlugin, Masks, RewindPlugin, Strategy, build_model, filter_units, rewind,
-                           rewind_epochs)
+from utils.pruning import (STRATEGIES, MaskPlugin, Masks, RewindPlugin, Strategy, build_model, filter_consumers,
+                           filter_units, rewind, rewind_epochs, with_consumer_inputs)
 from utils.settings import CSSettings
 from utils.torch_utils import de_parallel
 
@@ -546,8 +546,11 @@ class ContinuousSparsification(Strategy):
 
     def ticket_model(self, prev):
         """The ticket from the last search round's last.pt: θ_k ⊙ 1[s > 0], and its binary ``Masks``."""
-        masks = soft_masks_from_state(self.search_state(prev, "last search round")).hard_masks()
+        soft = soft_masks_from_state(self.search_state(prev, "last search round"))
         model = build_model(prev, self.args)
+        masks = soft.hard_masks()
+        if isinstance(soft, SoftFilterMasks):  # the consumers' input columns of the pruned filters go too
+            masks = with_consumer_inputs(masks, filter_consumers(model))
         rewind(model, prev["rewind"]["model"], masks)  # θ_k with the pruned weights at exactly +0.0
         return model, masks
 

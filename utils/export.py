@@ -236,7 +236,10 @@ def channel_graph(model):
         elif t in PASS_THROUGH:
             for a, b in zip(out, g.ids(src, width(src))):
                 g.union(a, b)
-            g.value[out] = g.value[g.ids(src, width(src))]
+            v = g.value[g.ids(src, width(src))]
+            if any(isinstance(x, nn.ZeroPad2d) for x in m.modules()):  # zero_pad=1: a negative constant meets 0
+                v = np.where(v < 0, np.nan, v)
+            g.value[out] = v
         elif t == "route" and m.groups == 1:
             ids = np.concatenate([g.ids(j, chans[j]) for j in m.sources])
             for a, b in zip(out, ids):

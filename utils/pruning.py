@@ -56,7 +56,7 @@ from utils.datasets import create_dataloader, parse_data_cfg
 from utils.engine import Plugin, Trainer, model_from_args
 from utils.errors import UserError
 from utils.evaluation import evaluate
-from utils.export import foldable_convs
+from utils.export import channel_graph, foldable_convs
 from utils.general import increment_path, init_seeds, is_main_process, select_device
 from utils.my_utils import hyp_from_args, save_args, upgrade_saved_args
 from utils.settings import LTHSettings, scope_type
@@ -215,17 +215,85 @@ def expected_sparsity(rate, rounds, start=0.0):
     return 1 - (1 - start) * (1 - rate) ** rounds
 
 
-def expected_filter_sparsity(masks, rate, rounds):
-    """The kernel sparsity local filter pruning (``filter_prune``) reaches after ``rounds`` more rounds at ``rate``
-    from ``masks``: per layer ``min(prune_count(a, rate), a - 1)`` of its ``a`` alive filters go each round."""
-    total = alive = 0
-    for m in masks.kernels():
-        filters, size = m.shape[0], m[0].numel()
-        a = int(m.flatten(1).all(1).sum())
+def expected_filter_sparsity(masks, rate, rounds, consumers):
+    """The kernel sparsity local filter pruning (``filter_prune`` + ``with_consumer_inputs``) reaches after
+    ``rounds`` more rounds at ``rate`` from ``masks``: per layer ``min(prune_count(a, rate), a - 1)`` of its ``a``
+    alive filters go each round, and each consumer loses one input column per filter gone (``filter_consumers``)."""
+    alive = {}
+    for k in unit_kernels(masks):
+        a = int(filter_rows(masks[k]).sum())
         for _ in range(rounds):
             a -= min(prune_count(a, rate), a - 1)
-        total, alive = total + filters * size, alive + a * size
-    return 1 - alive / total if total else 0.0
+        alive[k] = a
+    shapes = {**{k: masks[k].shape for k in alive}, **{k: shape for k, (shape, _) in consumers.items()}}
+    total = kept = 0
+    for k, shape in shapes.items():
+        # only counts matter: the columns fed by a producer's rows a.. stand for the rows that go
+        dead = sum(int((rows >= alive[p]).sum()) for p, (_, rows) in consumers.get(k, (None, {}))[1].items()
+                   if p in alive)
+        total += shape.numel()
+        kept += alive.get(k, shape[0]) * (shape[1] - dead) * shape[2] * shape[3]
+    return 1 - kept / total if total else 0.0
+
+
+def filter_rows(mask):
+    """The alive filters (rows) of a 4-D kernel mask: those with any weight left."""
+    return mask.flatten(1).any(1)
+
+
+def unit_kernels(masks):
+    """The kernels whose filters filter-level pruning removes: the 4-D entries with BN or bias companions (the
+    entries ``with_consumer_inputs`` adds for other consumers have none)."""
+    prefixes = {n.rsplit(".", 2)[0] for n in masks.names() if masks[n].dim() == 1}
+    return [n for n in masks.names() if masks[n].dim() == 4 and n.rsplit(".", 2)[0] in prefixes]
+
+
+def filter_consumers(model):
+    """``{consumer kernel: (its shape, {producer kernel: (input columns, its filters they carry)})}``: for every plain conv,
+    the input channels that carry a filter of a plain conv ``filter_units`` prunes (through routes, max-pools and
+    upsampling), where that filter's channel is exactly 0 once pruned (its activation maps 0 to 0)."""
+    net = de_parallel(model)
+    params = dict(net.named_parameters())
+    g, consumers, _ = channel_graph(net)
+    roots = g.roots()
+    where = {}  # channel root -> (producer kernel, filter)
+    for k in filter_units(net, [n for n, p in params.items() if n.endswith(".conv.weight") and p.dim() == 4]):
+        j = int(k.split(".")[1])
+        act = getattr(net.module_list[j], "act", None)
+        if act is not None and float(act(torch.zeros(1)).abs()) != 0:
+            continue
+        for row, r in enumerate(roots[g.ids(j, net.channels[j])].tolist()):
+            where[r] = (k, row)
+    out = {}
+    for i, src in consumers:
+        width = net.channels[src] if src >= 0 else net.net["channels"]
+        fed = {}  # producer kernel -> ([input columns], [its filters])
+        for c, r in enumerate(roots[g.ids(src, width)].tolist()):
+            if r in where:
+                p, row = where[r]
+                fed.setdefault(p, ([], []))[0].append(c)
+                fed[p][1].append(row)
+        if fed:
+            k = f"module_list.{i}.conv.weight"
+            out[k] = (params[k].shape, {p: (torch.tensor(c), torch.tensor(r)) for p, (c, r) in fed.items()})
+    return out
+
+
+def with_consumer_inputs(masks, consumers):
+    """Filter ``masks`` extended to the consumers (``filter_consumers``): each consumer kernel's input columns that
+    read a pruned filter are masked too, so the ticket's zeros are every weight that no longer matters (outputs do
+    not change: those inputs are exactly 0). Consumers with no mask of their own get one (all filters alive)."""
+    out = {k: masks[k] for k in masks.names()}
+    for k, (shape, fed) in consumers.items():
+        if not any(p in masks for p in fed):
+            continue
+        keep = torch.ones(shape[1], dtype=torch.bool)
+        for p, (cols, rows) in fed.items():
+            if p in masks:
+                keep[cols] = filter_rows(masks[p]).cpu()[rows]
+        rows = filter_rows(masks[k]).cpu() if k in masks else torch.ones(shape[0], dtype=torch.bool)
+        out[k] = (rows.view(-1, 1, 1, 1) & keep.view(1, -1, 1, 1)).expand(shape).clone()
+    return Masks(out)
 
 
 def check_rate(rate):
@@ -310,13 +378,13 @@ def filter_prune(weights, masks, rate, scope="local", criterion="l1"):
     to the lower channel index. ``masks``: from ``Masks.from_model(..., granularity="filter")`` (kernels are the 4-D
     entries, the 1-D entries their companions in order)."""
     rate, scope = check_rate(rate), scope_type(scope)
-    kernels = [n for n in masks.names() if masks[n].dim() == 4]
+    kernels = unit_kernels(masks)
     companions = {k: [n for n in masks.names() if n.startswith(k.rsplit(".", 2)[0] + ".") and masks[n].dim() == 1]
                   for k in kernels}
     scores, alive = [], []
     for k in kernels:
         w, m = weights[k].detach().float().cpu(), masks[k].cpu()
-        keep = m.flatten(1).all(1)
+        keep = filter_rows(m)
         if criterion == "bn":
             bn = companions[k][0] if companions[k] and companions[k][0].endswith("bn.weight") else None
             if bn is None:
@@ -338,7 +406,7 @@ def filter_prune(weights, masks, rate, scope="local", criterion="l1"):
             sc[b] = float("inf")
         k = sum(sc.numel() for sc in scores) - sum(alive) + prune_count(sum(alive), rate)
         drops = list(smallest(torch.cat(allowed), k).split([sc.numel() for sc in scores]))
-    out = dict(masks.items())
+    out = {n: m for n, m in masks.items() if m.dim() == 1 or n in kernels}  # consumers' columns: re-derived
     for k, d in zip(kernels, drops):
         keep = ~d
         out[k] = keep.view(-1, 1, 1, 1).expand(masks[k].shape).clone()
@@ -347,11 +415,13 @@ def filter_prune(weights, masks, rate, scope="local", criterion="l1"):
     return Masks(out)
 
 
-def lth_prune(weights, masks, settings):
+def lth_prune(weights, masks, settings, consumers=None):
     """One Lottery Ticket pruning step, by ``settings`` (``LTHSettings``): new ``Masks`` with ``prune_rate`` of the
-    alive weights (``granularity`` weight) or filters (filter) of smallest magnitude removed, within ``scope``."""
+    alive weights (``granularity`` weight) or filters (filter) of smallest magnitude removed, within ``scope``;
+    filters are masked with the input columns of their ``consumers`` (``filter_consumers``)."""
     if settings.granularity == "filter":
-        return filter_prune(weights, masks, settings.prune_rate, settings.scope, settings.filter_criterion)
+        pruned = filter_prune(weights, masks, settings.prune_rate, settings.scope, settings.filter_criterion)
+        return with_consumer_inputs(pruned, consumers or {})
     return magnitude_prune(weights, masks, settings.prune_rate, settings.scope)
 
 
@@ -837,14 +907,12 @@ class LotteryTicket(Strategy):
         if filters and self.scope == "global":
             return ""
         if self._start_masks is None:
-            self._start_masks = self.round_one_masks() if filters or self.given is not None else Masks({})
+            model = build_model(self.previous(1), self.args) if filters or self.given is not None else None
+            self._start_masks = self.start_masks(model) if model is not None else Masks({})
+            self._consumers = filter_consumers(model) if filters else {}
         if filters:
-            return round(expected_filter_sparsity(self._start_masks, self.rate, r), 6)
+            return round(expected_filter_sparsity(self._start_masks, self.rate, r, self._consumers), 6)
         return round(expected_sparsity(self.rate, r, self._start_masks.sparsity()), 6)
-
-    def round_one_masks(self):
-        """The masks round 1 prunes, built as begin_round(1) builds them (from the given or the dense checkpoint)."""
-        return self.start_masks(build_model(self.previous(1), self.args))
 
     # -- rounds ----------------------------------------------------------------------------------------
     def begin_round(self, r):
@@ -857,7 +925,7 @@ class LotteryTicket(Strategy):
         model = build_model(prev, self.args)
         masks = checkpoint_masks(prev) if r > 1 else self.start_masks(model)
         ranked = self.ranked_weights(prev, r)
-        new = lth_prune(ranked, masks, self.settings)
+        new = lth_prune(ranked, masks, self.settings, filter_consumers(model))
         rewind(model, ranked if self.lr_rewind else prev["rewind"]["model"], new)
         return model, [MaskPlugin(new), RewindPlugin(snapshot=prev["rewind"])]
 
