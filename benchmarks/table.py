@@ -1089,9 +1089,17 @@ def md_row(cells):
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
-def markdown_table(results, link_base, seeds):
+def cpu_tag(result, cpus):
+    """' [k]': the CPU (``cpus[k - 1]``) a row's latency was measured on, when the table's latencies come from more
+    than one CPU ('' otherwise)."""
+    cpu = next((x["latency_cpu"] for x in result["seeds"] if x["latency_ms"] is not None), None)
+    return f" [{cpus.index(cpu) + 1}]" if len(cpus) > 1 and cpu in cpus else ""
+
+
+def markdown_table(results, link_base, seeds, cpus=()):
     """The rows as markdown; the runs cell links each finished seed's folder (a ledger record: † instead) and says
-    when a row has fewer seeds than the table asks for, or none yet."""
+    when a row has fewer seeds than the table asks for, or none yet; a latency says which of ``cpus`` it is from
+    when there are several."""
     lines = [md_row(COLUMNS), "|" + "|".join(["---"] * 2 + ["--:"] * 9 + ["---"] * 3) + "|"]
     for r in results:
         g = r["agg"]
@@ -1103,7 +1111,8 @@ def markdown_table(results, link_base, seeds):
         lines.append(md_row([r["model"], r["training"], fmt_float(*g["map50"]), fmt_float(*g["map"]),
                              fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]), fmt_int(*g["macs"]),
                              fmt_int(*g["sparse_macs"]), fmt_float(*mib, digits=2),
-                             fmt_float(*g["latency_ms"], digits=1), fmt_share(g["filters_removed"][0], g["filters"][0]),
+                             fmt_float(*g["latency_ms"], digits=1) + (cpu_tag(r, cpus) if g["latency_ms"][0]
+                                                                      is not None else ""), fmt_share(g["filters_removed"][0], g["filters"][0]),
                              r["artefact"] or "-", fmt_time(*g["wall_s"]),
                              links]))
     return lines
@@ -1135,10 +1144,13 @@ def latency_note(meta):
     cpus = meta.get("latency_cpus") or []
     if not cpus:
         return "not measured (`--latency`)"
+    where = cpus[0] if len(cpus) == 1 else (
+        "; ".join(f"[{k}] {c}" for k, c in enumerate(cpus, 1)) + ", as each latency's [k] says: figures from "
+        "different CPUs do not compare, so compare a row with the dense row of the same [k]")
     return (f"ms per image of the shipped artefact with its empty filters folded away (`export.py --fold`; 'widths "
             f"xN': the folded conv widths rounded up to multiples of N, `--fold-round-to`), ONNX "
             f"Runtime, batch 1, {meta['img_size']} px, median of {meta.get('latency_reps', 20)} runs after 3 "
-            f"warm-up, on {'; '.join(cpus)} (`--latency`, run with nothing else running)")
+            f"warm-up, on {where} (`--latency`, run with nothing else running)")
 
 
 def describe(meta):
@@ -1170,7 +1182,7 @@ def machine():
     return text
 
 
-def plot(results, path, title, x_key="storage_bytes"):
+def plot(results, path, title, x_key="storage_bytes", cpus=()):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1189,7 +1201,8 @@ def plot(results, path, title, x_key="storage_bytes"):
         yerr = [r["agg"]["map50"][1] or 0 for r in pts]
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, capsize=3, label=fam)
         for xi, yi, r in zip(x, y, pts):
-            ax.annotate(r["row"], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            tag = cpu_tag(r, cpus) if x_key == "latency_ms" else ""
+            ax.annotate(r["row"] + tag, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter
 
@@ -1236,12 +1249,13 @@ def write_outputs(table, meta):
                 w.writerow(dict(x, row=r["row"]))
     title = f"{meta['stem']}: mAP@0.5 against storage ({meta['seeds']} seed{'s' * (meta['seeds'] != 1)})"
     lines = [f"# Results on {meta['stem']}", ""] + describe(meta) + [""]
-    lines += markdown_table(results, base, meta["seeds"]) + [""]
+    lines += markdown_table(results, base, meta["seeds"], meta["latency_cpus"]) + [""]
     lines += notes(meta) + ["", "![mAP@0.5 against storage](table.png)", ""]
     plot(results, base / "table.png", title)
     if meta["latency_cpus"]:
         lines += ["![mAP@0.5 against latency](table_latency.png)", ""]
-        plot(results, base / "table_latency.png", title.replace("storage", "latency"), "latency_ms")
+        plot(results, base / "table_latency.png", title.replace("storage", "latency"), "latency_ms",
+             meta["latency_cpus"])
     (base / "table.md").write_text("\n".join(lines))
     (base / "table.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1) + "\n")
     if table.a.all_rounds:

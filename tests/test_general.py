@@ -13,3 +13,15 @@ def test_cache_folder_from_its_variable_its_old_name_then_xdg(monkeypatch, tmp_p
     assert user_cache_dir() == tmp_path / "old"
     monkeypatch.setenv("YOLO_COMPRESSION_CACHE", str(tmp_path / "new"))
     assert user_cache_dir() == Path(tmp_path / "new")
+
+
+def test_the_cpu_name_carries_family_and_model(tmp_path):
+    """A virtual machine's 'AMD EPYC' is Zen 2, 4 or 5: figures name the family and model too."""
+    from utils.general import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 99\nmodel\t\t: 1\nmodel name\t: X\n")
+    assert cpu_name(info) == "AMD EPYC (family 25 model 17)"
+    info.write_text("processor\t: 0\nmodel name\t: Some ARM core\n")
+    assert cpu_name(info) == "Some ARM core"

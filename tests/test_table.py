@@ -223,6 +223,31 @@ def test_latency_is_measured_on_the_folded_artefacts_without_running_anything(fu
     assert (base / "dense-yolov3-tiny/seed0/latency.json").stat().st_mtime_ns == before  # same CPU: kept
 
 
+def test_latencies_from_two_cpus_say_which_cpu_each_is_from(tmp_path):
+    """A table whose latencies come from two machines (ledger records) tags each latency with its CPU, lists the
+    CPUs in the note and says they do not compare; with one CPU nothing is tagged."""
+    def result(row, ms, cpu):
+        agg = {k: (None, None) for k in table.METRICS}
+        agg.update(map50=(0.9, None), latency_ms=(ms, None))
+        seed = {"seed": 0, "recorded": "earlier", "run": str(tmp_path), "latency_ms": ms, "latency_cpu": cpu}
+        return {"row": row, "model": "YOLOv3-Tiny", "training": row, "agg": agg, "seeds": [seed], "n": 1,
+                "artefact": "fp32", "family": "baseline"}
+
+    zen4, zen5 = "AMD EPYC (family 25 model 17), 2 threads", "AMD EPYC (family 26 model 2), 2 threads"
+    results = [result("tiny", 5.9, zen5), result("cs-filter", 4.9, zen4), result("kd", None, None)]
+    cpus = [zen5, zen4]
+    lines = table.markdown_table(results, tmp_path, 1, cpus)
+    cells = [line.split(" | ")[table.COLUMNS.index("latency ms")] for line in lines[2:]]
+    assert cells == ["5.9 [1]", "4.9 [2]", "-"]
+    note = table.latency_note({"latency_cpus": cpus, "img_size": 256})
+    assert f"[1] {zen5}; [2] {zen4}" in note and "do not compare" in note
+    one = table.markdown_table(results[:1], tmp_path, 1, [zen5])
+    assert one[2].split(" | ")[table.COLUMNS.index("latency ms")] == "5.9"
+    assert "[1]" not in table.latency_note({"latency_cpus": [zen5], "img_size": 256})
+    table.plot(results, tmp_path / "latency.png", "t", "latency_ms", cpus)
+    assert (tmp_path / "latency.png").stat().st_size > 5000
+
+
 @pytest.mark.slow
 def test_killed_midway_and_rerun_skips_finished_runs(shapes_tiny, tmp_path):
     """A real kill (SIGKILL of the table's process group) while the second run works; the rerun, through the real

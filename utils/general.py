@@ -69,12 +69,21 @@ def select_device(device=""):
     return torch.device(device)
 
 
-def cpu_name():
-    """The CPU's model name (/proc/cpuinfo where it exists, else what ``platform`` says)."""
+def cpu_name(cpuinfo="/proc/cpuinfo"):
+    """The CPU's model name with its family and model numbers, e.g. 'AMD EPYC (family 25 model 17)': a virtual
+    machine often names only 'AMD EPYC', which Zen 2, 4 and 5 share (/proc/cpuinfo where it exists, else what
+    ``platform`` says)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        fields = {}
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if not line.strip():
+                break  # the first processor is enough
+            fields.setdefault(key.strip(), value.strip())
+        if "model name" in fields:
+            numbers = (f" (family {fields['cpu family']} model {fields['model']})"
+                       if "cpu family" in fields and "model" in fields else "")
+            return fields["model name"] + numbers
     except OSError:
         pass
     return platform.processor() or platform.machine()
