@@ -1322,7 +1322,8 @@ def readme_block(out_root, readme, images):
         img_dir = (readme_dir / images).resolve()
         img_dir.mkdir(parents=True, exist_ok=True)
         lines += ["", f"### {meta['stem']}", ""] + describe(meta) + [""]
-        lines += markdown_table(t["rows"], readme_dir, meta["seeds"]) + [""] + notes(meta)
+        cpus = meta.get("latency_cpus") or []
+        lines += markdown_table(t["rows"], readme_dir, meta["seeds"], cpus) + [""] + notes(meta)
         for name, what in (("table", "storage"), ("table_latency", "latency")):
             src = Path(out_root) / meta["stem"] / f"{name}.png"
             img = img_dir / f"{name}_{meta['stem']}.png"

@@ -246,6 +246,12 @@ def test_latencies_from_two_cpus_say_which_cpu_each_is_from(tmp_path):
     assert "[1]" not in table.latency_note({"latency_cpus": [zen5], "img_size": 256})
     table.plot(results, tmp_path / "latency.png", "t", "latency_ms", cpus)
     assert (tmp_path / "latency.png").stat().st_size > 5000
+    meta = {"stem": "shapes", "command": "table.py", "machine": "m", "date": "d", "epochs": 1, "img_size": 256,
+            "batch_size": 16, "seeds": 1, "total_seconds": 1.0, "latency_cpus": cpus}
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "table.json").write_text(json.dumps({"meta": meta, "rows": results}))
+    block = table.readme_block(tmp_path, tmp_path / "README.md", "img")
+    assert "| 5.9 [1] |" in block and "| 4.9 [2] |" in block  # the README block tags them too
 
 
 @pytest.mark.slow
