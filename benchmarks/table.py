@@ -1145,8 +1145,9 @@ def latency_note(meta):
     if not cpus:
         return "not measured (`--latency`)"
     where = cpus[0] if len(cpus) == 1 else (
-        "; ".join(f"[{k}] {c}" for k, c in enumerate(cpus, 1)) + ", as each latency's [k] says: figures from "
-        "different CPUs do not compare, so compare a row with the dense row of the same [k]")
+        "; ".join(f"[{k}] {c}" for k, c in enumerate(cpus, 1)) + ", as each latency's [k] says: figures of "
+        "different [k] (another CPU or fold setting) do not compare, so compare a row with the dense row of the "
+        "same [k]")
     return (f"ms per image of the shipped artefact with its empty filters folded away (`export.py --fold`; 'widths "
             f"xN': the folded conv widths rounded up to multiples of N, `--fold-round-to`), ONNX "
             f"Runtime, batch 1, {meta['img_size']} px, median of {meta.get('latency_reps', 20)} runs after 3 "
