@@ -1111,8 +1111,8 @@ def markdown_table(results, link_base, seeds, cpus=()):
         lines.append(md_row([r["model"], r["training"], fmt_float(*g["map50"]), fmt_float(*g["map"]),
                              fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]), fmt_int(*g["macs"]),
                              fmt_int(*g["sparse_macs"]), fmt_float(*mib, digits=2),
-                             fmt_float(*g["latency_ms"], digits=1) + (cpu_tag(r, cpus) if g["latency_ms"][0]
-                                                                      is not None else ""), fmt_share(g["filters_removed"][0], g["filters"][0]),
+                             fmt_float(*g["latency_ms"], digits=1) + cpu_tag(r, cpus),
+                             fmt_share(g["filters_removed"][0], g["filters"][0]),
                              r["artefact"] or "-", fmt_time(*g["wall_s"]),
                              links]))
     return lines

@@ -284,13 +284,14 @@ def with_consumer_inputs(masks, consumers):
     read a pruned filter are masked too, so the ticket's zeros are every weight that no longer matters (outputs do
     not change: those inputs are exactly 0). Consumers with no mask of their own get one (all filters alive)."""
     out = {k: masks[k] for k in masks.names()}
+    alive = {p: filter_rows(masks[p]).cpu() for _, fed in consumers.values() for p in fed if p in masks}
     for k, (shape, fed) in consumers.items():
-        if not any(p in masks for p in fed):
+        if not any(p in alive for p in fed):
             continue
         keep = torch.ones(shape[1], dtype=torch.bool)
         for p, (cols, rows) in fed.items():
-            if p in masks:
-                keep[cols] = filter_rows(masks[p]).cpu()[rows]
+            if p in alive:
+                keep[cols] = alive[p][rows]
         rows = filter_rows(masks[k]).cpu() if k in masks else torch.ones(shape[0], dtype=torch.bool)
         out[k] = (rows.view(-1, 1, 1, 1) & keep.view(1, -1, 1, 1)).expand(shape).clone()
     return Masks(out)
@@ -418,10 +419,10 @@ def filter_prune(weights, masks, rate, scope="local", criterion="l1"):
 def lth_prune(weights, masks, settings, consumers=None):
     """One Lottery Ticket pruning step, by ``settings`` (``LTHSettings``): new ``Masks`` with ``prune_rate`` of the
     alive weights (``granularity`` weight) or filters (filter) of smallest magnitude removed, within ``scope``;
-    filters are masked with the input columns of their ``consumers`` (``filter_consumers``)."""
+    filters are masked with the input columns of their ``consumers`` (``filter_consumers``, needed for filters)."""
     if settings.granularity == "filter":
         pruned = filter_prune(weights, masks, settings.prune_rate, settings.scope, settings.filter_criterion)
-        return with_consumer_inputs(pruned, consumers or {})
+        return with_consumer_inputs(pruned, consumers)
     return magnitude_prune(weights, masks, settings.prune_rate, settings.scope)
 
 
@@ -851,6 +852,7 @@ class LotteryTicket(Strategy):
         if self.given is None and self.rewind_iter is None and not 0 <= self.rewind_epoch <= args.epochs:
             raise UserError(f"--rewind-epoch {self.rewind_epoch} is outside the dense run's {args.epochs} epochs")
         self._start_masks = None  # the masks round 1 prunes from, for the expected sparsity
+        self._consumers = None  # filter_consumers of the network: one cfg, so the same in every round
 
     def num_rounds(self):
         return self.rounds + 1
@@ -909,10 +911,17 @@ class LotteryTicket(Strategy):
         if self._start_masks is None:
             model = build_model(self.previous(1), self.args) if filters or self.given is not None else None
             self._start_masks = self.start_masks(model) if model is not None else Masks({})
-            self._consumers = filter_consumers(model) if filters else {}
+            if filters:
+                self.consumers(model)
         if filters:
             return round(expected_filter_sparsity(self._start_masks, self.rate, r, self._consumers), 6)
         return round(expected_sparsity(self.rate, r, self._start_masks.sparsity()), 6)
+
+    def consumers(self, model):
+        """``filter_consumers`` of the network (its channel graph), found once per run."""
+        if self._consumers is None:
+            self._consumers = filter_consumers(model)
+        return self._consumers
 
     # -- rounds ----------------------------------------------------------------------------------------
     def begin_round(self, r):
@@ -925,7 +934,8 @@ class LotteryTicket(Strategy):
         model = build_model(prev, self.args)
         masks = checkpoint_masks(prev) if r > 1 else self.start_masks(model)
         ranked = self.ranked_weights(prev, r)
-        new = lth_prune(ranked, masks, self.settings, filter_consumers(model))
+        consumers = self.consumers(model) if self.settings.granularity == "filter" else None
+        new = lth_prune(ranked, masks, self.settings, consumers)
         rewind(model, ranked if self.lr_rewind else prev["rewind"]["model"], new)
         return model, [MaskPlugin(new), RewindPlugin(snapshot=prev["rewind"])]
 
