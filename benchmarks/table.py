@@ -196,6 +196,9 @@ def build_parser():
     g.add_argument("--all-rounds", action="store_true",
                    help="also write rounds.md: every round of every pruning run (LTH rounds, CS search rounds)")
     g.add_argument("--collect-only", action="store_true", help="start no run: tables from the finished runs")
+    g.add_argument("--rerun", action="store_true",
+                   help="train the rows' runs again even where the ledger records them (after a code change); "
+                        "the new records replace the old")
     g.add_argument("--latency", action="store_true",
                    help="time each finished run's shipped artefact, folded, in ONNX Runtime at batch 1 (latency.json; "
                         "measured again on another CPU or thread count): run it when nothing else runs")
@@ -793,7 +796,7 @@ class Table:
 
     # -- running -------------------------------------------------------------------------------------
     def recorded(self, job):
-        return self.ledger is not None and self.ledger.get(self.spec(job), job) is not None
+        return not self.a.rerun and self.ledger is not None and self.ledger.get(self.spec(job), job) is not None
 
     def needed(self):
         """The keys of the jobs to run or reuse: those neither finished here nor in the ledger, and the runs they

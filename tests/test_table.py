@@ -475,6 +475,10 @@ def test_the_ledger_stands_in_for_run_folders_that_are_gone(full, tmp_path):
     calls = []
     table.main([*argv, *rows, "--ledger", str(ledger)], runner=lambda *a: calls.append(a) or 0, out=lambda *a: None)
     assert calls == []  # every run is recorded: none starts again
+    table.main([*argv, *rows, "--ledger", str(ledger), "--rerun", "--dry-run"], out=lambda *a: calls.append(a))
+    assert any("prune.py --lth" in str(c) for c in calls)  # --rerun trains recorded runs again
+    assert not any("recorded in the ledger" in str(c) for c in calls)
+    calls = []
 
     # other arguments (two LTH rounds): the LTH record does not stand in, the dense one (same run) still does
     table.main([*argv, *rows, "--collect-only", "--ledger", str(ledger), "--lth-rounds", "2"], out=lambda *a: None)
