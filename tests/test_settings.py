@@ -15,8 +15,9 @@ from utils.loss import ComputeLoss
 from utils.my_utils import (gan_parser, hyp_from_args, kd_parser, parse_args, prune_parser, train_parser,
                             upgrade_saved_args)
 from utils.pruning import LotteryTicket
-from utils.settings import (HYP_SETTINGS, AugmentSettings, CSSettings, GANSettings, KDSettings, LossSettings,
-                            LTHSettings, OptimSettings)
+from utils.settings import (HYP_SETTINGS, AugmentSettings, CSSettings, DataSettings, DeviceSettings, GANSettings,
+                            KDSettings, LossSettings, LTHSettings, ModelSettings, OptimSettings, OutputSettings,
+                            RunSettings, TrainSettings)
 
 from .conftest import ROOT
 
@@ -124,12 +125,52 @@ def test_training_values_are_checked_from_flags_and_recipes(tmp_path):
     (OptimSettings, dict(grad_clip=-1.0), "--grad-clip"), (LossSettings, dict(cls=-1.0), "--cls"),
     (LossSettings, dict(anchor_t=1.0), "--anchor-t"), (LossSettings, dict(label_smoothing=1.0), "--label-smoothing"),
     (AugmentSettings, dict(mosaic=1.5), "--mosaic"), (AugmentSettings, dict(fliplr=float("nan")), "--fliplr"),
-    (AugmentSettings, dict(hsv_s=-0.1), "--hsv-s"),
+    (AugmentSettings, dict(hsv_s=-0.1), "--hsv-s"), (DataSettings, dict(batch_size=0), "--batch-size"),
+    (DataSettings, dict(workers=-1), "--workers"), (TrainSettings, dict(epochs=0), "--epochs"),
+    (TrainSettings, dict(memory_format="nhwc"), "--memory-format"), (TrainSettings, dict(precise_bn=-1), "--precise-bn"),
+    (OutputSettings, dict(eval_from=-1.0), "--eval-from"), (DeviceSettings, dict(amp="fp8"), "--amp"),
+    (ModelSettings, dict(img_size=0), "--img-size"),
 ])
 def test_settings_validate_in_one_place_with_one_line_errors(cls, changes, flag):
     with pytest.raises(UserError, match=flag) as e:
         cls().but(**changes)
     assert "\n" not in str(e.value)
+
+
+RUN_SETTINGS = (ModelSettings, DataSettings, TrainSettings, OutputSettings, DeviceSettings)
+
+
+@pytest.mark.parametrize("parser, project", [(train_parser, "runs/train"), (prune_parser, "runs/prune"),
+                                             (kd_parser, "runs/kd")])
+def test_run_data_and_device_flags_come_from_their_dataclasses(parser, project):
+    """Every field of the run's settings is a flag of each training script; with no flags a script gets the
+    fallbacks, overridden only by params/default.yaml's recipe (its own runs/ folder aside)."""
+    actions = {a.dest: a for a in parser()._actions}
+    recipe = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
+    run = RunSettings.from_args(parse_args(parser(), TEACHER if parser is kd_parser else []))
+    for cls in RUN_SETTINGS:
+        got = next(getattr(run, f.name) for f in fields(RunSettings) if f.type is cls)
+        for f in fields(cls):
+            assert f.name in actions and actions[f.name].help, f"--{f.name} is not a flag"
+            expected = project if f.name == "project" else recipe.get(f.name, f.default)
+            if parser is kd_parser and f.name == "cfg":
+                continue  # KD.yaml names its student
+            assert getattr(got, f.name) == expected, f.name
+    assert (run.model.img_size, run.data.workers, run.device.amp, run.train.precise_bn) == (256, 2, "auto", 16)
+
+
+def test_the_trainer_reads_typed_settings(tmp_path):
+    from utils.engine import Trainer
+
+    args = parse_args(train_parser(), ["--epochs", "3", "--workers", "0", "--seed", "7", "--no-ema",
+                                       "--project", str(tmp_path), "--device", "cpu", "--amp", "off"])
+    trainer = Trainer(args, tiny(), tmp_path / "run")
+    s = trainer.settings
+    assert (s.train.epochs, s.data.workers, s.device.seed, s.train.no_ema, s.output.project) == \
+        (3, 0, 7, True, str(tmp_path))
+    assert (trainer.epochs, trainer.seed, trainer.img_size, trainer.precision.name) == (3, 7, 256, "fp32")
+    with pytest.raises(UserError, match="--workers -1"):
+        Trainer(parse_args(train_parser(), ["--workers", "-1"]), tiny(), tmp_path / "bad")
 
 
 def test_typed_flags_and_recipes_reach_the_settings(tmp_path):

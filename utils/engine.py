@@ -35,7 +35,7 @@ from utils.loss import ComputeLoss
 from utils.memory_format import choose_memory_format, machine_name
 from utils.metrics import EVAL_BATCH_SIZE
 from utils.my_utils import hyp_from_args, resume_args, save_args, upgrade_saved_args, vars_clean
-from utils.settings import OptimSettings
+from utils.settings import RunSettings
 from utils.torch_utils import (MEMORY_FORMATS, ModelEMA, autocast, build_optimizer, ddp, de_parallel, lr_schedule,
                                recompute_bn_stats, resolve_precision)
 
@@ -125,19 +125,21 @@ class PluginContext:
 
 
 # ------------------------------------------------------------------------------------------- run folders
-def init_distributed(args):
-    """Join the process group that ``torchrun`` describes (nccl on CUDA, gloo on CPU); no-op for one process."""
+def init_distributed(device):
+    """Join the process group that ``torchrun`` describes (nccl on CUDA, gloo on CPU); no-op for one process.
+    ``device``: ``--device`` as typed."""
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
         return
-    device = select_device(args.device)
+    device = select_device(device)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
-def make_save_dir(args):
-    """``PROJECT/NAME`` (incremented unless --exist-ok), chosen by rank 0 and shared with the other processes."""
-    save_dir = [increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)]
+def make_save_dir(output):
+    """``PROJECT/NAME`` of ``output`` (OutputSettings; incremented unless --exist-ok), chosen by rank 0 and shared
+    with the other processes."""
+    save_dir = [increment_path(Path(output.project) / output.name, exist_ok=output.exist_ok)]
     if dist.is_initialized():
         dist.broadcast_object_list(save_dir, src=0)
     save_dir = Path(save_dir[0])
@@ -150,15 +152,16 @@ def prepare(args, nc=None):
 
     Returns (args, model, save_dir, resume_checkpoint or None); on resume, ``args`` are the saved ones.
     """
-    init_distributed(args)
+    init_distributed(args.device)
     if args.resume:
         args, ckpt, save_dir = load_for_resume(args)
         model = Darknet.from_text(ckpt["cfg"], name=ckpt.get("cfg_name", "cfg"), img_size=args.img_size, nc=ckpt["nc"])
         return args, model, save_dir, ckpt
-    nc = nc or parse_data_cfg(args.data)["classes"]
-    init_seeds(args.seed, args.deterministic)  # the initial weights depend on the seed alone
-    model, _ = model_from_args(args, nc)
-    return args, model, make_save_dir(args), None
+    s = RunSettings.from_args(args)
+    nc = nc or parse_data_cfg(s.data.data)["classes"]
+    init_seeds(s.device.seed, s.device.deterministic)  # the initial weights depend on the seed alone
+    model, _ = model_from_settings(s.model, nc)
+    return args, model, make_save_dir(s.output), None
 
 
 def find_last(project):
@@ -221,25 +224,26 @@ def load_state_checked(model, state, source, cfg_name):
     return skipped
 
 
-def model_from_args(args, nc):
-    """Build the network of ``--cfg`` for ``nc`` classes, starting from ``--weights`` when given.
+def model_from_settings(settings, nc):
+    """Build the network of ``--cfg`` for ``nc`` classes, starting from ``--weights`` when given (``settings``:
+    ModelSettings).
 
     ``--weights`` may be a toolkit checkpoint (its own cfg is used when ``--cfg`` is not given) or Darknet
     ``.weights``. Returns (model, checkpoint or None).
     """
-    weights = str(args.weights or "")
+    weights = str(settings.weights or "")
     if weights.endswith(".pt"):
         ckpt = load_checkpoint(weights)
-        if args.cfg:
-            model = Darknet(args.cfg, img_size=args.img_size, nc=nc)
-            load_state_checked(model, ckpt["model"], weights, args.cfg)
+        if settings.cfg:
+            model = Darknet(settings.cfg, img_size=settings.img_size, nc=nc)
+            load_state_checked(model, ckpt["model"], weights, settings.cfg)
         else:
-            model = Darknet.from_text(ckpt["cfg"], name=ckpt.get("cfg_name", "cfg"), img_size=args.img_size, nc=nc)
+            model = Darknet.from_text(ckpt["cfg"], name=ckpt.get("cfg_name", "cfg"), img_size=settings.img_size, nc=nc)
             load_state_checked(model, ckpt["model"], weights, ckpt.get("cfg_name", "its cfg"))
         return model, ckpt
-    if not args.cfg:
+    if not settings.cfg:
         raise UserError("--cfg is required (or --weights CHECKPOINT.pt that holds its cfg)")
-    model = Darknet(args.cfg, img_size=args.img_size, nc=nc)
+    model = Darknet(settings.cfg, img_size=settings.img_size, nc=nc)
     if weights:
         load_darknet_weights(model, weights)
     return model, None
@@ -247,7 +251,7 @@ def model_from_args(args, nc):
 
 # ------------------------------------------------------------------------------------------- the trainer
 class Trainer:
-    """Trains ``model`` on ``args.data`` with ``args``; plug-ins add loss terms, masks and extra optimisers."""
+    """Trains ``model`` on ``--data`` with the run's settings (``args``); plug-ins add loss terms, masks and extra optimisers."""
 
     def __init__(self, args, model, save_dir, plugins=(), resume_ckpt=None, log=print, first_epoch=0):
         self.args, self.plugins, self.log = args, list(plugins), log
@@ -259,16 +263,17 @@ class Trainer:
         self.lock = runlock.acquire(self.save_dir, log) if self.main else None  # one run per folder
         if self.main and remove_stale_temporaries(self.wdir) + remove_stale_temporaries(self.save_dir):
             log(f"note: {self.save_dir}: removed temporary files an interrupted run left behind")
-        self.device = select_device(args.device)
-        self.precision = resolve_precision(self.device, args.amp, warn=log if self.main else (lambda *_: None))
+        self.settings = s = RunSettings.from_args(args)  # what the loop reads; ``args`` is saved as args.yaml
+        self.device = select_device(s.device.device)
+        self.precision = resolve_precision(self.device, s.device.amp, warn=log if self.main else (lambda *_: None))
         self.hyp = hyp_from_args(args)
-        self.optim = OptimSettings.from_args(args)  # the optimiser, its schedule and warm-up
-        self.data = parse_data_cfg(args.data)
+        self.optim = s.optim  # the optimiser, its schedule and warm-up
+        self.data = parse_data_cfg(s.data.data)
         self.names = self.data["names"]
         self.model = model
         self.resume_ckpt = resume_ckpt
-        self.epochs = args.epochs
-        self.img_size, self.seed = args.img_size, args.seed  # the run's final training size and its seed
+        self.epochs = s.train.epochs
+        self.img_size, self.seed = s.model.img_size, s.device.seed  # the run's final training size and its seed
         self.first_epoch = first_epoch  # a fresh run may start later in the schedule (LTH's continued retraining)
         self.epoch = 0
         self.rows = []
@@ -281,12 +286,12 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------------------
     def setup(self):
-        args = self.args
-        init_seeds(args.seed, args.deterministic)
+        s = self.settings
+        init_seeds(self.seed, s.device.deterministic)
         if self.world > 1:
             self._init_distributed()
         self.check_anchors()
-        self.batch_size = max(args.batch_size // max(self.world, 1), 1)
+        self.batch_size = max(s.data.batch_size // max(self.world, 1), 1)
         self.choose_memory_format()
         self.model.to(self.device).to(memory_format=self.fmt)
         self.model.hyp = self.hyp
@@ -295,38 +300,38 @@ class Trainer:
         self.feature_layers = sorted({i for p in self.plugins for i in p.feature_layers})
         self.plugin_optimizers = [o for p in self.plugins for o in p.optimizers()]
         self.stride = stride = int(max(m.stride for m in self.yolo_modules()))
-        self.img_size_start = start = start_img_size(args.img_size_start, args.img_size, stride)
-        if start and not stride <= start < args.img_size:
-            raise UserError(f"--img-size-start {args.img_size_start:g} must be at least the stride {stride} and below "
-                            f"--img-size {args.img_size}")
+        self.img_size_start = start = start_img_size(s.train.img_size_start, self.img_size, stride)
+        if start and not stride <= start < self.img_size:
+            raise UserError(f"--img-size-start {s.train.img_size_start:g} must be at least the stride {stride} and "
+                            f"below --img-size {self.img_size}")
         if self.main and start:
-            self.log(f"progressive resizing: {start} px in the first epoch to {args.img_size} px in the last")
-        self.first_scored = first = first_scored_epoch(args, self.epochs)
-        if self.main and first > 1 and not args.notest:
-            self.log(f"mAP after epochs {min(first, self.epochs)}-{self.epochs} (--eval-from {args.eval_from:g})")
+            self.log(f"progressive resizing: {start} px in the first epoch to {self.img_size} px in the last")
+        self.first_scored = first = first_scored_epoch(s.output.eval_from, self.epochs)
+        if self.main and first > 1 and not s.output.notest:
+            self.log(f"mAP after epochs {min(first, self.epochs)}-{self.epochs} (--eval-from {s.output.eval_from:g})")
         optim = self.optim
-        self.accumulate = max(round(optim.nominal_batch_size / args.batch_size), 1)
+        self.accumulate = max(round(optim.nominal_batch_size / s.data.batch_size), 1)
         self.optimizer = build_optimizer([self.model] + [m for p in self.plugins for m in p.modules()],
                                          optim.optimizer, optim.lr0, optim.momentum, optim.weight_decay)
         self.lf = lr_schedule(optim.lr_schedule, self.epochs, optim.lrf)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
-        self.ema = None if args.no_ema else ModelEMA(self.model)
+        self.ema = None if s.train.no_ema else ModelEMA(self.model)
         self.compute_loss = ComputeLoss(self.model, self.hyp)
         if self.world > 1:
-            if args.sync_bn and self.device.type == "cuda":
+            if s.device.sync_bn and self.device.type == "cuda":
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.model = ddp(self.model, self.device)
         self.train_loader, self.train_set = create_dataloader(
-            self.data["train"], args.img_size, self.batch_size, stride, hyp=self.hyp, augment=True, rect=args.rect,
-            workers=args.workers, shuffle=True, rank=self.rank if self.world > 1 else -1, cache=args.cache_images,
-            seed=args.seed, nc=self.data["classes"])
+            self.data["train"], self.img_size, self.batch_size, stride, hyp=self.hyp, augment=True,
+            rect=s.train.rect, workers=s.data.workers, shuffle=True, rank=self.rank if self.world > 1 else -1,
+            cache=s.data.cache_images, seed=self.seed, nc=self.data["classes"])
         self.val_loader = None
         if self.main:
             self.val_loader, _ = create_dataloader(
-                self.data["valid"], args.img_size, EVAL_BATCH_SIZE, stride, hyp=self.hyp, augment=False,
-                rect=True, workers=args.workers, shuffle=False, nc=self.data["classes"])
-            save_args(args, self.save_dir / "args.yaml")
+                self.data["valid"], self.img_size, EVAL_BATCH_SIZE, stride, hyp=self.hyp, augment=False,
+                rect=True, workers=s.data.workers, shuffle=False, nc=self.data["classes"])
+            save_args(self.args, self.save_dir / "args.yaml")
         self.start_epoch = 0
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
@@ -351,16 +356,15 @@ class Trainer:
         """``self.fmt``: ``--memory-format``, or the faster layout timed on this machine (rank 0's choice under DDP).
         Prints the run's header (device, precision, memory format, each with its reason) and records both choices
         in args.yaml and results.csv."""
-        args = self.args
         choice = [None]
         if self.main:
-            choice[0] = choose_memory_format(self.model, self.device, self.precision, args.img_size, self.batch_size,
-                                             args.memory_format)
+            choice[0] = choose_memory_format(self.model, self.device, self.precision, self.img_size, self.batch_size,
+                                             self.settings.train.memory_format)
         if self.world > 1:
             dist.broadcast_object_list(choice, src=0)
         name, why = choice[0]
         self.fmt = MEMORY_FORMATS[name]
-        args.precision_chosen, args.memory_format_chosen = self.precision.name, name
+        self.args.precision_chosen, self.args.memory_format_chosen = self.precision.name, name  # for args.yaml
         if self.main:
             self.log(f"device {self.device}: {machine_name(self.device)}")
             self.log(f"precision {self.precision}")
@@ -369,17 +373,17 @@ class Trainer:
     def check_anchors(self):
         """``--autoanchor`` on a fresh network: k-means anchors for this data (``utils.anchors``); else a warning
         when the cfg's anchors cannot match every target. Networks from ``--weights`` or a resume keep theirs."""
-        if self.resume_ckpt is not None or self.args.weights:
+        if self.resume_ckpt is not None or self.settings.model.weights:
             return
         model, log = de_parallel(self.model), (self.log if self.main else (lambda *_: None))
-        size, thr, nc = self.args.img_size, self.hyp["anchor_t"], self.data["classes"]
-        if self.args.autoanchor:
-            anchors.autoanchor(model, self.data["train"], size, thr, nc, self.args.seed, log)
+        size, thr, nc = self.img_size, self.hyp["anchor_t"], self.data["classes"]
+        if self.settings.train.autoanchor:
+            anchors.autoanchor(model, self.data["train"], size, thr, nc, self.seed, log)
         elif self.main:
             anchors.warn_if_poor(model, self.data["train"], size, thr, nc, log)
 
     def _init_distributed(self):
-        init_distributed(self.args)
+        init_distributed(self.settings.device.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.local_rank)
 
@@ -417,8 +421,8 @@ class Trainer:
         return metrics
 
     def train_one_epoch(self, epoch):
-        args, model = self.args, self.model
-        init_seeds(args.seed + 1000 * (epoch + 1) + max(self.rank, 0), args.deterministic)
+        s, model = self.settings, self.model
+        init_seeds(self.seed + 1000 * (epoch + 1) + max(self.rank, 0), s.device.deterministic)
         model.train()
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -433,7 +437,7 @@ class Trainer:
         if hasattr(self.train_set, "set_img_size") and not self.train_set.rect:
             self.train_set.set_img_size(size)  # the workers, started below, build this epoch's size
         sums, count, n_images, t0 = defaultdict(float), 0, 0, time.time()
-        desc = f"{epoch + 1}/{self.epochs}" + (f" {size}px" if size != args.img_size else "")
+        desc = f"{epoch + 1}/{self.epochs}" + (f" {size}px" if size != self.img_size else "")
         bar = tqdm(self.train_loader, total=nb, disable=not self.main, ncols=120, desc=desc,
                    bar_format="{l_bar}{bar:10}{r_bar}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -444,7 +448,7 @@ class Trainer:
             targets = targets.to(self.device)
             if ni <= n_warmup:
                 self._warmup(ni, n_warmup, epoch)
-            if size != args.img_size or args.multi_scale:
+            if size != self.img_size or s.train.multi_scale:
                 imgs = self._rescale(imgs, size)
             total, terms = self.step_loss(imgs, targets)
             if not torch.isfinite(total):
@@ -524,7 +528,7 @@ class Trainer:
     def _warmup(self, ni, n_warmup, epoch):
         """Linear warm-up of the learning rate (biases from warmup_bias_lr down), momentum and accumulation."""
         optim, x = self.optim, [0, n_warmup]
-        self.accumulate = max(1, round(np.interp(ni, x, [1, optim.nominal_batch_size / self.args.batch_size])))
+        self.accumulate = max(1, round(np.interp(ni, x, [1, optim.nominal_batch_size / self.settings.data.batch_size])))
         for j, group in enumerate(self.optimizer.param_groups):
             start = optim.warmup_bias_lr if j == 2 else 0.0
             group["lr"] = float(np.interp(ni, x, [start, group["initial_lr"] * self.lf(epoch)]))
@@ -533,13 +537,13 @@ class Trainer:
 
     def epoch_img_size(self, epoch):
         """Training image size of ``epoch``: ``--img-size``, or growing from ``--img-size-start`` (progressive)."""
-        return progressive_img_size(epoch, self.epochs, self.img_size_start, self.args.img_size, self.stride)
+        return progressive_img_size(epoch, self.epochs, self.img_size_start, self.img_size, self.stride)
 
     def _rescale(self, imgs, size):
         """``imgs`` resized to ``size`` (long side, stride multiples), or with ``--multi-scale`` to a random size
         in [0.5, 1.5] x ``size``; labels are normalised, so they stay valid."""
         stride = self.stride
-        if self.args.multi_scale:
+        if self.settings.train.multi_scale:
             size = int(np.random.uniform(size * 0.5, size * 1.5 + stride)) // stride * stride
         scale = size / max(imgs.shape[2:])
         if scale == 1:
@@ -603,10 +607,10 @@ class Trainer:
 
     def validate(self, epoch):
         last = epoch == self.epochs - 1
-        if not self.main or (not last and (self.args.notest or epoch + 1 < self.first_scored)):
+        if not self.main or (not last and (self.settings.output.notest or epoch + 1 < self.first_scored)):
             return {}
-        if self.args.precise_bn:
-            self.recompute_bn_stats(self.eval_model(), self.args.precise_bn)
+        if self.settings.train.precise_bn:
+            self.recompute_bn_stats(self.eval_model(), self.settings.train.precise_bn)
         # fp32, as test.py scores by default: the per-epoch mAP and test.py's agree whatever precision trained it
         return evaluate(self.eval_model(), self.val_loader, precision="fp32", names=self.names,
                         compute_loss=self.compute_loss)
@@ -679,7 +683,7 @@ class Trainer:
             "cfg_name": Path(model.cfg_path).name if getattr(model, "cfg_path", None) else "cfg",
             "nc": model.nc,
             "names": list(self.names),
-            "img_size": self.args.img_size,
+            "img_size": self.img_size,
             "model": {k: v.detach().float().cpu() if v.dtype.is_floating_point else v.cpu()
                       for k, v in self.eval_model().state_dict().items()},
             "epoch": epoch,
@@ -741,9 +745,9 @@ def detection_scales(plugins, trainer):
     return scales
 
 
-def first_scored_epoch(args, epochs):
+def first_scored_epoch(eval_from, epochs):
     """The first epoch (1-based) evaluated after training: ``--eval-from``, a fraction below 1 being of ``epochs``."""
-    value = float(args.eval_from or 0)
+    value = float(eval_from or 0)
     return max(1, math.ceil(value * epochs)) if value < 1 else int(value)
 
 

@@ -14,9 +14,9 @@ import yaml
 
 from utils.errors import UserError
 from utils.general import ROOT
-from utils.settings import (HYP_SETTINGS, AugmentSettings, CSSettings, GANSettings, KDSettings, LossSettings,
-                            LTHSettings, OptimSettings, flag_kwargs)
-from utils.torch_utils import PRECISION_CHOICES
+from utils.settings import (HYP_SETTINGS, PRECISION_CHOICES, AugmentSettings, CSSettings, DataSettings,
+                            DeviceSettings, GANSettings, KDSettings, LossSettings, LTHSettings, ModelSettings,
+                            OptimSettings, OutputSettings, TrainSettings, flag_kwargs)
 
 DEFAULT_PARAMS = ROOT / "params" / "default.yaml"
 
@@ -42,37 +42,22 @@ def flag(group, name, *more, **kwargs):
 
 # ----------------------------------------------------------------------------------------------- groups
 def add_model_args(p, cfg_required=False):
-    g = p.add_argument_group("model")
-    flag(g, "--cfg", type=str, default=None, required=cfg_required, help="Darknet .cfg file of the network")
-    flag(g, "--weights", type=str, default="", help="start from a checkpoint .pt or Darknet .weights (with --cfg)")
-    flag(g, "--img-size", type=int, default=None, help="train and test image size in pixels (multiple of 32)")
+    g = p.add_argument_group("model (utils/settings.py ModelSettings)")
+    add_settings_flags(g, ModelSettings)
+    dest_actions(p)["cfg"].required = cfg_required
     return g
 
 
 def add_data_args(p):
-    g = p.add_argument_group("data")
-    flag(g, "--data", type=str, default=None, help="dataset description file (.data)")
-    flag(g, "--batch-size", type=int, default=None, help="total batch size over all processes")
-    flag(g, "--workers", type=int, default=2, help="data loader worker processes")
-    flag(g, "--cache-images", action="store_true", help="cache decoded images in RAM")
+    g = p.add_argument_group("data (utils/settings.py DataSettings)")
+    add_settings_flags(g, DataSettings)
     return g
 
 
 def add_optim_args(p):
-    g = p.add_argument_group("optimisation (utils/settings.py OptimSettings and LossSettings)")
-    flag(g, "--epochs", type=int, default=None)
+    g = p.add_argument_group("training (utils/settings.py TrainSettings, OptimSettings and LossSettings)")
+    add_settings_flags(g, TrainSettings)
     add_settings_flags(g, OptimSettings)
-    flag(g, "--multi-scale", action="store_true", help="vary the image size +-50%% per batch")
-    flag(g, "--img-size-start", type=float, default=0,
-         help="progressive resizing: train the first epoch at this size (pixels, or a fraction below 1 of --img-size), "
-              "growing linearly to --img-size by the last; 0 disables")
-    flag(g, "--no-ema", action="store_true", help="evaluate and save the raw weights instead of their EMA")
-    flag(g, "--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
-         help="training memory format (auto: the faster one, timed on this machine at start-up and cached)")
-    flag(g, "--autoanchor", action="store_true",
-         help="fit the anchors to the training boxes (k-means) before training a fresh network (utils/anchors.py)")
-    flag(g, "--precise-bn", type=int, default=16,
-         help="before each evaluation, recompute BN statistics over this many training batches (0: keep the running ones)")
     add_settings_flags(g, LossSettings)
     return g
 
@@ -80,34 +65,20 @@ def add_optim_args(p):
 def add_aug_args(p):
     g = p.add_argument_group("augmentation (utils/settings.py AugmentSettings)")
     add_settings_flags(g, AugmentSettings)
-    flag(g, "--rect", action="store_true", help="rectangular training batches (no mosaic)")
     return g
 
 
 def add_output_args(p, project):
-    g = p.add_argument_group("output")
-    flag(g, "--project", type=str, default=project, help="runs are written to PROJECT/NAME")
-    flag(g, "--name", type=str, default="exp", help="run name; exp, exp2, ... when it exists")
-    flag(g, "--exist-ok", action="store_true", help="reuse PROJECT/NAME instead of incrementing")
-    flag(g, "--resume", nargs="?", const=True, default=False,
-         help="continue the most recent run, or the given run folder or last.pt, where it stopped")
-    flag(g, "--notest", action="store_true", help="evaluate only after the last epoch")
-    flag(g, "--eval-from", type=float, default=None,
-         help="evaluate after each epoch from this one on (1-based, or a fraction below 1 of --epochs); the last "
-              "epoch always is")
+    g = p.add_argument_group("output (utils/settings.py OutputSettings)")
+    add_settings_flags(g, OutputSettings)
+    p.set_defaults(project=project)  # each script writes under its own runs/<script> folder
     return g
 
 
 def add_device_args(p):
-    g = p.add_argument_group("device")
-    flag(g, "--device", type=str, default="", help="cpu, 0, cuda:1 ... (default: first GPU, else CPU)")
-    flag(g, "--amp", choices=PRECISION_CHOICES, default="auto",
-         help="autocast precision (auto: fp16 + gradient scaler on CUDA, bf16 on a CPU with native bf16 (AMX or "
-              "AVX512-BF16), else fp32; off: fp32)")
+    g = p.add_argument_group("device (utils/settings.py DeviceSettings)")
+    add_settings_flags(g, DeviceSettings)
     flag(g, "--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off")
-    flag(g, "--sync-bn", action="store_true", help="SyncBatchNorm under DistributedDataParallel")
-    flag(g, "--seed", type=int, default=0)
-    flag(g, "--deterministic", action="store_true", help="deterministic kernels (exact resume; slower)")
     return g
 
 

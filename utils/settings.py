@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields, replace
 
 from utils.errors import UserError
 
+PRECISION_CHOICES = ("auto", "bf16", "fp16", "off")  # --amp (utils/torch_utils.py resolve_precision)
+
 
 def setting(default, help, **flag_kwargs):
     """A field whose metadata holds the argparse keywords of its flag (``help``, and ``type``/``choices``/...)."""
@@ -140,6 +142,112 @@ class AugmentSettings(Settings):
 
 
 HYP_SETTINGS = (OptimSettings, LossSettings, AugmentSettings)  # what the engine, the loss and the data read
+
+
+def check_at_least(settings, low, *names):
+    """A one-line error for a count below ``low``; None (not given: the script's own choice) passes."""
+    for name in names:
+        v = getattr(settings, name)
+        if v is not None and not v >= low:
+            raise UserError(f"--{name.replace('_', '-')} {v}: must be {low} or more")
+
+
+@dataclass(frozen=True)
+class ModelSettings(Settings):
+    """The network and its input size (every script)."""
+
+    cfg: str = setting(None, "Darknet .cfg file of the network")
+    weights: str = setting("", "start from a checkpoint .pt or Darknet .weights (with --cfg)")
+    img_size: int = setting(None, "train and test image size in pixels (multiple of 32)", type=int)
+
+    def __post_init__(self):
+        check_at_least(self, 1, "img_size")
+
+
+@dataclass(frozen=True)
+class DataSettings(Settings):
+    """Which dataset, and how its batches are loaded (train.py, the technique scripts, test.py)."""
+
+    data: str = setting(None, "dataset description file (.data)")
+    batch_size: int = setting(None, "total batch size over all processes", type=int)
+    workers: int = setting(2, "data loader worker processes", type=int)
+    cache_images: bool = setting(False, "cache decoded images in RAM", action="store_true")
+
+    def __post_init__(self):
+        check_at_least(self, 1, "batch_size")
+        check_at_least(self, 0, "workers")
+
+
+@dataclass(frozen=True)
+class TrainSettings(Settings):
+    """The training loop around the optimiser (utils/engine.py Trainer): epochs, image sizes, EMA, layout, BN."""
+
+    epochs: int = setting(None, "training epochs", type=int)
+    multi_scale: bool = setting(False, "vary the image size +-50%% per batch", action="store_true")
+    img_size_start: float = setting(0.0, "progressive resizing: train the first epoch at this size (pixels, or a "
+                                    "fraction below 1 of --img-size), growing linearly to --img-size by the last; 0 "
+                                    "disables", type=float)
+    rect: bool = setting(False, "rectangular training batches (no mosaic)", action="store_true")
+    no_ema: bool = setting(False, "evaluate and save the raw weights instead of their EMA", action="store_true")
+    memory_format: str = setting("auto", "training memory format (auto: the faster one, timed on this machine at "
+                                 "start-up and cached)", choices=("auto", "channels_last", "contiguous"))
+    autoanchor: bool = setting(False, "fit the anchors to the training boxes (k-means) before training a fresh "
+                               "network (utils/anchors.py)", action="store_true")
+    precise_bn: int = setting(16, "before each evaluation, recompute BN statistics over this many training batches "
+                              "(0: keep the running ones)", type=int)
+
+    def __post_init__(self):
+        check_at_least(self, 1, "epochs")
+        check_non_negative(self, "img_size_start", "precise_bn")
+        check_choice(self, "memory_format")
+
+
+@dataclass(frozen=True)
+class OutputSettings(Settings):
+    """Where a run writes, whether it resumes, and which epochs it scores."""
+
+    project: str = setting("runs/train", "runs are written to PROJECT/NAME")
+    name: str = setting("exp", "run name; exp, exp2, ... when it exists")
+    exist_ok: bool = setting(False, "reuse PROJECT/NAME instead of incrementing", action="store_true")
+    resume: object = setting(False, "continue the most recent run, or the given run folder or last.pt, where it "
+                             "stopped", nargs="?", const=True)
+    notest: bool = setting(False, "evaluate only after the last epoch", action="store_true")
+    eval_from: float = setting(None, "evaluate after each epoch from this one on (1-based, or a fraction below 1 of "
+                               "--epochs); the last epoch always is", type=float)
+
+    def __post_init__(self):
+        check_at_least(self, 0, "eval_from")
+
+
+@dataclass(frozen=True)
+class DeviceSettings(Settings):
+    """Where and in which precision a run computes, and its seed."""
+
+    device: str = setting("", "cpu, 0, cuda:1 ... (default: first GPU, else CPU)")
+    amp: str = setting("auto", "autocast precision (auto: fp16 + gradient scaler on CUDA, bf16 on a CPU with native "
+                       "bf16 (AMX or AVX512-BF16), else fp32; off: fp32)", choices=PRECISION_CHOICES)
+    sync_bn: bool = setting(False, "SyncBatchNorm under DistributedDataParallel", action="store_true")
+    seed: int = setting(0, "seed of the initial weights, the augmentation and the data order", type=int)
+    deterministic: bool = setting(False, "deterministic kernels (exact resume; slower)", action="store_true")
+
+    def __post_init__(self):
+        check_choice(self, "amp")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a training run reads besides its technique: one typed object built once from the arguments."""
+
+    model: ModelSettings
+    data: DataSettings
+    train: TrainSettings
+    output: OutputSettings
+    device: DeviceSettings
+    optim: OptimSettings
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(*(f.type.from_args(args) for f in fields(cls)))
 
 
 @dataclass(frozen=True)
@@ -328,4 +436,5 @@ def flag_kwargs(f):
 
 __all__ = ["setting", "yes_no", "scope_type", "Settings", "OptimSettings", "LossSettings", "AugmentSettings",
            "HYP_SETTINGS", "LR_SCHEDULES", "TeacherSettings", "KDSettings", "GANSettings", "PruneSettings",
-           "LTHSettings", "CSSettings", "flag_kwargs"]
+           "LTHSettings", "CSSettings", "flag_kwargs", "ModelSettings", "DataSettings", "TrainSettings",
+           "OutputSettings", "DeviceSettings", "RunSettings"]

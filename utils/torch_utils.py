@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from utils.settings import PRECISION_CHOICES
+
 
 def ddp(module, device):
     """``module`` wrapped in DistributedDataParallel for a process on ``device`` (its GPU, or none on the CPU)."""
@@ -19,7 +21,6 @@ def de_parallel(model):
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
-PRECISION_CHOICES = ("auto", "bf16", "fp16", "off")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 _warned = set()
 
