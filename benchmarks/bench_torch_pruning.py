@@ -31,13 +31,12 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, ort_latency, read_csv, run_timed  # noqa: E402
+from benchmarks.common import ROOT, ort_latency, peer_python, read_csv, run_timed  # noqa: E402
 from utils.export import FOLD_ROUND_TO  # noqa: E402
 
 PACKAGE = "torch-pruning==1.6.0"
@@ -69,19 +68,8 @@ def build_parser():
 
 # ------------------------------------------------------------------------------------ the virtualenv
 def tp_python(venv):
-    """The virtualenv's python, with torch-pruning installed in it and the project's torch visible to it."""
-    venv = Path(venv)
-    python = venv / "bin" / "python"
-    if not python.is_file():
-        run_timed([sys.executable, "-m", "venv", venv])
-    own = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
-                         text=True, check=True).stdout.strip()
-    import torch  # the project's torch: its site-packages folder is shared with the virtualenv through a .pth file
-
-    Path(own, "yolo_compression_torch.pth").write_text(str(Path(torch.__file__).parents[1]) + "\n")
-    if subprocess.run([python, "-c", "import torch_pruning"], capture_output=True).returncode:
-        run_timed([python, "-m", "pip", "install", "-q", "--no-deps", PACKAGE])
-    return python
+    """The virtualenv's python, with torch-pruning installed in it (no dependencies: the project's torch is shared)."""
+    return peer_python(venv, "torch_pruning", PACKAGE, no_deps=True)
 
 
 # ------------------------------------------------------------------------------------ in the virtualenv

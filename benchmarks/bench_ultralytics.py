@@ -6,10 +6,11 @@
 Both train yolov3-tiny from scratch on the same images (``data/shapes.data``, or a smaller shapes set written under
 ``--out``), at the same image size, batch size, epoch count, loader workers and intra-op threads, one after the
 other on a quiet machine. ``ultralytics`` is installed by this script into its own virtualenv (``--venv``, made on
-first use with ``pip install "ultralytics>=8.3,<9"``): it is a reference to beat, never a dependency of this
-project. Its yolov3-tiny is ``yolov3-tiny.yaml`` of its model zoo: the Darknet backbone and neck with its own
-anchor-free detection head and loss, trained with its own defaults (SGD/AdamW chosen by ``optimizer=auto``,
-mosaic, its own learning-rate schedule); ``train.py`` runs its defaults (params/default.yaml, ``--amp auto``,
+first use with ``pip install "ultralytics>=8.3,<9"``; the project's torch is shared through a .pth file, so both
+run on the same torch): a reference to beat, never a dependency of this project. Its yolov3-tiny is
+``yolov3-tiny.yaml`` of its model zoo: the Darknet backbone and neck with its own anchor-free detection head and
+loss, trained with its own defaults (SGD/AdamW chosen by ``optimizer=auto``, mosaic, its own learning-rate
+schedule); ``train.py`` runs its defaults (params/default.yaml, ``--amp auto``,
 ``--memory-format auto``). Each tool scores its own checkpoints with its own validator after every epoch
 (ultralytics: its ``mAP50(B)``; train.py: pycocotools' mAP@0.5 through ``test.evaluate``), on the same val images.
 
@@ -18,7 +19,6 @@ epochs' seconds, evaluation included, up to the first epoch that reaches it), th
 """
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import data_path, read_csv, run_timed  # noqa: E402
+from common import data_path, peer_python, read_csv, run_timed  # noqa: E402
 
 THRESHOLDS = (0.50, 0.70)
 ULTRALYTICS = "ultralytics>=8.3,<9"
@@ -65,14 +65,8 @@ def parse(argv=None):
 
 
 def ultralytics_python(venv):
-    """The virtualenv's python, with ultralytics installed in it on first use."""
-    venv = Path(venv)
-    python = venv / "bin" / "python"
-    if not python.is_file():
-        run_timed([sys.executable, "-m", "venv", venv])
-    if subprocess.run([python, "-c", "import ultralytics"], capture_output=True).returncode:
-        run_timed([python, "-m", "pip", "install", "-q", ULTRALYTICS])
-    return python
+    """The virtualenv's python, with ultralytics installed in it on first use (the project's torch shared)."""
+    return peer_python(venv, "ultralytics", ULTRALYTICS)
 
 
 def shapes_yaml(data, out):

@@ -28,6 +28,22 @@ def run_timed(cmd, log=None, env=None):
     return time.time() - t
 
 
+def peer_python(venv, module, package, no_deps=False):
+    """The python of a peer tool's own virtualenv (made on first use), with ``package`` installed in it where
+    ``module`` does not import. The project's torch is shared with it through a .pth file: the peer runs on the same
+    torch as the toolkit, and never becomes a dependency of it."""
+    venv = Path(venv)
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        run_timed([sys.executable, "-m", "venv", venv])
+    own = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    Path(own, "yolo_compression_torch.pth").write_text(str(Path(torch.__file__).parents[1]) + "\n")
+    if subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode:
+        run_timed([python, "-m", "pip", "install", "-q", *(["--no-deps"] if no_deps else []), package])
+    return python
+
+
 def read_csv(path):
     """The rows of a CSV file as dicts (``[]`` where the file does not exist yet)."""
     path = Path(path)
