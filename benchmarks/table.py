@@ -680,9 +680,13 @@ RUNNERS = {"subprocess": run_subprocess, "inprocess": run_inprocess}
 # ----------------------------------------------------------------------------------------------------- the ledger
 class Ledger:
     """The finished runs' figures in one JSON file that outlives the run folders: one record per run and seed,
-    with the run's arguments (its spec), so that a record only ever stands in for the same run."""
+    with the run's arguments (its spec), so that a record only ever stands in for the same run. A record's
+    ``latencies`` keep the artefact's latency on other CPUs (``{cpu: ms}``): a run measured again elsewhere adds a
+    CPU instead of replacing one, as long as it is the same artefact (same mAP, non-zero parameters and bytes)."""
 
     KEPT = ("artefact", "latency_cpu") + METRICS
+    LATENCY = ("latency_ms", "latency_cpu", "filters", "filters_removed")
+    SAME_ARTEFACT = ("map50", "map", "nonzero_params", "storage_bytes")
 
     def __init__(self, path):
         self.path = Path(path)
@@ -695,14 +699,24 @@ class Ledger:
         return next((r for r in self.records if (r["run"], r["seed"], r["spec"]) == (job.id, job.seed, spec)), None)
 
     def put(self, spec, job, nums):
-        """Record a finished run's figures (a record with the same figures keeps its date)."""
+        """Record a finished run's figures (a record with the same figures keeps its date); returns the record."""
         old = self.get(spec, job)
         numbers = {k: nums[k] for k in self.KEPT}
-        if old is not None and old["numbers"] == numbers:
-            return
+        others = {}
+        if old is not None and all(old["numbers"].get(k) == numbers[k] for k in self.SAME_ARTEFACT):
+            before = old["numbers"]
+            if numbers["latency_ms"] is None:  # not timed here: the latency timed before stands
+                numbers.update({k: before.get(k) for k in self.LATENCY})
+            others = dict(old.get("latencies", {}))
+            if before.get("latency_ms") is not None:
+                others[before["latency_cpu"]] = before["latency_ms"]
+            others.pop(numbers["latency_cpu"], None)
+        if old is not None and old["numbers"] == numbers and old.get("latencies", {}) == others:
+            return old
         rec = {"run": job.id, "seed": job.seed, "spec": spec, "numbers": numbers, "date": nums["finished"][:10],
-               "machine": nums["machine"], "commit": nums["commit"]}
+               "machine": nums["machine"], "commit": nums["commit"], **({"latencies": others} if others else {})}
         self.records = [r for r in self.records if r is not old] + [rec]
+        return rec
 
     def save(self):
         self.records.sort(key=lambda r: (r["run"], r["seed"], json.dumps(r["spec"])))
@@ -997,15 +1011,16 @@ class Table:
         with the same arguments (``recorded``: when and where it ran), else None."""
         nums = self.numbers(job)
         if nums is not None:
-            nums = dict(nums, seed=job.seed, run=str(job.folder), recorded=None)
+            nums = dict(nums, seed=job.seed, run=str(job.folder), recorded=None, other_latencies={})
             if self.ledger is not None:
-                self.ledger.put(self.spec(job), job, nums)
+                rec = self.ledger.put(self.spec(job), job, nums)
+                nums.update({k: rec["numbers"][k] for k in Ledger.LATENCY}, other_latencies=rec.get("latencies", {}))
             return nums
         rec = self.ledger.get(self.spec(job), job) if self.ledger is not None else None
         if rec is None:
             return None
         return dict(dict.fromkeys(METRICS), **rec["numbers"], seed=job.seed, run=str(job.folder), artefact_path="",
-                    checkpoint_bytes="",
+                    checkpoint_bytes="", other_latencies=rec.get("latencies", {}),
                     recorded=f"{rec['date']}, {rec['machine']}, commit {rec['commit']}")
 
     def collect(self):
@@ -1022,8 +1037,13 @@ class Table:
                 values = [x[k] for x in seeds if x[k] is not None]
                 agg[k] = (statistics.fmean(values) if values else None,
                           statistics.stdev(values) if len(values) > 1 else None)
+            others = {}
+            for x in seeds:
+                for cpu, ms in (x.get("other_latencies") or {}).items():
+                    others.setdefault(cpu, []).append(ms)
             out.append({"row": row.name, "model": row.model, "training": row.training, "family": row.family,
                         "job": row.job, "seeds": seeds, "n": len(seeds), "agg": agg,
+                        "other_latencies": {cpu: statistics.fmean(v) for cpu, v in others.items()},
                         "artefact": seeds[0]["artefact"] if seeds else "",
                         "runs": [str(self.jobs[(row.job, s)].folder) for s in range(self.a.seeds)]})
         return out
@@ -1099,6 +1119,14 @@ def cpu_tag(result, cpus):
     return f" [{cpus.index(cpu) + 1}]" if len(cpus) > 1 and cpu in cpus else ""
 
 
+def latency_cell(result, cpus):
+    """The row's latency with its CPU tag, then the same artefact's latency on the table's other CPUs (ledger)."""
+    cell = fmt_float(*result["agg"]["latency_ms"], digits=1) + cpu_tag(result, cpus)
+    others = result.get("other_latencies") or {}
+    more = [f"{others[c]:.1f}" + (f" [{k}]" if len(cpus) > 1 else "") for k, c in enumerate(cpus, 1) if c in others]
+    return "; ".join(([] if cell == "-" else [cell]) + more) or "-"
+
+
 def markdown_table(results, link_base, seeds, cpus=()):
     """The rows as markdown; the runs cell links each finished seed's folder (a ledger record: † instead) and says
     when a row has fewer seeds than the table asks for, or none yet; a latency says which of ``cpus`` it is from
@@ -1114,7 +1142,7 @@ def markdown_table(results, link_base, seeds, cpus=()):
         lines.append(md_row([r["model"], r["training"], fmt_float(*g["map50"]), fmt_float(*g["map"]),
                              fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]), fmt_int(*g["macs"]),
                              fmt_int(*g["sparse_macs"]), fmt_float(*mib, digits=2),
-                             fmt_float(*g["latency_ms"], digits=1) + cpu_tag(r, cpus),
+                             latency_cell(r, cpus),
                              fmt_share(g["filters_removed"][0], g["filters"][0]),
                              r["artefact"] or "-", fmt_time(*g["wall_s"]),
                              links]))
@@ -1231,7 +1259,8 @@ def write_outputs(table, meta):
     results = table.collect()
     seeds = {(r["job"], x["seed"]): x for r in results for x in r["seeds"]}.values()  # a run once, whatever rows
     meta["total_seconds"] = round(sum(x["wall_s"] or 0 for x in seeds), 1)
-    meta["latency_cpus"] = list(dict.fromkeys(x["latency_cpu"] for x in seeds if x["latency_ms"] is not None))
+    meta["latency_cpus"] = list(dict.fromkeys([*(x["latency_cpu"] for x in seeds if x["latency_ms"] is not None),
+                                               *(c for x in seeds for c in x.get("other_latencies") or {})]))
     meta["latency_reps"] = table.a.latency_reps
     meta["recorded"] = sorted({x["recorded"] for x in seeds if x["recorded"]})
     meta["ledger"] = table.a.ledger

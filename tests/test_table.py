@@ -254,6 +254,30 @@ def test_latencies_from_two_cpus_say_which_cpu_each_is_from(tmp_path):
     assert "| 5.9 [1] |" in block and "| 4.9 [2] |" in block  # the README block tags them too
 
 
+def test_the_ledger_keeps_an_artefacts_latency_on_every_cpu(tmp_path):
+    """Timed again on another CPU, the same artefact keeps its earlier latency beside the new one; not timed, it
+    keeps the one it had; retrained to other figures, the old latencies go with the old artefact."""
+    zen4, zen5 = "AMD EPYC (family 25 model 17), 2 threads", "AMD EPYC (family 26 model 2), 2 threads"
+    ledger, job = table.Ledger(tmp_path / "ledger.json"), table.Job("dense-yolov3-tiny", 0, tmp_path, "prune.py", [])
+    figures = {k: 1.0 for k in table.METRICS}
+
+    def put(ms, cpu, map50=0.9):
+        nums = dict(figures, map50=map50, latency_ms=ms, latency_cpu=cpu, artefact="fp32", finished="2026-12-06T00",
+                    machine="m", commit="c")
+        return ledger.put({"argv": []}, job, nums)
+
+    put(5.9, zen5)
+    rec = put(12.6, zen4)
+    assert (rec["numbers"]["latency_ms"], rec["numbers"]["latency_cpu"], rec["latencies"]) == (12.6, zen4, {zen5: 5.9})
+    rec = put(None, None)  # collected without --latency: what was timed stays
+    assert (rec["numbers"]["latency_ms"], rec["latencies"]) == (12.6, {zen5: 5.9}) and len(ledger.records) == 1
+    rec = put(None, None, map50=0.8)  # another artefact: no latency of the old one carries over
+    assert rec["numbers"]["latency_ms"] is None and "latencies" not in rec
+    result = {"agg": {"latency_ms": (12.6, None)}, "seeds": [{"latency_ms": 12.6, "latency_cpu": zen4}],
+              "other_latencies": {zen5: 5.9}}
+    assert table.latency_cell(result, [zen5, zen4]) == "12.6 [2]; 5.9 [1]"
+
+
 @pytest.mark.slow
 def test_killed_midway_and_rerun_skips_finished_runs(shapes_tiny, tmp_path):
     """A real kill (SIGKILL of the table's process group) while the second run works; the rerun, through the real
