@@ -180,6 +180,8 @@ def build_parser():
                    help="more prune.py flags for the CS rows only (e.g. --cs-lambda), one quoted string")
     g.add_argument("--lth-args", default="",
                    help="more prune.py flags for the pruned LTH rounds only, not the dense runs (e.g. --rewind lr)")
+    g.add_argument("--lth-filter-args", default="",
+                   help="more prune.py flags for the filter-level LTH row only, after --lth-args")
     g.add_argument("--kd-args", default="", help="more my_kd.py flags, one quoted string")
     g.add_argument("--gan-args", default="", help="more my_kd_gan.py flags, one quoted string")
     g = p.add_argument_group("what to run and where")
@@ -383,7 +385,9 @@ def build_plan(a, base):
     common = ["--epochs", str(a.epochs), *common]
     prune_extra, kd_extra, gan_extra = (shlex.split(s) for s in (a.prune_args, a.kd_args, a.gan_args))
     cs_extra, lth_extra = ([*prune_extra, *shlex.split(x)] for x in (a.cs_args, a.lth_args))
-    cs_note, lth_note = (f" ({x.strip()})" if x.strip() else "" for x in (a.cs_args, a.lth_args))
+    filter_extra = [*lth_extra, *shlex.split(a.lth_filter_args)]
+    cs_note, lth_note, filter_note = (f" ({x.strip()})" if x.strip() else "" for x in (
+        a.cs_args, a.lth_args, f"{a.lth_args} {a.lth_filter_args}"))
     lth = ["--rounds", str(a.lth_rounds), "--prune-rate", f"{a.prune_rate:g}"]
     lth_label = f"{a.lth_rounds} round{'s' * (a.lth_rounds != 1)} at {a.prune_rate:g}{lth_note}"
     compose_cfg = students[a.compose_student]
@@ -419,7 +423,8 @@ def build_plan(a, base):
         return job(f"lth-{tag}{scope}-{cfg.stem}", "prune.py",
                    lambda s, J: ["--lth", "--cfg", str(cfg), "--weights",
                                  str(J[dense].folder / "round_0/weights/last.pt"), "--scope", scope, *schedule,
-                                 *common, *own(cfg), "--seed", str(s), *lth_extra],
+                                 *common, *own(cfg), "--seed", str(s),
+                                 *(lth_extra if granularity == "weight" else filter_extra)],
                    deps=[dense], final_round=a.lth_rounds if granularity == "weight" else a.filter_rounds,
                    pruned=True)
 
@@ -432,7 +437,7 @@ def build_plan(a, base):
             baseline(cfg), "baseline")
     add("lth-local", big, f"LTH local, {lth_label}", lth_job(big, "local"), "pruning")
     add("lth-global", big, f"LTH global, {lth_label}", lth_job(big, "global"), "pruning")
-    add("lth-filter", big, f"LTH filters local, {a.filter_rounds} rounds at {a.filter_rate:g}{lth_note}",
+    add("lth-filter", big, f"LTH filters local, {a.filter_rounds} rounds at {a.filter_rate:g}{filter_note}",
         lth_job(big, "local", "filter"), "pruning")
     for n in a.cs_rounds:
         if n < 1:

@@ -393,6 +393,12 @@ def test_cs_and_lth_args_reach_their_rows_only_and_name_them(tmp_path):
     flagged = {jid for (jid, _), job in jobs.items() if job.argv[-2:] == ["--rewind", "lr"]}
     assert flagged == {"lth-local-yolov3-tiny", "lth-filter-local-yolov3-tiny"} and len(jobs) == 4
     assert {r.name: r.training for r in rows}["lth-filter"].endswith(" (--rewind lr)")
+    a = settings("--seeds", "1", "--big-cfg", "cfg/yolov3-tiny.cfg", "--lth-filter-args", "--rewind lr",
+                 "--rows", "tiny", "lth-local", "lth-filter")
+    rows, jobs = table.build_plan(a, tmp_path)
+    flagged = {jid for (jid, _), job in jobs.items() if job.argv[-2:] == ["--rewind", "lr"]}
+    assert flagged == {"lth-filter-local-yolov3-tiny"}  # the filter row only
+    assert "--rewind" not in {r.name: r.training for r in rows}["lth-local"]
 
 
 def test_distillation_ablations_are_opt_in_rows_from_a_given_teacher(tmp_path):
