@@ -58,7 +58,8 @@ Run folders stay on the machine that made them. ``--ledger docs/results/ledger_<
 run's figures (with its arguments, date, machine and commit) in a file committed with the code, so that a table built
 slice by slice across sessions and machines keeps the rows whose folders are gone; they are marked † in the tables.
 With a ledger, a run it records is not started again unless a run it lacks starts from it (an LTH row from its dense
-run).
+run) or ``--rerun`` asks for it (after a code change); a record keeps its artefact's latency on every CPU that timed
+it.
 """
 import argparse
 import contextlib
