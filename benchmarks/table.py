@@ -1241,6 +1241,11 @@ def plot(results, path, title, x_key="storage_bytes", cpus=()):
         for xi, yi, r in zip(x, y, pts):
             tag = cpu_tag(r, cpus) if x_key == "latency_ms" else ""
             ax.annotate(r["row"] + tag, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for r in (r for r in results if x_key == "latency_ms" and r["n"]):  # the same artefacts timed on other CPUs
+        for cpu, ms in (r.get("other_latencies") or {}).items():
+            ax.plot([ms], [r["agg"]["map50"][0]], markers.get(r["family"], "o"), mfc="none", color="grey")
+            ax.annotate(f"{r['row']} [{cpus.index(cpu) + 1}]", (ms, r["agg"]["map50"][0]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color="grey")
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter
 
