@@ -127,7 +127,8 @@ def test_training_values_are_checked_from_flags_and_recipes(tmp_path):
     (AugmentSettings, dict(mosaic=1.5), "--mosaic"), (AugmentSettings, dict(fliplr=float("nan")), "--fliplr"),
     (AugmentSettings, dict(hsv_s=-0.1), "--hsv-s"), (DataSettings, dict(batch_size=0), "--batch-size"),
     (DataSettings, dict(workers=-1), "--workers"), (TrainSettings, dict(epochs=0), "--epochs"),
-    (TrainSettings, dict(memory_format="nhwc"), "--memory-format"), (TrainSettings, dict(precise_bn=-1), "--precise-bn"),
+    (TrainSettings, dict(memory_format="nhwc"), "--memory-format"),
+    (TrainSettings, dict(precise_bn=-1), "--precise-bn"),
     (OutputSettings, dict(eval_from=-1.0), "--eval-from"), (DeviceSettings, dict(amp="fp8"), "--amp"),
     (ModelSettings, dict(img_size=0), "--img-size"),
 ])

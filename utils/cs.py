@@ -31,13 +31,12 @@ import torch
 
 from models import prunable_parameters
 from utils.checkpoint import load_checkpoint, plugin_state
-from utils.datasets import parse_data_cfg
-from utils.engine import Plugin, model_from_settings
+from utils.engine import Plugin, model_from_args
 from utils.errors import UserError
 from utils.general import init_seeds
 from utils.pruning import (STRATEGIES, MaskPlugin, Masks, RewindPlugin, Strategy, build_model, filter_consumers,
                            filter_units, rewind, rewind_epochs, with_consumer_inputs)
-from utils.settings import CSSettings, ModelSettings
+from utils.settings import CSSettings
 from utils.torch_utils import de_parallel
 
 def temperature(epoch, epochs, final):
@@ -557,7 +556,7 @@ class ContinuousSparsification(Strategy):
     def begin_round(self, r):
         if r == 0:
             init_seeds(self.args.seed, self.args.deterministic)  # the initial network is reproducible
-            model, _ = model_from_settings(ModelSettings.from_args(self.args), parse_data_cfg(self.args.data)["classes"])
+            model, _ = model_from_args(self.args)
             named = prunable_parameters(model, include_output=self.settings.prune_output,
                                         skip_first=self.settings.keep_first_dense)
             if self.settings.granularity == "filter":

@@ -35,7 +35,7 @@ from utils.loss import ComputeLoss
 from utils.memory_format import choose_memory_format, machine_name
 from utils.metrics import EVAL_BATCH_SIZE
 from utils.my_utils import hyp_from_args, resume_args, save_args, upgrade_saved_args, vars_clean
-from utils.settings import RunSettings
+from utils.settings import ModelSettings, RunSettings
 from utils.torch_utils import (MEMORY_FORMATS, ModelEMA, autocast, build_optimizer, ddp, de_parallel, lr_schedule,
                                recompute_bn_stats, resolve_precision)
 
@@ -158,9 +158,8 @@ def prepare(args, nc=None):
         model = Darknet.from_text(ckpt["cfg"], name=ckpt.get("cfg_name", "cfg"), img_size=args.img_size, nc=ckpt["nc"])
         return args, model, save_dir, ckpt
     s = RunSettings.from_args(args)
-    nc = nc or parse_data_cfg(s.data.data)["classes"]
     init_seeds(s.device.seed, s.device.deterministic)  # the initial weights depend on the seed alone
-    model, _ = model_from_settings(s.model, nc)
+    model, _ = model_from_args(args, nc)
     return args, model, make_save_dir(s.output), None
 
 
@@ -249,9 +248,16 @@ def model_from_settings(settings, nc):
     return model, None
 
 
+def model_from_args(args, nc=None):
+    """``model_from_settings`` for parsed arguments: ``--cfg``/``--weights`` for ``nc`` classes (default: the
+    class count of ``--data``)."""
+    return model_from_settings(ModelSettings.from_args(args), nc or parse_data_cfg(args.data)["classes"])
+
+
 # ------------------------------------------------------------------------------------------- the trainer
 class Trainer:
-    """Trains ``model`` on ``--data`` with the run's settings (``args``); plug-ins add loss terms, masks and extra optimisers."""
+    """Trains ``model`` on ``--data`` with the run's settings (``args``); plug-ins add loss terms, masks and extra
+    optimisers."""
 
     def __init__(self, args, model, save_dir, plugins=(), resume_ckpt=None, log=print, first_epoch=0):
         self.args, self.plugins, self.log = args, list(plugins), log

@@ -53,13 +53,13 @@ from models import Darknet, prunable_parameters
 from utils import runlock
 from utils.checkpoint import atomic_path, load_checkpoint, remove_stale_temporaries, write_atomic
 from utils.datasets import create_dataloader, parse_data_cfg
-from utils.engine import Plugin, Trainer, model_from_settings
+from utils.engine import Plugin, Trainer, model_from_args
 from utils.errors import UserError
 from utils.evaluation import evaluate
 from utils.export import channel_graph, foldable_convs
 from utils.general import increment_path, init_seeds, is_main_process, select_device
 from utils.my_utils import hyp_from_args, save_args, upgrade_saved_args
-from utils.settings import LTHSettings, ModelSettings, scope_type
+from utils.settings import LTHSettings, scope_type
 from utils.summary import model_summary
 from utils.torch_utils import de_parallel, resolve_precision
 
@@ -928,7 +928,7 @@ class LotteryTicket(Strategy):
         if r == 0:
             init_seeds(self.args.seed, self.args.deterministic)  # the dense initialisation is reproducible
 
-            model, _ = model_from_settings(ModelSettings.from_args(self.args), parse_data_cfg(self.args.data)["classes"])
+            model, _ = model_from_args(self.args)
             return model, [RewindPlugin(self.rewind_epoch, self.rewind_iter)]
         prev = self.previous(r)
         model = build_model(prev, self.args)
