@@ -81,7 +81,8 @@ def shapes_yaml(data, out):
 
 
 def first_reaching(rows, threshold):
-    """Seconds (cumulative, evaluation included) and epoch at which mAP@0.5 first reaches ``threshold``, or None."""
+    """Seconds (cumulative, evaluation included) and epoch at which mAP@0.5 first reaches ``threshold``, or None
+    (an epoch not evaluated, NaN: ``--eval-from``, never reaches it)."""
     total = 0.0
     for epoch, seconds, map50 in rows:
         total += seconds
@@ -98,7 +99,7 @@ def ours(a, data, out, env):
                    "train_py", "--exist-ok", *a.train_args.split()], env=env)
     rows = read_csv(run / "results.csv")
     seconds = [float(r["seconds"]) for r in rows]
-    return {"epochs": [(int(r["epoch"]), s, float(r["metrics/map50"])) for r, s in zip(rows, seconds)],
+    return {"epochs": [(int(r["epoch"]), s, float(r["metrics/map50"] or "nan")) for r, s in zip(rows, seconds)],
             "img_per_s": n_images(data) * len(rows) / sum(seconds),
             "setup": f"{rows[-1].get('dtype', '?')} {rows[-1].get('memory_format', '')}".strip()}
 
@@ -137,7 +138,7 @@ def table(results, a, data):
         for thr in THRESHOLDS:
             hit = first_reaching(r["epochs"], thr)
             cells.append(f"{hit[0] / 60:.1f} min (epoch {hit[1]})" if hit else f"not in {len(r['epochs'])} epochs")
-        best = max(m for _, _, m in r["epochs"])
+        best = max((m for _, _, m in r["epochs"] if m == m), default=float("nan"))
         total = sum(s for _, s, _ in r["epochs"])
         lines.append(f"| {tool} | {r['setup']} | {r['img_per_s']:.1f} | {cells[0]} | {cells[1]} | {best:.3f} | "
                      f"{total / 60:.1f} min |")
