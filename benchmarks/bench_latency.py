@@ -3,10 +3,12 @@ channels_last only where the CPU runs bf16 natively) and ONNX Runtime, per batch
 
     python benchmarks/bench_latency.py --weights dense.pt ticket.pt
     python benchmarks/bench_latency.py --weights dense.pt ticket.pt --img-sizes 256 416 --batch-sizes 1 16 --reps 20
+    python benchmarks/bench_latency.py --weights dense.pt ticket.pt --reps 50 --passes 3   # on a noisy shared VM
     python benchmarks/bench_latency.py --weights best.pt --filter-rates 0.2 0.36 0.488   # filter masks, untrained
     python benchmarks/bench_latency.py --weights best.pt --filter-rates 0.5 --round-to 1 8 16  # folded widths
 
-Every figure is the median of ``--reps`` runs (default 20) after ``--warmup`` untimed ones, with ``--threads``
+Every figure is the median of ``--reps`` runs (default 20) after ``--warmup`` untimed ones; with ``--passes P`` every
+network, size and batch is timed in turn P times and a figure is the median of its P medians. ``--threads``
 threads (default: torch's choice) for PyTorch and ONNX Runtime alike; the header names the CPU. ``--filter-rates``
 adds, for each checkpoint, networks with that fraction of every plain conv's filters removed by L1 norm
 (``prune.py --granularity filter``'s ranking, one local step) and folded: their speed, not their accuracy (which
@@ -26,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import latencies  # noqa: E402
+from benchmarks.common import interleaved_latencies, latency_runners  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.export import FOLD_ROUND_TO, fold_empty_channels  # noqa: E402
 from utils.general import cpu_name  # noqa: E402
@@ -60,6 +62,9 @@ def main(argv=None):
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--passes", type=int, default=1,
+                    help="passes over every network, size and batch in turn; a figure is the median of its passes' "
+                         "medians (3 outvotes a slow spell of a shared machine)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--filter-rates", type=float, nargs="*", default=[])
     ap.add_argument("--round-to", type=int, nargs="+", default=[FOLD_ROUND_TO],
@@ -70,25 +75,30 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     meta = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "python": platform.python_version(),
-            "reps": a.reps, "warmup": a.warmup}
-    print(f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}; median of {a.reps} "
-          f"runs after {a.warmup} warm-up, ms per batch\n")
+            "reps": a.reps, "warmup": a.warmup, "passes": a.passes}
+    rule = (f"median of {a.reps} runs" if a.passes == 1 else
+            f"median of {a.passes} interleaved passes' medians of {a.reps} runs")
+    print(f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}; {rule} after {a.warmup} "
+          f"warm-up, ms per batch\n")
     print("| network | params | MACs (1 image) | size | batch | fp32 | bf16+cl | ONNX Runtime | ORT speed-up |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     rows, ref = [], {}
     with tempfile.TemporaryDirectory() as folder:
-        for label, net, info in networks(a.weights, a.filter_rates, a.round_to):
-            for size in a.img_sizes:
-                macs = model_summary(net, size)["macs"]
-                for bs in a.batch_sizes:
-                    t = latencies(net, size, a.reps, folder, batch=bs, warmup=a.warmup)
-                    ort = t["ort"][1]
-                    ref.setdefault((size, bs), ort)
-                    row = {"network": label, **info, "macs": macs, "img_size": size, "batch": bs,
-                           **{k: v[1] for k, v in t.items()}, "ort_speedup": ref[(size, bs)] / ort}
-                    rows.append(row)
-                    print(f"| {label} | {info['params']:,} | {macs / 1e6:,.0f} M | {size} | {bs} | {row['fp32']:.1f} | "
-                          f"{row['bf16_cl']:.1f} | {ort:.1f} | {row['ort_speedup']:.2f}x |", flush=True)
+        cases = [(label, net, info, size, bs) for label, net, info in networks(a.weights, a.filter_rates, a.round_to)
+                 for size in a.img_sizes for bs in a.batch_sizes]
+        runners = {(i, kind): fn for i, (_, net, _, size, bs) in enumerate(cases)
+                   for kind, fn in latency_runners(net, size, folder, batch=bs).items()}
+        with torch.inference_mode():
+            timed = interleaved_latencies(runners, a.reps, a.passes, a.warmup)
+        for i, (label, net, info, size, bs) in enumerate(cases):
+            t = {kind: timed[(i, kind)][1] if (i, kind) in timed else float("nan")
+                 for kind in ("fp32", "bf16_cl", "ort")}
+            ref.setdefault((size, bs), t["ort"])
+            row = {"network": label, **info, "macs": model_summary(net, size)["macs"], "img_size": size, "batch": bs,
+                   **t, "ort_passes": timed[(i, "ort")][2], "ort_speedup": ref[(size, bs)] / t["ort"]}
+            rows.append(row)
+            print(f"| {label} | {info['params']:,} | {row['macs'] / 1e6:,.0f} M | {size} | {bs} | {t['fp32']:.1f} | "
+                  f"{t['bf16_cl']:.1f} | {t['ort']:.1f} | {row['ort_speedup']:.2f}x |", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     return rows

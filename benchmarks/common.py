@@ -1,5 +1,8 @@
 """Helpers shared by the benchmark scripts."""
+import copy
 import csv
+import itertools
+import statistics
 import subprocess
 import sys
 import time
@@ -8,6 +11,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+_ONNX_FILES = itertools.count()
 
 
 def run_timed(cmd, log=None, env=None):
@@ -78,38 +82,63 @@ def timed(fn, reps, warmup=1):
     return 1000 * times[0], 1000 * times[len(times) // 2]
 
 
-def latencies(model, img_size, reps, folder, batch=1, warmup=1):
-    """``{'fp32': (best, median), 'bf16_cl': ..., 'ort': ...}``: milliseconds per ``(batch, 3, img_size, img_size)``
-    forward in PyTorch fp32, bf16 + channels_last (NaN where bf16 is not native: emulated bf16 is never shipped)
-    and ONNX Runtime on the CPU, with torch's thread count for both."""
+def latency_runners(model, img_size, folder, batch=1):
+    """``{'fp32': fn, 'bf16_cl': fn, 'ort': fn}``: one ``(batch, 3, img_size, img_size)`` forward each, in PyTorch
+    fp32, bf16 + channels_last (only where bf16 is native: emulated bf16 is never shipped) and ONNX Runtime on the
+    CPU, with torch's thread count for both. Call them under ``torch.inference_mode()``."""
     from utils.torch_utils import native_low_precision
 
     model = model.eval()
     x = torch.rand(batch, 3, img_size, img_size)
-    out = {}
-    with torch.inference_mode():
-        out["fp32"] = timed(lambda: model(x), reps, warmup)
-        m = model.to(memory_format=torch.channels_last)
+    runners = {"fp32": lambda: model(x)}
+    if native_low_precision("bf16"):
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
         xc = x.contiguous(memory_format=torch.channels_last)
 
         def bf16():
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                m(xc)
-        out["bf16_cl"] = timed(bf16, reps, warmup) if native_low_precision("bf16") else (float("nan"), float("nan"))
-        model.to(memory_format=torch.contiguous_format)
-    out["ort"] = ort_latency(model, img_size, reps, folder, batch, warmup)
-    return out
+                cl(xc)
+        runners["bf16_cl"] = bf16
+    runners["ort"] = ort_runner(model, img_size, folder, batch)
+    return runners
+
+
+def latencies(model, img_size, reps, folder, batch=1, warmup=1):
+    """``{'fp32': (best, median), 'bf16_cl': ..., 'ort': ...}``: milliseconds per forward of each of
+    ``latency_runners`` (NaN for bf16 where it is not native)."""
+    runners = latency_runners(model, img_size, folder, batch)
+    with torch.inference_mode():
+        out = {k: timed(fn, reps, warmup) for k, fn in runners.items()}
+    return {"bf16_cl": (float("nan"), float("nan")), **out}
+
+
+def ort_runner(model, img_size, folder, batch=1):
+    """A callable that runs one ``(batch, 3, img_size, img_size)`` forward of ``model`` exported to ONNX, in an ONNX
+    Runtime CPU session with torch's thread count (the .onnx file is written under ``folder``)."""
+    from utils.export import export_onnx, onnx_session
+
+    folder = Path(folder) / f"ort{next(_ONNX_FILES)}"  # one file per session: several may live at once
+    folder.mkdir(parents=True)
+    path = export_onnx(model.eval(), folder / "m.onnx", img_size, batch=batch)
+    sess = onnx_session(path, threads=torch.get_num_threads())
+    feed = {"images": torch.rand(batch, 3, img_size, img_size).numpy()}
+    return lambda: sess.run(None, feed)
 
 
 def ort_latency(model, img_size, reps, folder, batch=1, warmup=1):
-    """``(best, median)`` milliseconds per ``(batch, 3, img_size, img_size)`` forward of ``model`` exported to ONNX
-    and run by ONNX Runtime on the CPU with torch's thread count."""
-    from utils.export import export_onnx, onnx_session
+    """``(best, median)`` milliseconds per forward of ``model`` in ONNX Runtime on the CPU (``ort_runner``)."""
+    return timed(ort_runner(model, img_size, folder, batch), reps, warmup)
 
-    path = export_onnx(model.eval(), Path(folder) / "m.onnx", img_size, batch=batch)
-    sess = onnx_session(path, threads=torch.get_num_threads())
-    feed = {"images": torch.rand(batch, 3, img_size, img_size).numpy()}
-    result = timed(lambda: sess.run(None, feed), reps, warmup)
-    sess = None  # free the session before its file goes
-    path.unlink()
-    return result
+
+def interleaved_latencies(runners, reps, passes, warmup=1):
+    """``{key: (best, median, pass_medians)}`` for ``{key: fn}``: ``passes`` passes, each timing every ``fn`` in turn
+    (``warmup`` untimed runs, then the median of ``reps``); ``median`` is the median of the passes' medians. A slow
+    spell of a shared machine then falls on every network alike and is outvoted by the other passes."""
+    per_pass = {key: [] for key in runners}
+    best = dict.fromkeys(runners, float("inf"))
+    for _ in range(passes):
+        for key, fn in runners.items():
+            b, m = timed(fn, reps, warmup)
+            per_pass[key].append(m)
+            best[key] = min(best[key], b)
+    return {key: (best[key], statistics.median(ms), ms) for key, ms in per_pass.items()}

@@ -106,8 +106,8 @@ CSV_COLUMNS = ("row", "model", "training", "seeds", "map50_mean", "map50_std", "
 
 # seeds.csv's columns: one line per row and seed.
 SEED_COLUMNS = ("row", "seed", "run", "map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs",
-                "storage_bytes", "latency_ms", "filters", "filters_removed", "artefact", "artefact_path",
-                "checkpoint_bytes", "wall_s", "recorded")
+                "storage_bytes", "latency_ms", "latency_cpu", "latency_rule", "filters", "filters_removed", "artefact",
+                "artefact_path", "checkpoint_bytes", "wall_s", "recorded")
 
 METRICS = ("map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs", "storage_bytes", "latency_ms",
            "filters", "filters_removed", "wall_s")
@@ -203,9 +203,12 @@ def build_parser():
                    help="train the rows' runs again even where the ledger records them (after a code change); "
                         "the new records replace the old")
     g.add_argument("--latency", action="store_true",
-                   help="time each finished run's shipped artefact, folded, in ONNX Runtime at batch 1 (latency.json; "
-                        "measured again on another CPU or thread count): run it when nothing else runs")
-    g.add_argument("--latency-reps", type=int, default=20, help="timed runs per latency (the median is reported)")
+                   help="time the shipped artefact of each finished run of the rows, folded, in ONNX Runtime at "
+                        "batch 1, all together in interleaved passes (latency.json): run it when nothing else runs")
+    g.add_argument("--latency-reps", type=int, default=20, help="timed runs per latency pass (their median counts)")
+    g.add_argument("--latency-passes", type=int, default=3,
+                   help="passes over all the networks to time, interleaved; a latency is the median of its passes' "
+                        "medians, so a slow spell of a shared machine falls on every row alike and is outvoted")
     g.add_argument("--ledger", default=None,
                    help="JSON file of the finished runs' figures, e.g. docs/results/ledger_shapes.json: committed, it "
                         "carries a table across sessions and machines whose run folders are gone (a run found here "
@@ -231,8 +234,9 @@ def resolve_settings(a):
     a.img_size_start = hyp.get("img_size_start", base.get("img_size_start"))  # for --equal-time's sizes
     if not a.epochs or a.epochs < 1:
         raise UserError(f"--epochs must be 1 or more, not {a.epochs}")
-    if a.seeds < 1:
-        raise UserError(f"--seeds must be 1 or more, not {a.seeds}")
+    for flag in ("seeds", "latency_reps", "latency_passes"):
+        if getattr(a, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be 1 or more, not {getattr(a, flag)}")
     if a.rewind_epoch is None:
         a.rewind_epoch = min(a.epochs, round(a.epochs / 30))
     a.cs_epochs = a.cs_epochs or max(2, a.epochs)
@@ -690,8 +694,8 @@ class Ledger:
     ``latencies`` keep the artefact's latency on other CPUs (``{cpu: ms}``): a run measured again elsewhere adds a
     CPU instead of replacing one, as long as it is the same artefact (same mAP, non-zero parameters and bytes)."""
 
-    KEPT = ("artefact", "latency_cpu") + METRICS
-    LATENCY = ("latency_ms", "latency_cpu", "filters", "filters_removed")
+    KEPT = ("artefact", "latency_cpu", "latency_rule") + METRICS
+    LATENCY = ("latency_ms", "latency_cpu", "latency_rule", "filters", "filters_removed")
     SAME_ARTEFACT = ("map50", "map", "nonzero_params", "storage_bytes")
 
     def __init__(self, path):
@@ -707,7 +711,7 @@ class Ledger:
     def put(self, spec, job, nums):
         """Record a finished run's figures (a record with the same figures keeps its date); returns the record."""
         old = self.get(spec, job)
-        numbers = {k: nums[k] for k in self.KEPT}
+        numbers = {k: nums.get(k) for k in self.KEPT}
         others = {}
         if old is not None and all(old["numbers"].get(k) == numbers[k] for k in self.SAME_ARTEFACT):
             before = old["numbers"]
@@ -969,7 +973,7 @@ class Table:
         from utils.export import FOLD_ROUND_TO
 
         return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "img_size": self.a.img_size, "batch": 1,
-                "round_to": FOLD_ROUND_TO}
+                "round_to": FOLD_ROUND_TO, "reps": self.a.latency_reps, "passes": self.a.latency_passes}
 
     def latency_record(self, job):
         """The run's latency.json when it was measured at this table's image size, else None."""
@@ -979,38 +983,46 @@ class Table:
 
 
     def measure_latencies(self):
-        """latency.json for every finished run of the table whose figure is missing or from another setting."""
+        """latency.json for every finished run of the table whose artefact is on this machine, all timed afresh
+        and together, in interleaved passes (``interleaved_latencies``): rows compared are timed in the same spell."""
         import tempfile
 
         import torch
 
-        from benchmarks.common import ort_latency
+        from benchmarks.common import interleaved_latencies, ort_runner
         from utils.checkpoint import load_model
         from utils.export import fold_empty_channels
 
         setting = self.latency_setting()
+        todo = {}  # (run id, seed): (job, artefact)
         for job in self.jobs.values():
-            path = job.folder / "latency.json"
-            if not self.done(job) or (path.is_file() and {k: json.loads(path.read_text()).get(k) for k in setting}
-                                      == setting):
+            if not self.done(job):
                 continue
             artefact = str(moved(job, json.loads((job.folder / "table_done.json").read_text())["artefact"]))
             if not Path(artefact).is_file():
                 self.out(f"{job.id} seed {job.seed}: no latency, its artefact {artefact} is not on this machine")
                 continue
-            model, _ = load_model(artefact)
-            filters = sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-            folded, report = fold_empty_channels(model.eval())
-            with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
-                best, median = ort_latency(folded, self.a.img_size, self.a.latency_reps, folder, warmup=3)
-            rec = {**setting, "ms": round(median, 3), "best_ms": round(best, 3), "reps": self.a.latency_reps,
-                   "warmup": 3, "runtime": "onnxruntime", "artefact": artefact, "params_folded": report["params_after"],
+            todo[(job.id, job.seed)] = job, artefact
+        with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
+            runners, folds = {}, {}
+            for key, (job, artefact) in todo.items():
+                model, _ = load_model(artefact)
+                filters = sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+                folded, report = fold_empty_channels(model.eval())
+                folds[key] = (filters, report)
+                runners[key] = ort_runner(folded, self.a.img_size, folder)
+            timed = interleaved_latencies(runners, self.a.latency_reps, self.a.latency_passes, warmup=3)
+        for key, (best, median, passes) in timed.items():
+            (job, artefact), (filters, report) = todo[key], folds[key]
+            rec = {**setting, "ms": round(median, 3), "best_ms": round(best, 3),
+                   "pass_ms": [round(m, 3) for m in passes], "warmup": 3, "runtime": "onnxruntime",
+                   "artefact": artefact, "params_folded": report["params_after"],
                    "filters": filters, "filters_removed": report["removed"],
                    "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
-            path.write_text(json.dumps(rec, indent=1) + "\n")
+            (job.folder / "latency.json").write_text(json.dumps(rec, indent=1) + "\n")
             self.event("latency", job, ms=rec["ms"])
             self.out(f"{job.id} seed {job.seed}: {rec['ms']:.2f} ms (ONNX Runtime, batch 1, {self.a.img_size} px, "
-                     f"{report['removed']} filters folded)")
+                     f"passes {', '.join(f'{m:.2f}' for m in passes)}; {report['removed']} filters folded)")
 
     def seed_numbers(self, job):
         """A seed's figures: from its run folder (recorded in the ledger), else from the ledger's record of a run
@@ -1061,12 +1073,21 @@ def widths(rec):
     return f", widths x{n}" if n > 1 else ""
 
 
+def timing_rule(rec):
+    """How a latency record's figure was taken: 'median of N runs', or the median of interleaved passes' medians."""
+    passes, reps = rec.get("passes") or 1, rec.get("reps")
+    if reps is None:
+        return None
+    return f"median of {reps} runs" if passes == 1 else f"median of {passes} interleaved passes' medians of {reps} runs"
+
+
 def latency_fields(rec):
-    """A run's latency record as table figures: the median ms, ``cpu, N threads``, the conv filters and how many
-    folding removed (None where there is no record, or one from before the filter count)."""
+    """A run's latency record as table figures: the median ms, ``cpu, N threads``, how it was timed, the conv
+    filters and how many folding removed (None where there is no record, or one from before the filter count)."""
     rec = rec or {}
     return {"latency_ms": float(rec["ms"]) if rec else None,
             "latency_cpu": f"{rec['cpu']}, {rec['threads']} threads{widths(rec)}" if rec else None,
+            "latency_rule": timing_rule(rec) if rec else None,
             "filters": rec.get("filters"), "filters_removed": rec.get("filters_removed")}
 
 
@@ -1187,8 +1208,8 @@ def latency_note(meta):
         "same [k]")
     return (f"ms per image of the shipped artefact with its empty filters folded away (`export.py --fold`; 'widths "
             f"xN': the folded conv widths rounded up to multiples of N, `--fold-round-to`), ONNX "
-            f"Runtime, batch 1, {meta['img_size']} px, median of {meta.get('latency_reps', 20)} runs after 3 "
-            f"warm-up, on {where} (`--latency`, run with nothing else running)")
+            f"Runtime, batch 1, {meta['img_size']} px, {' or '.join(meta.get('latency_rules') or ['median'])} "
+            f"after 3 warm-up, on {where} (`--latency`, run with nothing else running)")
 
 
 def describe(meta):
@@ -1272,7 +1293,8 @@ def write_outputs(table, meta):
     meta["total_seconds"] = round(sum(x["wall_s"] or 0 for x in seeds), 1)
     meta["latency_cpus"] = list(dict.fromkeys([*(x["latency_cpu"] for x in seeds if x["latency_ms"] is not None),
                                                *(c for x in seeds for c in x.get("other_latencies") or {})]))
-    meta["latency_reps"] = table.a.latency_reps
+    meta["latency_rules"] = sorted({x.get("latency_rule") or f"median of {table.a.latency_reps} runs"
+                                    for x in seeds if x["latency_ms"] is not None})
     meta["recorded"] = sorted({x["recorded"] for x in seeds if x["recorded"]})
     meta["ledger"] = table.a.ledger
     with open(base / "table.csv", "w", newline="") as f:

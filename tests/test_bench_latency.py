@@ -1,4 +1,4 @@
-"""benchmarks/bench_latency.py: the networks it times (no timing here)."""
+"""benchmarks/bench_latency.py: the networks it times, and its interleaved passes (no speed asserted)."""
 import torch
 
 from benchmarks.bench_latency import networks
@@ -26,3 +26,19 @@ def test_each_filter_rate_is_folded_once_per_width_multiple(tmp_path):
             assert half1.channels[i] == model.channels[i] // 2  # ceil(0.5 n) of an even n pruned
             assert half16.channels[i] % 16 == 0 and half1.channels[i] <= half16.channels[i] < half1.channels[i] + 16
     assert nets[3][2]["removed"] < nets[2][2]["removed"] and nets[3][2]["round_to"] == 16
+
+
+def test_passes_time_every_network_and_size_in_turn(tmp_path):
+    """Two checkpoints, two sizes, two passes: a row each, its ORT figure the median of its two pass medians."""
+    from benchmarks.bench_latency import main
+
+    torch.manual_seed(0)
+    model = Darknet(TINY, nc=3, img_size=64).eval()
+    save_checkpoint(make_checkpoint(model), tmp_path / "dense.pt")
+    rows = main(["--weights", str(tmp_path / "dense.pt"), "--filter-rates", "0.5", "--img-sizes", "32", "64",
+                 "--reps", "1", "--warmup", "0", "--passes", "2", "--json", str(tmp_path / "t.json")])
+    assert [(r["network"], r["img_size"]) for r in rows] == [("dense.pt", 32), ("dense.pt", 64),
+                                                             ("dense.pt filters -0.5", 32), ("dense.pt filters -0.5", 64)]
+    for r in rows:
+        assert len(r["ort_passes"]) == 2 and r["ort"] == sum(r["ort_passes"]) / 2 > 0 and r["fp32"] > 0
+    assert rows[0]["ort_speedup"] == rows[1]["ort_speedup"] == 1.0  # the first network is the reference per size

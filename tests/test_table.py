@@ -200,11 +200,15 @@ def test_changed_arguments_are_refused(full):
 def test_latency_is_measured_on_the_folded_artefacts_without_running_anything(full):
     base = full["base"]
     calls = []
-    argv = [*full["argv"], "--rows", "tiny", "lth-filter", "--collect-only", "--latency", "--latency-reps", "2"]
+    argv = [*full["argv"], "--rows", "tiny", "lth-filter", "--collect-only", "--latency", "--latency-reps", "2",
+            "--latency-passes", "2"]
     table.main(argv, runner=lambda *a: calls.append(a) or 0, out=lambda *a: None)
     assert calls == []  # --collect-only starts no run
     dense = json.loads((base / "dense-yolov3-tiny/seed0/latency.json").read_text())
     pruned = json.loads((base / "lth-filter-local-yolov3-tiny/seed0/latency.json").read_text())
+    for rec in (dense, pruned):  # the median of two interleaved passes' medians of two runs each
+        assert (rec["reps"], rec["passes"], len(rec["pass_ms"])) == (2, 2, 2)
+        assert rec["ms"] == pytest.approx(sum(rec["pass_ms"]) / 2, abs=1e-3) and rec["best_ms"] <= min(rec["pass_ms"])
     assert dense["filters_removed"] == 0 < pruned["filters_removed"]  # the filter ticket is timed folded
     assert pruned["params_folded"] < dense["params_folded"] and dense["img_size"] == 64 and dense["batch"] == 1
     assert dense["round_to"] == pruned["round_to"] == FOLD_ROUND_TO  # folded widths rounded as export.py does
@@ -218,9 +222,18 @@ def test_latency_is_measured_on_the_folded_artefacts_without_running_anything(fu
     assert [r[header.index("filters folded")] for r in body] == ["0.0%", f"{share:.1%}"]
     md = (base / "table.md").read_text()
     assert dense["cpu"] in md and "ONNX Runtime, batch 1" in md and (base / "table_latency.png").stat().st_size > 5000
-    before = (base / "dense-yolov3-tiny/seed0/latency.json").stat().st_mtime_ns
-    table.main(argv, runner=lambda *a: calls.append(a) or 0, out=lambda *a: None)
-    assert (base / "dense-yolov3-tiny/seed0/latency.json").stat().st_mtime_ns == before  # same CPU: kept
+    assert "median of 2 interleaved passes' medians of 2 runs" in md  # the note says how the records were timed
+    table.main([*argv[:-1], "1"], runner=lambda *a: calls.append(a) or 0, out=lambda *a: None)
+    dense_json = base / "dense-yolov3-tiny/seed0/latency.json"
+    for name in ("dense-yolov3-tiny", "lth-filter-local-yolov3-tiny"):  # --latency times the rows again, together
+        again = json.loads((base / name / "seed0/latency.json").read_text())
+        assert again["passes"] == 1 and len(again["pass_ms"]) == 1 and again["ms"] == again["pass_ms"][0]
+    assert "median of 2 runs after" in (base / "table.md").read_text()
+    before = dense_json.stat().st_mtime_ns
+    table.main([*full["argv"], "--rows", "tiny", "--collect-only"], runner=lambda *a: 0, out=lambda *a: None)
+    assert dense_json.stat().st_mtime_ns == before  # without --latency the timed figure stands
+    tiny = read_csv(base / "table.csv")[0]
+    assert float(tiny["latency_ms_mean"]) == json.loads(dense_json.read_text())["ms"]
 
 
 def test_latencies_from_two_cpus_say_which_cpu_each_is_from(tmp_path):
@@ -268,14 +281,15 @@ def test_the_ledger_keeps_an_artefacts_latency_on_every_cpu(tmp_path):
 
     def put(ms, cpu, map50=0.9):
         nums = dict(figures, map50=map50, latency_ms=ms, latency_cpu=cpu, artefact="fp32", finished="2026-12-06T00",
-                    machine="m", commit="c")
+                    machine="m", commit="c", latency_rule=ms and f"median of {int(ms)} runs")
         return ledger.put({"argv": []}, job, nums)
 
     put(5.9, zen5)
     rec = put(12.6, zen4)
     assert (rec["numbers"]["latency_ms"], rec["numbers"]["latency_cpu"], rec["latencies"]) == (12.6, zen4, {zen5: 5.9})
-    rec = put(None, None)  # collected without --latency: what was timed stays
+    rec = put(None, None)  # collected without --latency: what was timed stays, and how
     assert (rec["numbers"]["latency_ms"], rec["latencies"]) == (12.6, {zen5: 5.9}) and len(ledger.records) == 1
+    assert rec["numbers"]["latency_rule"] == "median of 12 runs"
     rec = put(None, None, map50=0.8)  # another artefact: no latency of the old one carries over
     assert rec["numbers"]["latency_ms"] is None and "latencies" not in rec
     result = {"agg": {"latency_ms": (12.6, None)}, "seeds": [{"latency_ms": 12.6, "latency_cpu": zen4}],
