@@ -226,6 +226,15 @@ def test_learning_rate_rewinding_keeps_the_final_weights_and_replays_the_schedul
     assert any(not torch.equal(v, load_checkpoint(dense_pt)["rewind"]["model"][k]) for k, v in final.items())
 
 
+def test_a_rewind_point_never_reached_is_a_one_line_error(shapes_tiny, tmp_path):
+    """Round 0 ends before the rewind step it was to capture: prune.py stops with one line, no round is recorded."""
+    out = run_script("prune.py", *TINY, "--lth", "--epochs", "1", "--rewind-iter", "50", "--rounds", "1", "--data",
+                     shapes_tiny, "--project", tmp_path, "--name", "short", env=script_env())
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "the rewind point (optimiser step 50) was not reached in the round's 1 epochs" in out.stderr
+    assert not (tmp_path / "short" / "rounds.csv").is_file() or rows_of(tmp_path / "short") == []
+
+
 def test_rewind_epoch_below_one_is_a_fraction_of_the_epochs():
     from utils.errors import UserError
 

@@ -585,12 +585,6 @@ class ContinuousSparsification(Strategy):
         return model, [self.plugin(soft), RewindPlugin(self.rewind_epoch, self.rewind_iter,
                                                        snapshot=ckpt.get("rewind"))]
 
-    def end_round(self, r, trainer):
-        if r == 0 and not load_checkpoint(trainer.wdir / "last.pt").get("rewind"):
-            where = f"optimiser step {self.rewind_iter}" if self.rewind_iter else f"epoch {self.rewind_epoch}"
-            raise UserError(f"{trainer.wdir / 'last.pt'}: the rewind point ({where}) was not reached in the first "
-                            f"search round ({self.args.epochs} epochs); lower --rewind-iter/--rewind-epoch")
-
     def row_checkpoint(self, r):
         """Search rounds: last.pt (the state the next round starts from); the ticket: best.pt."""
         wdir = self.run.round_dir(r) / "weights"

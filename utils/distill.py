@@ -14,7 +14,7 @@ from utils.engine import Plugin
 from utils.errors import UserError
 from utils.loss import MAX_WH_LOG
 from utils.pruning import MaskPlugin, Masks
-from utils.settings import KDSettings
+from utils.settings import KDSettings, ModelSettings, TeacherSettings
 from utils.torch_utils import ddp, de_parallel
 
 
@@ -565,8 +565,9 @@ class DistillPlugin(TeacherPlugin):
     @classmethod
     def from_args(cls, args, teacher=None):
         """The plug-in ``my_kd.py`` builds from its resolved arguments (teacher loaded on the CPU if not given)."""
-        teacher = teacher or load_teacher(args.teacher_cfg, args.teacher_weights)
-        return cls(teacher, KDSettings.from_args(args), args.img_size)
+        k = KDSettings.from_args(args)
+        teacher = teacher or load_teacher(k.teacher_cfg, k.teacher_weights)
+        return cls(teacher, k, ModelSettings.from_args(args).img_size)
 
     def detection_loss_scale(self, trainer):
         if not self.soft_weight:
@@ -613,11 +614,11 @@ def mask_plugin_for(ckpt):
 def student_plugins(args, model, plugin_cls, resume=None):
     """The distillation plug-in ``plugin_cls`` (validated against ``model``) and, for a pruned student, its mask
     plug-in, so that distilling into a pruned network keeps its mask fixed."""
-    teacher = load_teacher(args.teacher_cfg, args.teacher_weights)
-    plugins = [plugin_cls.from_args(args, teacher).check(model, args.img_size)]
+    t, m = TeacherSettings.from_args(args), ModelSettings.from_args(args)
+    plugins = [plugin_cls.from_args(args, load_teacher(t.teacher_cfg, t.teacher_weights)).check(model, m.img_size)]
     source = resume
-    if source is None and str(args.weights or "").endswith(".pt"):
-        source = load_checkpoint(args.weights)
+    if source is None and str(m.weights or "").endswith(".pt"):
+        source = load_checkpoint(m.weights)
     masks = mask_plugin_for(source)
     return plugins + ([masks] if masks is not None else [])
 

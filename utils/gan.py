@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from utils.distill import AdaptationLayer, TeacherPlugin, _darknet, _fmt, hint_loss, load_teacher, match_heads
 from utils.errors import UserError
-from utils.settings import GANSettings
+from utils.settings import GANSettings, RunSettings
 from utils.torch_utils import ddp, inverse_exp_lr
 
 DEFAULT_WIDTHS = (256, 512, 256, 128, 64)
@@ -164,8 +164,9 @@ class GANPlugin(TeacherPlugin):
     @classmethod
     def from_args(cls, args, teacher=None):
         """The plug-in ``my_kd_gan.py`` builds from its resolved arguments (teacher loaded on the CPU if not given)."""
-        teacher = teacher or load_teacher(args.teacher_cfg, args.teacher_weights)
-        return cls(teacher, GANSettings.from_args(args), args.img_size, epochs=args.epochs, seed=args.seed)
+        g, run = GANSettings.from_args(args), RunSettings.from_args(args)
+        teacher = teacher or load_teacher(g.teacher_cfg, g.teacher_weights)
+        return cls(teacher, g, run.model.img_size, epochs=run.train.epochs, seed=run.device.seed)
 
     # -- validation, before training -------------------------------------------------------------------
     def check(self, student, img_size=None):

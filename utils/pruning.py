@@ -532,6 +532,13 @@ class RewindPlugin(Plugin):
     def checkpoint_entries(self, trainer):
         return {"rewind": self.snapshot} if self.snapshot is not None else {}
 
+    def check_captured(self, last, epochs):
+        """After the round that was to capture θ_k (``last``: its last.pt): a one-line error if it never did."""
+        if self.snapshot is None:
+            where = f"optimiser step {self.iteration}" if self.iteration else f"epoch {self.epoch}"
+            raise UserError(f"{last}: the rewind point ({where}) was not reached in the round's {epochs} epochs; "
+                            f"lower --rewind-iter/--rewind-epoch")
+
     def state_dict(self):
         return {"steps": self.steps}
 
@@ -705,9 +712,6 @@ class Strategy:
     def resume_round(self, r, ckpt):
         raise NotImplementedError
 
-    def end_round(self, r, trainer):
-        """After a round's training: checks (e.g. that the rewind point was reached)."""
-
     def expected_sparsity(self, r):
         return ""
 
@@ -773,7 +777,9 @@ def train_round(strategy, r, log):
         for p in plugins:
             if hasattr(p, "close"):
                 p.close()
-    strategy.end_round(r, trainer)
+    for p in plugins:
+        if isinstance(p, RewindPlugin):
+            p.check_captured(trainer.wdir / "last.pt", trainer.epochs)
     return trained_row(strategy, r, trainer)
 
 
@@ -957,12 +963,6 @@ class LotteryTicket(Strategy):
                 raise UserError(f"{self.run.round_dir(r)}: last.pt of a pruned round holds no masks")
             plugins.insert(0, MaskPlugin(masks))
         return model, plugins
-
-    def end_round(self, r, trainer):
-        if r == 0 and not load_checkpoint(trainer.wdir / "last.pt").get("rewind"):
-            where = (f"optimiser step {self.rewind_iter}" if self.rewind_iter else f"epoch {self.rewind_epoch}")
-            raise UserError(f"{trainer.wdir / 'last.pt'}: the rewind point ({where}) was not reached in the dense "
-                            f"run ({self.args.epochs} epochs); lower --rewind-iter/--rewind-epoch")
 
     def external_row(self, r):
         """Round 0 from ``--weights``: evaluate the given checkpoint on the validation set."""
