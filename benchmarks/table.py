@@ -93,11 +93,12 @@ from utils.errors import UserError, cli  # noqa: E402
 START, END = "<!-- table:start -->", "<!-- table:end -->"
 
 # The markdown table's columns (the README test checks them).
-COLUMNS = ("model", "training", "mAP@0.5", "AP@[.5:.95]", "params", "non-zero params", "dense MACs", "sparse MACs",
-           "storage MiB", "latency ms", "filters folded", "artefact", "wall time", "runs")
+COLUMNS = ("model", "training", "mAP@0.5", "AP@[.5:.95]", "flat (last 5)", "params", "non-zero params", "dense MACs",
+           "sparse MACs", "storage MiB", "latency ms", "filters folded", "artefact", "wall time", "runs")
 
 # table.csv's columns: one line per row, means and sample standard deviations over the seeds.
-CSV_COLUMNS = ("row", "model", "training", "seeds", "map50_mean", "map50_std", "map_mean", "map_std", "params_mean",
+CSV_COLUMNS = ("row", "model", "training", "seeds", "map50_mean", "map50_std", "map_mean", "map_std",
+               "map50_flat_mean", "map50_flat_std", "params_mean",
                "params_std", "nonzero_params_mean", "nonzero_params_std", "sparsity_mean", "sparsity_std",
                "macs_mean", "macs_std", "sparse_macs_mean", "sparse_macs_std", "storage_bytes_mean",
                "storage_bytes_std", "latency_ms_mean", "latency_ms_std", "filters_mean", "filters_std",
@@ -105,11 +106,14 @@ CSV_COLUMNS = ("row", "model", "training", "seeds", "map50_mean", "map50_std", "
                "runs")
 
 # seeds.csv's columns: one line per row and seed.
-SEED_COLUMNS = ("row", "seed", "run", "map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs",
+SEED_COLUMNS = ("row", "seed", "run", "map50", "map", "map50_flat", "params", "nonzero_params", "sparsity", "macs", "sparse_macs",
                 "storage_bytes", "latency_ms", "latency_cpu", "latency_rule", "filters", "filters_removed", "artefact",
                 "artefact_path", "checkpoint_bytes", "wall_s", "recorded")
 
-METRICS = ("map50", "map", "params", "nonzero_params", "sparsity", "macs", "sparse_macs", "storage_bytes", "latency_ms",
+# A run is converged when mAP@0.5 moved at most FLAT_POINTS over its last FLAT_EPOCHS evaluated epochs (issue 29).
+FLAT_EPOCHS, FLAT_POINTS = 5, 1.0
+
+METRICS = ("map50", "map", "map50_flat", "params", "nonzero_params", "sparsity", "macs", "sparse_macs", "storage_bytes", "latency_ms",
            "filters", "filters_removed", "wall_s")
 
 MODEL_NAMES = {"yolov3-tiny": "YOLOv3-Tiny", "yolov3": "YOLOv3", "yolov3-spp": "YOLOv3-SPP",
@@ -953,7 +957,8 @@ class Table:
         metrics = json.loads((job.folder / "test" / "metrics.json").read_text())
         s = metrics.get("summary") or {}
         artefact, final = moved(job, marker["artefact"]), moved(job, marker["final"])
-        return {"map50": float(metrics["map50"]), "map": float(metrics["map"]), "params": int(s["params"]),
+        return {"map50": float(metrics["map50"]), "map": float(metrics["map"]),
+                "map50_flat": last_epochs_spread(final.parent.parent / "results.csv"), "params": int(s["params"]),
                 "nonzero_params": int(s["nonzero_params"]), "sparsity": float(s["sparsity"]),
                 "macs": float(s["macs"]), "sparse_macs": float(s["sparse_macs"]),
                 "storage_bytes": int(s.get("file_bytes") or artefact.stat().st_size),
@@ -1101,6 +1106,24 @@ def spec_difference(saved, now):
     return f"then {shlex.join(a[j:i + 1]) or 'nothing'}, now {shlex.join(b[j:i + 1]) or 'nothing'}"
 
 
+def last_epochs_spread(results_csv, n=FLAT_EPOCHS):
+    """How flat a run ended: mAP@0.5's max - min over the last ``n`` evaluated epochs of its results.csv (a pruning
+    run: its final round), or None with fewer evaluated epochs."""
+    if not Path(results_csv).is_file():
+        return None
+    with open(results_csv, newline="") as f:
+        maps = [float(r["metrics/map50"]) for r in csv.DictReader(f) if r.get("metrics/map50")]
+    return round(max(maps[-n:]) - min(maps[-n:]), 6) if len(maps) >= n else None
+
+
+def flat_cell(mean, std):
+    """The spread in mAP@0.5 points; above ``FLAT_POINTS`` the run is marked as not converged."""
+    if mean is None:
+        return "-"
+    spread = f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std else "") + " pt"
+    return spread if 100 * mean <= FLAT_POINTS else f"{spread}, not flat"
+
+
 def run_seconds(job):
     """Training time of a run: the ``seconds`` of every epoch (results.csv) or round (rounds.csv), summed."""
     path = job.folder / ("rounds.csv" if job.script == "prune.py" else "results.csv")
@@ -1158,7 +1181,7 @@ def markdown_table(results, link_base, seeds, cpus=()):
     """The rows as markdown; the runs cell links each finished seed's folder (a ledger record: † instead) and says
     when a row has fewer seeds than the table asks for, or none yet; a latency says which of ``cpus`` it is from
     when there are several."""
-    lines = [md_row(COLUMNS), "|" + "|".join(["---"] * 2 + ["--:"] * 9 + ["---"] * 3) + "|"]
+    lines = [md_row(COLUMNS), "|" + "|".join(["---"] * 2 + ["--:"] * 10 + ["---"] * 3) + "|"]
     for r in results:
         g = r["agg"]
         mib = [None if v is None else v / 2**20 for v in g["storage_bytes"]]
@@ -1167,7 +1190,7 @@ def markdown_table(results, link_base, seeds, cpus=()):
         if r["n"] < seeds:
             links = f"{links} ({r['n']} of {seeds} seeds)" if r["n"] else "not run yet"
         lines.append(md_row([r["model"], r["training"], fmt_float(*g["map50"]), fmt_float(*g["map"]),
-                             fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]), fmt_int(*g["macs"]),
+                             flat_cell(*g["map50_flat"]), fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]), fmt_int(*g["macs"]),
                              fmt_int(*g["sparse_macs"]), fmt_float(*mib, digits=2),
                              latency_cell(r, cpus),
                              fmt_share(g["filters_removed"][0], g["filters"][0]),
@@ -1180,7 +1203,10 @@ def notes(meta):
     return [
         f"mean ± sample standard deviation over {meta['seeds']} seed{'s' * (meta['seeds'] != 1)} (no ± with one "
         f"seed; a row with fewer finished seeds says so in table.csv's `seeds`). mAP: `test.py` (pycocotools) on "
-        f"the validation set at {meta['img_size']} px. params: all parameters; non-zero params: those not zero "
+        f"the validation set at {meta['img_size']} px. flat (last {FLAT_EPOCHS}): mAP@0.5's spread (max - min) over "
+        f"the run's last {FLAT_EPOCHS} evaluated epochs (a pruning run: its final round), in points; above "
+        f"{FLAT_POINTS:g} pt the row says 'not flat': not trained to convergence. params: all parameters; non-zero "
+        f"params: those not zero "
         f"(pruned rows). MACs: batch 1 at {meta['img_size']} px, dense (every kernel weight) and sparse (non-zero "
         f"kernel weights only). storage: bytes on disk of the shipped artefact `export.py --include sparse`: a "
         f"bitmask + non-zero values for pruned rows (`sparse`), plain fp32 tensors for dense ones (`fp32`). "

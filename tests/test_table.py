@@ -90,6 +90,7 @@ def test_every_row_is_in_the_table_with_numbers_from_its_run_folders(full):
     assert all(r["seeds"] == "1" for r in rows), "every row has its seed"
     seeds = read_csv(base / "seeds.csv")
     assert len(seeds) == len(ROWS)
+    assert all(s["map50_flat"] == "" for s in seeds)  # 1-epoch runs: fewer than 5 evaluations to judge
     for s in seeds:
         run = Path(s["run"])
         assert run.parent.parent == base and run.name == f"seed{s['seed']}"
@@ -147,7 +148,7 @@ def test_mean_and_std_are_over_the_seeds(full):
     for name, row in rows.items():
         for k in table.METRICS:
             values = [float(s[k]) for s in seeds if s["row"] == name and s[k] != ""]
-            if k in ("latency_ms", "filters", "filters_removed"):  # measured only with --latency
+            if k in ("latency_ms", "filters", "filters_removed", "map50_flat"):  # --latency only; 5 epochs
                 assert values == [] and row[f"{k}_mean"] == row[f"{k}_std"] == ""
                 continue
             assert float(row[f"{k}_mean"]) == pytest.approx(statistics.fmean(values), rel=1e-9, abs=1e-12)
@@ -234,6 +235,21 @@ def test_latency_is_measured_on_the_folded_artefacts_without_running_anything(fu
     assert dense_json.stat().st_mtime_ns == before  # without --latency the timed figure stands
     tiny = read_csv(base / "table.csv")[0]
     assert float(tiny["latency_ms_mean"]) == json.loads(dense_json.read_text())["ms"]
+
+
+def test_a_run_is_flat_when_its_last_five_evaluations_stay_within_a_point(tmp_path):
+    """The convergence column: mAP@0.5's spread over the last 5 evaluated epochs (unevaluated ones skipped)."""
+    maps = ["", "", 0.5, 0.8, 0.905, 0.91, 0.912, 0.915, 0.909]
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "metrics/map50"])
+        w.writerows(enumerate(maps, 1))
+    assert table.last_epochs_spread(tmp_path / "results.csv") == pytest.approx(0.01)
+    assert table.last_epochs_spread(tmp_path / "results.csv", n=6) == pytest.approx(0.115)  # 0.8 comes in
+    assert table.last_epochs_spread(tmp_path / "results.csv", n=8) is None  # 7 evaluated epochs only
+    assert table.last_epochs_spread(tmp_path / "missing.csv") is None
+    assert table.flat_cell(0.01, None) == "1.0 pt" and table.flat_cell(0.004, 0.001) == "0.4 ± 0.1 pt"
+    assert table.flat_cell(0.023, None) == "2.3 pt, not flat" and table.flat_cell(None, None) == "-"
 
 
 def test_latencies_from_two_cpus_say_which_cpu_each_is_from(tmp_path):
