@@ -106,15 +106,15 @@ CSV_COLUMNS = ("row", "model", "training", "seeds", "map50_mean", "map50_std", "
                "runs")
 
 # seeds.csv's columns: one line per row and seed.
-SEED_COLUMNS = ("row", "seed", "run", "map50", "map", "map50_flat", "params", "nonzero_params", "sparsity", "macs", "sparse_macs",
-                "storage_bytes", "latency_ms", "latency_cpu", "latency_rule", "filters", "filters_removed", "artefact",
-                "artefact_path", "checkpoint_bytes", "wall_s", "recorded")
+SEED_COLUMNS = ("row", "seed", "run", "map50", "map", "map50_flat", "params", "nonzero_params", "sparsity", "macs",
+                "sparse_macs", "storage_bytes", "latency_ms", "latency_cpu", "latency_rule", "filters",
+                "filters_removed", "artefact", "artefact_path", "checkpoint_bytes", "wall_s", "recorded")
 
 # A run is converged when mAP@0.5 moved at most FLAT_POINTS over its last FLAT_EPOCHS evaluated epochs (issue 29).
 FLAT_EPOCHS, FLAT_POINTS = 5, 1.0
 
-METRICS = ("map50", "map", "map50_flat", "params", "nonzero_params", "sparsity", "macs", "sparse_macs", "storage_bytes", "latency_ms",
-           "filters", "filters_removed", "wall_s")
+METRICS = ("map50", "map", "map50_flat", "params", "nonzero_params", "sparsity", "macs", "sparse_macs",
+           "storage_bytes", "latency_ms", "filters", "filters_removed", "wall_s")
 
 MODEL_NAMES = {"yolov3-tiny": "YOLOv3-Tiny", "yolov3": "YOLOv3", "yolov3-spp": "YOLOv3-SPP",
                "yolo-nano": "YOLO Nano", "yolo-nano_leaky": "YOLO Nano leaky",
@@ -1083,7 +1083,8 @@ def timing_rule(rec):
     passes, reps = rec.get("passes") or 1, rec.get("reps")
     if reps is None:
         return None
-    return f"median of {reps} runs" if passes == 1 else f"median of {passes} interleaved passes' medians of {reps} runs"
+    return (f"median of {reps} runs" if passes == 1 else
+            f"median of {passes} interleaved passes' medians of {reps} runs")
 
 
 def latency_fields(rec):
@@ -1190,7 +1191,8 @@ def markdown_table(results, link_base, seeds, cpus=()):
         if r["n"] < seeds:
             links = f"{links} ({r['n']} of {seeds} seeds)" if r["n"] else "not run yet"
         lines.append(md_row([r["model"], r["training"], fmt_float(*g["map50"]), fmt_float(*g["map"]),
-                             flat_cell(*g["map50_flat"]), fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]), fmt_int(*g["macs"]),
+                             flat_cell(*g["map50_flat"]), fmt_int(*g["params"]), fmt_int(*g["nonzero_params"]),
+                             fmt_int(*g["macs"]),
                              fmt_int(*g["sparse_macs"]), fmt_float(*mib, digits=2),
                              latency_cell(r, cpus),
                              fmt_share(g["filters_removed"][0], g["filters"][0]),

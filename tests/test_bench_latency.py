@@ -37,8 +37,8 @@ def test_passes_time_every_network_and_size_in_turn(tmp_path):
     save_checkpoint(make_checkpoint(model), tmp_path / "dense.pt")
     rows = main(["--weights", str(tmp_path / "dense.pt"), "--filter-rates", "0.5", "--img-sizes", "32", "64",
                  "--reps", "1", "--warmup", "0", "--passes", "2", "--json", str(tmp_path / "t.json")])
-    assert [(r["network"], r["img_size"]) for r in rows] == [("dense.pt", 32), ("dense.pt", 64),
-                                                             ("dense.pt filters -0.5", 32), ("dense.pt filters -0.5", 64)]
+    half = "dense.pt filters -0.5"
+    assert [(r["network"], r["img_size"]) for r in rows] == [("dense.pt", 32), ("dense.pt", 64), (half, 32), (half, 64)]
     for r in rows:
         assert len(r["ort_passes"]) == 2 and r["ort"] == sum(r["ort_passes"]) / 2 > 0 and r["fp32"] > 0
     assert rows[0]["ort_speedup"] == rows[1]["ort_speedup"] == 1.0  # the first network is the reference per size
