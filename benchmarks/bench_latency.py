@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import interleaved_latencies, latency_runners  # noqa: E402
+from benchmarks.common import interleaved_latencies, latency_runners, timing_rule  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.export import FOLD_ROUND_TO, fold_empty_channels  # noqa: E402
 from utils.general import cpu_name  # noqa: E402
@@ -76,9 +76,8 @@ def main(argv=None):
     meta = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "python": platform.python_version(),
             "reps": a.reps, "warmup": a.warmup, "passes": a.passes}
-    rule = (f"median of {a.reps} runs" if a.passes == 1 else
-            f"median of {a.passes} interleaved passes' medians of {a.reps} runs")
-    print(f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}; {rule} after {a.warmup} "
+    print(f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}; "
+          f"{timing_rule(a.reps, a.passes)} after {a.warmup} "
           f"warm-up, ms per batch\n")
     print("| network | params | MACs (1 image) | size | batch | fp32 | bf16+cl | ONNX Runtime | ORT speed-up |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")

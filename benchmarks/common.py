@@ -130,6 +130,12 @@ def ort_latency(model, img_size, reps, folder, batch=1, warmup=1):
     return timed(ort_runner(model, img_size, folder, batch), reps, warmup)
 
 
+def timing_rule(reps, passes=1):
+    """How an ``interleaved_latencies`` figure was taken, in words."""
+    return (f"median of {reps} runs" if passes == 1 else
+            f"median of {passes} interleaved passes' medians of {reps} runs")
+
+
 def interleaved_latencies(runners, reps, passes, warmup=1):
     """``{key: (best, median, pass_medians)}`` for ``{key: fn}``: ``passes`` passes, each timing every ``fn`` in turn
     (``warmup`` untimed runs, then the median of ``reps``); ``median`` is the median of the passes' medians. A slow

@@ -1080,11 +1080,9 @@ def widths(rec):
 
 def timing_rule(rec):
     """How a latency record's figure was taken: 'median of N runs', or the median of interleaved passes' medians."""
-    passes, reps = rec.get("passes") or 1, rec.get("reps")
-    if reps is None:
-        return None
-    return (f"median of {reps} runs" if passes == 1 else
-            f"median of {passes} interleaved passes' medians of {reps} runs")
+    from benchmarks.common import timing_rule as rule
+
+    return rule(rec["reps"], rec.get("passes") or 1) if rec.get("reps") is not None else None
 
 
 def latency_fields(rec):
