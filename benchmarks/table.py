@@ -59,7 +59,7 @@ run's figures (with its arguments, date, machine and commit) in a file committed
 slice by slice across sessions and machines keeps the rows whose folders are gone; they are marked † in the tables.
 With a ledger, a run it records is not started again unless a run it lacks starts from it (an LTH row from its dense
 run) or ``--rerun`` asks for it (after a code change); a record keeps its artefact's latency on every CPU that timed
-it.
+it. A run is recorded as soon as it finishes, so a table stopped midway keeps the runs it finished.
 """
 import argparse
 import contextlib
@@ -945,6 +945,10 @@ class Table:
                   "commands": [[s, *argv] for _, s, argv in steps]}
         (job.folder / "table_done.json").write_text(json.dumps(marker, indent=1) + "\n")
         self.event("done", job, seconds=seconds)
+        if self.ledger is not None:  # recorded at once: a session that ends mid-table keeps the runs it finished
+            with self.lock:
+                self.ledger.put(self.spec(job), job, self.numbers(job))
+                self.ledger.save()
         self.out(f"{tag}: done in {seconds:.0f}s")
         return True
 

@@ -1,6 +1,6 @@
 """benchmarks/table.py: the whole table on the tiny shapes set (every row, numbers parsed back from the run folders;
 two rows with 2 seeds for the std over the seeds), a run killed midway and rerun (finished runs are not started
-again), the README block, and the small pieces (settings from --hyp, reduced-width cfgs, row selection, changed arguments refused)."""
+again, and were recorded in the ledger), the README block, and the small pieces (settings from --hyp, reduced-width cfgs, row selection, changed arguments refused)."""
 import contextlib
 import csv
 import json
@@ -318,7 +318,9 @@ def test_killed_midway_and_rerun_skips_finished_runs(shapes_tiny, tmp_path):
     """A real kill (SIGKILL of the table's process group) while the second run works; the rerun, through the real
     subprocess runner, starts the killed run again and not the finished one."""
     out = tmp_path / "out"
-    argv = ["--data", str(shapes_tiny), *FAST, "--seeds", "1", "--out", str(out), "--rows", "tiny", "nano"]
+    ledger = tmp_path / "ledger.json"
+    argv = ["--data", str(shapes_tiny), *FAST, "--seeds", "1", "--out", str(out), "--rows", "tiny", "nano",
+            "--ledger", str(ledger)]
     base = out / "shapes"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "benchmarks/table.py", *argv, "--runner", "inprocess"], cwd=ROOT,
@@ -338,6 +340,9 @@ def test_killed_midway_and_rerun_skips_finished_runs(shapes_tiny, tmp_path):
         proc.wait()
     first, second = [(e["run"], e["seed"]) for e in events(base) if e["event"] == "start"]
     assert first == ("dense-yolov3-tiny", 0) and not (base / second[0] / "seed0" / "table_done.json").exists()
+    metrics = json.loads((base / first[0] / "seed0" / "test" / "metrics.json").read_text())
+    [rec] = json.loads(ledger.read_text())["runs"]  # the finished run is recorded though the table never ended
+    assert (rec["run"], rec["seed"], rec["numbers"]["map50"]) == (*first, metrics["map50"])
 
     result = subprocess.run([sys.executable, "benchmarks/table.py", *argv], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=600)
