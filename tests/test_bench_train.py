@@ -20,3 +20,25 @@ def test_train_sizes_are_the_stride_multiples_a_progressive_run_visits():
     assert train_sizes(0, 256) == [256]
     assert train_sizes(128, 256) == [128, 160, 192, 224, 256]
     assert train_sizes(100, 256) == [96, 128, 160, 192, 224, 256]
+
+
+def test_without_native_bf16_nothing_is_timed_in_bf16(monkeypatch, capsys):
+    """On a CPU that only emulates bf16 the benchmark times fp32 alone: an emulated bf16 matmul peak took 9 of its
+    10 minutes on the Zen 4 restricted to AVX2 code paths."""
+    import torch
+
+    from benchmarks import bench_train
+
+    timed = []
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(bench_train, "matmul_peak", lambda dtype, device: timed.append(dtype) or 100.0)
+    monkeypatch.setattr(bench_train, "step_rate", lambda cfg, size, batch, prec, *a: timed.append(prec) or 10.0)
+    monkeypatch.setattr(bench_train, "choose_memory_format", lambda *a: ("channels_last", "patched"))
+    bench_train.main(["--img-size", "64"])
+    assert timed == [torch.float32, "fp32", "fp32"]
+    out = capsys.readouterr().out
+    assert "matmul peak: fp32 100 GFLOP/s;" in out and "auto: fp32 (CPU has no native bf16" in out
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    timed.clear()
+    bench_train.main(["--img-size", "64"])
+    assert timed == [torch.float32, torch.bfloat16, "fp32", "fp32", "bf16", "bf16"]

@@ -365,7 +365,7 @@ def test_the_header_args_yaml_and_results_csv_say_what_was_chosen(shapes_tiny, t
     from utils import memory_format, torch_utils
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
-    monkeypatch.setattr(torch_utils, "cpu_isa", lambda: "AMX" if native else "AVX2")
+    monkeypatch.setattr(torch_utils, "cpu_isa", lambda native=True: "AMX" if native else "AVX2")
     monkeypatch.setenv("YOLO_COMPRESSION_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(memory_format, "step_rates", lambda *a: {"channels_last": 15.1, "contiguous": 13.0})
     save_dir = run_train(shapes_tiny, tmp_path, want, "--epochs", "1")

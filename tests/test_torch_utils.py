@@ -72,10 +72,23 @@ def test_auto_is_bf16_only_where_the_cpu_has_native_bf16(cpu_bf16, monkeypatch):
     p = torch_utils.resolve_precision(cpu, "auto")
     assert (p.name, p.amp, p.scaled) == ("bf16", True, False) and "native bf16" in p.reason
     cpu_bf16(False)
-    monkeypatch.setattr(torch_utils, "cpu_isa", lambda: "AVX2")
+    monkeypatch.setattr(torch_utils, "cpu_isa", lambda native=True: "AVX2")
     p = torch_utils.resolve_precision(cpu, "auto")
     assert (p.name, p.amp) == ("fp32", False)
     assert str(p) == "fp32 (CPU has no native bf16: AVX2)"
+
+
+@pytest.mark.parametrize("flags, native, want", [
+    (["avx2", "avx512_bf16"], True, "AVX512-BF16"), (["avx2", "amx_bf16", "avx512_bf16"], True, "AMX"),
+    (["avx2"], False, "AVX2"),
+    # the CPU lists AVX512-BF16 but oneDNN runs no bf16 (ONEDNN_MAX_CPU_ISA=AVX2): the message names both
+    (["avx2", "avx512_bf16"], False, "AVX2; the CPU lists AVX512-BF16, unused by oneDNN here")])
+def test_the_precision_reason_names_the_isa_that_decided(cpu_bf16, monkeypatch, flags, native, want):
+    cpu_bf16(native)
+    monkeypatch.setattr(torch_utils, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    p = torch_utils.resolve_precision(torch.device("cpu"), "auto")
+    assert p.reason == f"CPU has {'' if native else 'no '}native bf16: {want}"
 
 
 def test_auto_is_fp16_with_a_scaler_on_cuda(cpu_bf16):

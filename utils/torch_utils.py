@@ -45,18 +45,24 @@ class Precision:
         return f"{self.name} ({self.reason})"
 
 
-def cpu_isa():
-    """The CPU's bf16-relevant ISA for messages: AMX or AVX512-BF16 (from /proc/cpuinfo's flags where it exists),
-    else the vector ISA torch dispatches to (AVX512, AVX2, ...)."""
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     try:
-        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+        return next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
     except OSError:
-        flags = []
-    if "amx_bf16" in flags:
-        return "AMX"
-    if "avx512_bf16" in flags:
-        return "AVX512-BF16"
-    return torch.backends.cpu.get_cpu_capability()
+        return []
+
+
+def cpu_isa(native=True):
+    """The CPU's bf16-relevant ISA for messages: AMX or AVX512-BF16 (from /proc/cpuinfo's flags where it exists),
+    else the vector ISA torch dispatches to (AVX512, AVX2, ...). ``native=False`` (oneDNN runs no bf16 here) names
+    the ISA torch dispatches to, and a bf16 flag the CPU lists that torch does not use (e.g. ONEDNN_MAX_CPU_ISA)."""
+    flags = cpu_flags()
+    listed = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
+    if native and listed:
+        return listed
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{isa}; the CPU lists {listed}, unused by oneDNN here" if listed else isa
 
 
 def native_low_precision(name):
@@ -81,7 +87,7 @@ def resolve_precision(device, choice="auto", warn=None):
             return Precision("fp16", "CUDA: fp16 autocast with a gradient scaler")
         if native_low_precision("bf16"):
             return Precision("bf16", f"CPU has native bf16: {cpu_isa()}")
-        return Precision("fp32", f"CPU has no native bf16: {cpu_isa()}")
+        return Precision("fp32", f"CPU has no native bf16: {cpu_isa(native=False)}")
     if choice not in DTYPES:
         raise ValueError(f"--amp must be one of {', '.join(PRECISION_CHOICES)}, not {choice!r}")
     if cuda:
@@ -90,9 +96,9 @@ def resolve_precision(device, choice="auto", warn=None):
         return Precision(choice, f"--amp {choice}, native on this CPU: {cpu_isa()}")
     if choice not in _warned:
         _warned.add(choice)
-        warn(f"warning: --amp {choice} on a CPU without native {choice} ({cpu_isa()}): torch emulates it, "
-             f"often several times slower than fp32 (--amp auto picks fp32 here)")
-    return Precision(choice, f"--amp {choice}, emulated on this CPU: {cpu_isa()}")
+        warn(f"warning: --amp {choice} on a CPU without native {choice} ({cpu_isa(native=False)}): torch emulates "
+             f"it, often several times slower than fp32 (--amp auto picks fp32 here)")
+    return Precision(choice, f"--amp {choice}, emulated on this CPU: {cpu_isa(native=False)}")
 
 
 def autocast(device, precision="fp32"):
@@ -106,7 +112,6 @@ def autocast(device, precision="fp32"):
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
-@torch.no_grad()
 @torch.no_grad()
 def recompute_bn_stats(model, batches):
     """Precise BatchNorm (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", arXiv 2105.07576, section 3.1):
