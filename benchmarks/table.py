@@ -373,164 +373,204 @@ def parse_students(specs):
 
 def build_plan(a, base):
     """``(rows, jobs)``: every row of the table and, per seed, the runs (``{key: Job}``, dependencies first)."""
-    from utils.export import FOLD_ROUND_TO
-
-    data = str(Path(a.data).resolve())
-    tiny = existing_cfg(a.tiny_cfg, "--tiny-cfg")
-    big = existing_cfg(a.big_cfg, "--big-cfg")
-    if a.big_width != 1.0:
-        if not 0 < a.big_width < 1:
-            raise UserError(f"--big-width must be in (0, 1], not {a.big_width}")
-        big = scale_cfg(big, a.big_width, base.parent / "cfg" / f"{big.stem}-w{a.big_width:g}.cfg")
-    students = parse_students(a.student or DEFAULT_STUDENTS)
-    if a.compose_student not in students:
-        raise UserError(f"--compose-student {a.compose_student}: not one of the students ({', '.join(students)})")
-    common = ["--data", data, "--img-size", str(a.img_size), "--batch-size", str(a.batch_size), "--workers",
-              str(a.workers)]
-    if a.nominal_batch_size:
-        common += ["--nominal-batch-size", str(a.nominal_batch_size)]
-    common += a.hyp_flags + shlex.split(a.extra_args)
-    common_cs = ["--epochs", str(a.cs_epochs), *common]
-    common = ["--epochs", str(a.epochs), *common]
-    prune_extra, kd_extra, gan_extra = (shlex.split(s) for s in (a.prune_args, a.kd_args, a.gan_args))
-    cs_extra, lth_extra = ([*prune_extra, *shlex.split(x)] for x in (a.cs_args, a.lth_args))
-    filter_extra = [*lth_extra, *shlex.split(a.lth_filter_args)]
-    cs_note, lth_note, filter_note = (f" ({x.strip()})" if x.strip() else "" for x in (
-        a.cs_args, a.lth_args, f"{a.lth_args} {a.lth_filter_args}"))
-    lth = ["--rounds", str(a.lth_rounds), "--prune-rate", f"{a.prune_rate:g}"]
-    lth_label = f"{a.lth_rounds} round{'s' * (a.lth_rounds != 1)} at {a.prune_rate:g}{lth_note}"
-    compose_cfg = students[a.compose_student]
-    dense_cfgs = {big, compose_cfg}  # trained by prune.py --lth --rounds 0: baseline, teacher and LTH round 0
-
-    rows, specs = [], {}  # specs: job id -> (script, argv(seed, jobs), deps, final_round, pruned)
-    student_cfgs = set(students.values())
-    student_epochs = plan_student_epochs(a, tiny, students, common, base)
-    own = lambda cfg: [*a.student_flags, *(  # noqa: E731  (the students' recipe and epochs)
-        ["--epochs", str(student_epochs[cfg])] if cfg in student_epochs else [])] if cfg in student_cfgs else []
-
-    def job(jid, script, argv, deps=(), final_round=None, pruned=False):
-        specs.setdefault(jid, (script, argv, list(deps), final_round, pruned))
-        return jid
-
-    def baseline(cfg):
-        stem = cfg.stem
-        if cfg in dense_cfgs:
-            return job(f"dense-{stem}", "prune.py",
-                       lambda s, J: ["--lth", "--cfg", str(cfg), "--rounds", "0", "--rewind-epoch",
-                                     str(a.rewind_epoch), *common, *own(cfg), "--seed", str(s), *prune_extra],
-                       final_round=0)
-        return job(f"train-{stem}", "train.py", lambda s, J: ["--cfg", str(cfg), *common, *own(cfg), "--seed", str(s)])
-
-    def add(name, cfg, training, jid, family):
-        rows.append(Row(name, model_label(cfg), training, jid, family))
-
-    def lth_job(cfg, scope, granularity="weight"):
-        dense = baseline(cfg)
-        schedule = lth if granularity == "weight" else ["--rounds", str(a.filter_rounds), "--prune-rate",
-                                                        f"{a.filter_rate:g}", "--granularity", "filter"]
-        tag = "" if granularity == "weight" else "filter-"
-        return job(f"lth-{tag}{scope}-{cfg.stem}", "prune.py",
-                   lambda s, J: ["--lth", "--cfg", str(cfg), "--weights",
-                                 str(J[dense].folder / "round_0/weights/last.pt"), "--scope", scope, *schedule,
-                                 *common, *own(cfg), "--seed", str(s),
-                                 *(lth_extra if granularity == "weight" else filter_extra)],
-                   deps=[dense], final_round=a.lth_rounds if granularity == "weight" else a.filter_rounds,
-                   pruned=True)
-
-    big_label = model_label(big)
-    add("tiny", tiny, "default", baseline(tiny), "baseline")
-    add("big", big, "default", baseline(big), "baseline")
-    for name, cfg in students.items():
-        epochs = f", {student_epochs[cfg]} epochs" if cfg in student_epochs else ""
-        add(name, cfg, (Path(a.student_hyp).stem + " recipe" if a.student_flags else "default") + epochs,
-            baseline(cfg), "baseline")
-    add("lth-local", big, f"LTH local, {lth_label}", lth_job(big, "local"), "pruning")
-    add("lth-global", big, f"LTH global, {lth_label}", lth_job(big, "global"), "pruning")
-    add("lth-filter", big, f"LTH filters local, {a.filter_rounds} rounds at {a.filter_rate:g}{filter_note}",
-        lth_job(big, "local", "filter"), "pruning")
-    for n in a.cs_rounds:
-        if n < 1:
-            raise UserError(f"--cs-rounds {n}: a CS run needs 1 search round or more")
-        jid = job(f"cs{n}-{big.stem}", "prune.py",
-                  lambda s, J, n=n: ["--cs", "--cfg", str(big), "--rounds", str(n), *common_cs,
-                                     "--ticket-epochs", str(a.epochs), "--rewind-epoch",
-                                     str(min(a.rewind_epoch, a.cs_epochs)), "--seed", str(s), *cs_extra],
-                  final_round=n, pruned=True)
-        add(f"cs{n}", big, f"CS {n} round{'s' * (n != 1)}{cs_note}", jid, "pruning")
-    jid = job(f"cs-filter-{big.stem}", "prune.py",
-              lambda s, J: ["--cs", "--granularity", "filter", "--cfg", str(big), "--rounds", "1", *common_cs,
-                            "--ticket-epochs", str(a.epochs), "--rewind-epoch", str(min(a.rewind_epoch, a.cs_epochs)),
-                            "--seed", str(s), *cs_extra], final_round=1, pruned=True)
-    add("cs-filter", big, f"CS filters, 1 round{cs_note}", jid, "pruning")
-    dense_big = baseline(big)
-    jid = job(f"tp-{big.stem}", "benchmarks/bench_torch_pruning.py",
-              lambda s, J: ["--weights", str(J[dense_big].weights("best.pt")), "--macs-fraction", f"{a.tp_macs:g}",
-                            "--round-to", str(FOLD_ROUND_TO),
-                            *common, "--seed", str(s)], deps=[dense_big])
-    add("tp", big, f"Torch-Pruning to {a.tp_macs:g} of the MACs + fine-tuning", jid, "peer")
-    if a.teacher_weights:  # a given teacher: no run of the big model behind the distillation rows
-        given = str(existing_file(a.teacher_weights, "--teacher-weights"))
-        teacher, teacher_deps, teacher_weights = None, [], lambda J: given
-        teacher_label = f"KD from {Path(given).parent.parent.name}/{Path(given).name}"
-    else:
-        teacher, teacher_deps = dense_big, [dense_big]
-        teacher_weights = lambda J: str(J[teacher].weights("best.pt"))  # noqa: E731
-        teacher_label = f"KD from {big_label}"
-    for prefix, (script, label, _) in DISTILL_ROWS.items():
-        for name, cfg in students.items():
-            jid = job(f"{prefix}-{cfg.stem}", script,
-                      lambda s, J, cfg=cfg, prefix=prefix: [
-                          "--cfg", str(cfg), "--teacher-weights", teacher_weights(J), *common, *own(cfg),
-                          "--seed", str(s), *(kd_extra if script == "my_kd.py" else gan_extra),
-                          *variant_flags(prefix, cfg, teacher_weights(J), a, own(cfg))], deps=teacher_deps)
-            add(f"{prefix}-{name}", cfg, teacher_label.replace("KD", label, 1), jid, "distillation")
-    c = compose_cfg
-    pruned_student = lth_job(c, "local")
-    add(f"lth-{a.compose_student}", c, f"LTH local, {lth_label}", pruned_student, "pruning")
-    jid = job(f"lthkd-{c.stem}", "my_kd.py",
-              lambda s, J: ["--cfg", str(c), "--weights", str(J[pruned_student].weights("best.pt")),
-                            "--teacher-weights", teacher_weights(J), *common, *own(c), "--seed", str(s), *kd_extra],
-              deps=[pruned_student, *teacher_deps], pruned=True)
-    add("lth+kd", c, f"LTH + KD (LTH local {lth_label}, mask held)", jid, "composition")
-    distilled = f"kd-{c.stem}"
-    jid = job(f"kdlth-{c.stem}", "prune.py",
-              lambda s, J: ["--lth", "--cfg", str(c), "--weights", str(J[distilled].weights("best.pt")), "--scope",
-                            "local", *lth, "--rewind-epoch", "0", *common, *own(c), "--seed", str(s), *lth_extra],
-              deps=[distilled], final_round=a.lth_rounds, pruned=True)
-    add("kd+lth", c, f"KD + LTH (LTH local {lth_label})", jid, "composition")
-
-    # one row per run: a row whose run another row already shows (e.g. --big-cfg = --tiny-cfg) is dropped
-    seen, unique = set(), []
-    for r in rows:
-        if r.job not in seen and r.name not in {u.name for u in unique}:
-            seen.add(r.job)
-            unique.append(r)
-    rows = select_rows(unique, a.rows if a.rows else [r.name for r in unique if not opt_in(r.name)])
-
-    needed, order = set(), []
-
-    def visit(jid):
-        if jid in needed:
-            return
-        for d in specs[jid][2]:
-            visit(d)
-        needed.add(jid)
-        order.append(jid)
-
-    for r in rows:
-        visit(r.job)
-    jobs = {}
-    for s in range(a.seeds):
-        J = {}
-        for jid in order:
-            script, argv, deps, final_round, pruned = specs[jid]
-            J[jid] = Job(jid, s, base / jid / f"seed{s}", script, [], [(d, s) for d in deps], final_round, pruned)
-            J[jid].argv = argv(s, J)
-            jobs[(jid, s)] = J[jid]
+    plan = Plan(a, base)
+    for add_rows in (add_baselines, add_pruning_rows, add_distillation_rows, add_composition_rows):
+        add_rows(plan)
+    rows = select_rows(plan.unique_rows(), a.rows or [r.name for r in plan.unique_rows() if not opt_in(r.name)])
+    jobs = plan.jobs(rows)
     missing = sorted({j.script for j in jobs.values() if not (ROOT / j.script).is_file()})
     if missing:
         raise UserError(f"{', '.join(missing)} not found in {ROOT}: leave its rows out with --rows")
     return rows, jobs
+
+
+class Plan:
+    """The rows and the specs of their runs (``job id -> (script, argv(seed, jobs), deps, final_round, pruned)``),
+    with the flags every run of a kind shares; the ``add_*_rows`` functions fill it family by family."""
+
+    def __init__(self, a, base):
+        self.a = a
+        self.tiny = existing_cfg(a.tiny_cfg, "--tiny-cfg")
+        self.big = existing_cfg(a.big_cfg, "--big-cfg")
+        if a.big_width != 1.0:
+            if not 0 < a.big_width < 1:
+                raise UserError(f"--big-width must be in (0, 1], not {a.big_width}")
+            self.big = scale_cfg(self.big, a.big_width, base.parent / "cfg" / f"{self.big.stem}-w{a.big_width:g}.cfg")
+        self.students = parse_students(a.student or DEFAULT_STUDENTS)
+        if a.compose_student not in self.students:
+            raise UserError(f"--compose-student {a.compose_student}: not one of the students "
+                            f"({', '.join(self.students)})")
+        common = ["--data", str(Path(a.data).resolve()), "--img-size", str(a.img_size), "--batch-size",
+                  str(a.batch_size), "--workers", str(a.workers)]
+        if a.nominal_batch_size:
+            common += ["--nominal-batch-size", str(a.nominal_batch_size)]
+        common += a.hyp_flags + shlex.split(a.extra_args)
+        self.common_cs, self.common = ["--epochs", str(a.cs_epochs), *common], ["--epochs", str(a.epochs), *common]
+        self.prune_extra, self.kd_extra, self.gan_extra = (shlex.split(s) for s in (a.prune_args, a.kd_args,
+                                                                                       a.gan_args))
+        self.cs_extra, self.lth_extra = ([*self.prune_extra, *shlex.split(x)] for x in (a.cs_args, a.lth_args))
+        self.filter_extra = [*self.lth_extra, *shlex.split(a.lth_filter_args)]
+        self.cs_note, lth_note, self.filter_note = (f" ({x.strip()})" if x.strip() else "" for x in (
+            a.cs_args, a.lth_args, f"{a.lth_args} {a.lth_filter_args}"))
+        self.lth = ["--rounds", str(a.lth_rounds), "--prune-rate", f"{a.prune_rate:g}"]
+        self.lth_label = f"{a.lth_rounds} round{'s' * (a.lth_rounds != 1)} at {a.prune_rate:g}{lth_note}"
+        self.compose_cfg = self.students[a.compose_student]
+        self.dense_cfgs = {self.big, self.compose_cfg}  # prune.py --lth --rounds 0: baseline, teacher, LTH round 0
+        self.student_epochs = plan_student_epochs(a, self.tiny, self.students, self.common, base)
+        self.base, self.rows, self.specs = base, [], {}
+
+    def own(self, cfg):
+        """The students' recipe and epochs for a run of ``cfg`` (nothing for the other models)."""
+        if cfg not in set(self.students.values()):
+            return []
+        epochs = ["--epochs", str(self.student_epochs[cfg])] if cfg in self.student_epochs else []
+        return [*self.a.student_flags, *epochs]
+
+    def job(self, jid, script, argv, deps=(), final_round=None, pruned=False):
+        self.specs.setdefault(jid, (script, argv, list(deps), final_round, pruned))
+        return jid
+
+    def add(self, name, cfg, training, jid, family):
+        self.rows.append(Row(name, model_label(cfg), training, jid, family))
+
+    def baseline(self, cfg):
+        """The run that trains ``cfg`` alone: prune.py --lth --rounds 0 for the models LTH rewinds, else train.py."""
+        a = self.a
+        if cfg in self.dense_cfgs:
+            return self.job(f"dense-{cfg.stem}", "prune.py",
+                            lambda s, J: ["--lth", "--cfg", str(cfg), "--rounds", "0", "--rewind-epoch",
+                                          str(a.rewind_epoch), *self.common, *self.own(cfg), "--seed", str(s),
+                                          *self.prune_extra], final_round=0)
+        return self.job(f"train-{cfg.stem}", "train.py",
+                        lambda s, J: ["--cfg", str(cfg), *self.common, *self.own(cfg), "--seed", str(s)])
+
+    def lth_job(self, cfg, scope, granularity="weight"):
+        """LTH on ``cfg`` from its dense run: weight-level (--lth-rounds at --prune-rate) or filter-level."""
+        a, dense, weights = self.a, self.baseline(cfg), granularity == "weight"
+        schedule = self.lth if weights else ["--rounds", str(a.filter_rounds), "--prune-rate", f"{a.filter_rate:g}",
+                                             "--granularity", "filter"]
+        return self.job(f"lth-{'' if weights else 'filter-'}{scope}-{cfg.stem}", "prune.py",
+                        lambda s, J: ["--lth", "--cfg", str(cfg), "--weights",
+                                      str(J[dense].folder / "round_0/weights/last.pt"), "--scope", scope, *schedule,
+                                      *self.common, *self.own(cfg), "--seed", str(s),
+                                      *(self.lth_extra if weights else self.filter_extra)],
+                        deps=[dense], final_round=a.lth_rounds if weights else a.filter_rounds, pruned=True)
+
+    def cs_job(self, rounds, granularity="weight"):
+        """CS on the big model: ``rounds`` search rounds, then the ticket trained for --epochs."""
+        a = self.a
+        flags = ["--cs", "--cfg"] if granularity == "weight" else ["--cs", "--granularity", "filter", "--cfg"]
+        return self.job(f"cs{rounds if granularity == 'weight' else '-filter'}-{self.big.stem}", "prune.py",
+                        lambda s, J: [*flags, str(self.big), "--rounds", str(rounds), *self.common_cs,
+                                      "--ticket-epochs", str(a.epochs), "--rewind-epoch",
+                                      str(min(a.rewind_epoch, a.cs_epochs)), "--seed", str(s), *self.cs_extra],
+                        final_round=rounds, pruned=True)
+
+    def teacher(self):
+        """``(deps, weights(J), label)`` of the distillation rows' teacher: --teacher-weights, else the big model's
+        dense run."""
+        if self.a.teacher_weights:  # a given teacher: no run of the big model behind the distillation rows
+            given = str(existing_file(self.a.teacher_weights, "--teacher-weights"))
+            return [], lambda J: given, f"KD from {Path(given).parent.parent.name}/{Path(given).name}"
+        dense = self.baseline(self.big)
+        return [dense], lambda J: str(J[dense].weights("best.pt")), f"KD from {model_label(self.big)}"
+
+    def unique_rows(self):
+        """One row per run: a row whose run another row already shows (e.g. --big-cfg = --tiny-cfg) is dropped."""
+        seen, unique = set(), []
+        for r in self.rows:
+            if r.job not in seen and r.name not in {u.name for u in unique}:
+                seen.add(r.job)
+                unique.append(r)
+        return unique
+
+    def jobs(self, rows):
+        """``{(job id, seed): Job}`` of every run the rows need, per seed, each after the runs it starts from."""
+        needed, order = set(), []
+
+        def visit(jid):
+            if jid not in needed:
+                for d in self.specs[jid][2]:
+                    visit(d)
+                needed.add(jid)
+                order.append(jid)
+
+        for r in rows:
+            visit(r.job)
+        jobs = {}
+        for s in range(self.a.seeds):
+            J = {}
+            for jid in order:
+                script, argv, deps, final_round, pruned = self.specs[jid]
+                J[jid] = Job(jid, s, self.base / jid / f"seed{s}", script, [], [(d, s) for d in deps], final_round,
+                             pruned)
+                J[jid].argv = argv(s, J)
+                jobs[(jid, s)] = J[jid]
+        return jobs
+
+
+def add_baselines(p):
+    p.add("tiny", p.tiny, "default", p.baseline(p.tiny), "baseline")
+    p.add("big", p.big, "default", p.baseline(p.big), "baseline")
+    for name, cfg in p.students.items():
+        epochs = f", {p.student_epochs[cfg]} epochs" if cfg in p.student_epochs else ""
+        recipe = Path(p.a.student_hyp).stem + " recipe" if p.a.student_flags else "default"
+        p.add(name, cfg, recipe + epochs, p.baseline(cfg), "baseline")
+
+
+def add_pruning_rows(p):
+    """LTH local and global, filter-level LTH and CS, the CS rows, and the peer (Torch-Pruning) on the big model."""
+    from utils.export import FOLD_ROUND_TO
+
+    a, big = p.a, p.big
+    p.add("lth-local", big, f"LTH local, {p.lth_label}", p.lth_job(big, "local"), "pruning")
+    p.add("lth-global", big, f"LTH global, {p.lth_label}", p.lth_job(big, "global"), "pruning")
+    p.add("lth-filter", big, f"LTH filters local, {a.filter_rounds} rounds at {a.filter_rate:g}{p.filter_note}",
+          p.lth_job(big, "local", "filter"), "pruning")
+    for n in a.cs_rounds:
+        if n < 1:
+            raise UserError(f"--cs-rounds {n}: a CS run needs 1 search round or more")
+        p.add(f"cs{n}", big, f"CS {n} round{'s' * (n != 1)}{p.cs_note}", p.cs_job(n), "pruning")
+    p.add("cs-filter", big, f"CS filters, 1 round{p.cs_note}", p.cs_job(1, "filter"), "pruning")
+    dense = p.baseline(big)
+    jid = p.job(f"tp-{big.stem}", "benchmarks/bench_torch_pruning.py",
+                lambda s, J: ["--weights", str(J[dense].weights("best.pt")), "--macs-fraction", f"{a.tp_macs:g}",
+                              "--round-to", str(FOLD_ROUND_TO), *p.common, "--seed", str(s)], deps=[dense])
+    p.add("tp", big, f"Torch-Pruning to {a.tp_macs:g} of the MACs + fine-tuning", jid, "peer")
+
+
+def add_distillation_rows(p):
+    """KD, GAN-KD and the opt-in ablations (``DISTILL_ROWS``) into every student, from one teacher."""
+    deps, teacher, label = p.teacher()
+    for prefix, (script, what, _) in DISTILL_ROWS.items():
+        extra = p.kd_extra if script == "my_kd.py" else p.gan_extra
+        for name, cfg in p.students.items():
+            jid = p.job(f"{prefix}-{cfg.stem}", script,
+                        lambda s, J, cfg=cfg, prefix=prefix, extra=extra: [
+                            "--cfg", str(cfg), "--teacher-weights", teacher(J), *p.common, *p.own(cfg),
+                            "--seed", str(s), *extra, *variant_flags(prefix, cfg, teacher(J), p.a, p.own(cfg))],
+                        deps=deps)
+            p.add(f"{prefix}-{name}", cfg, label.replace("KD", what, 1), jid, "distillation")
+
+
+def add_composition_rows(p):
+    """LTH of the composition student, KD into its ticket (mask held), and LTH of its distilled run."""
+    deps, teacher, _ = p.teacher()
+    c, name = p.compose_cfg, p.a.compose_student
+    pruned = p.lth_job(c, "local")
+    p.add(f"lth-{name}", c, f"LTH local, {p.lth_label}", pruned, "pruning")
+    jid = p.job(f"lthkd-{c.stem}", "my_kd.py",
+                lambda s, J: ["--cfg", str(c), "--weights", str(J[pruned].weights("best.pt")), "--teacher-weights",
+                              teacher(J), *p.common, *p.own(c), "--seed", str(s), *p.kd_extra],
+                deps=[pruned, *deps], pruned=True)
+    p.add("lth+kd", c, f"LTH + KD (LTH local {p.lth_label}, mask held)", jid, "composition")
+    distilled = f"kd-{c.stem}"
+    jid = p.job(f"kdlth-{c.stem}", "prune.py",
+                lambda s, J: ["--lth", "--cfg", str(c), "--weights", str(J[distilled].weights("best.pt")), "--scope",
+                              "local", *p.lth, "--rewind-epoch", "0", *p.common, *p.own(c), "--seed", str(s),
+                              *p.lth_extra],
+                deps=[distilled], final_round=p.a.lth_rounds, pruned=True)
+    p.add("kd+lth", c, f"KD + LTH (LTH local {p.lth_label})", jid, "composition")
 
 
 # rows run only when --rows names them: tp installs Torch-Pruning into its own virtualenv; the distillation
