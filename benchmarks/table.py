@@ -48,11 +48,12 @@ them), continues an interrupted run with the script's own ``--resume``, and refu
 arguments (``table_spec.json``): change ``--out`` or delete it. ``OUT/<stem>/table.log`` records every run
 started, finished, reused or failed (JSON lines); each run's output goes to ``OUT/<stem>/logs/``.
 
-Outputs in ``OUT/<stem>/``: ``table.md`` and ``table.csv`` (one row per technique: mean ± sample std over the
+Outputs in ``OUT/<stem>/`` (``OUT/<--table-name>/`` for a second table on the same data, e.g. other models):
+``table.md`` and ``table.csv`` (one row per technique: mean ± sample std over the
 seeds, parsed back from the run folders), ``seeds.csv`` (one line per row and seed), ``table.json`` (everything,
 plus command, machine and date), ``table.png`` (mAP@0.5 against storage, log x). ``--readme README.md`` rewrites
-the block between ``<!-- table:start -->`` and ``<!-- table:end -->`` with the tables of every data set under
-``--out`` (images copied to ``--readme-images``).
+the block between ``<!-- table:start -->`` and ``<!-- table:end -->`` with every table under ``--out``, a section
+each (images copied to ``--readme-images``).
 
 Run folders stay on the machine that made them. ``--ledger docs/results/ledger_<stem>.json`` keeps every finished
 run's figures (with its arguments, date, machine and commit) in a file committed with the code, so that a table built
@@ -193,6 +194,9 @@ def build_parser():
     g.add_argument("--rows", nargs="+", default=None,
                    help="row names or patterns (default: all but tp, the peer tool's row; see --list-rows)")
     g.add_argument("--out", default="runs/table", help="run folders and tables go to OUT/<data stem>/")
+    g.add_argument("--table-name", default=None,
+                   help="write this table to OUT/NAME/ and name its README section NAME (default: the data stem), "
+                        "e.g. a second table of other models on the same data; the runs stay in OUT/<data stem>/")
     g.add_argument("--readme", default=None, help="rewrite this README's block between the table markers")
     g.add_argument("--readme-images", default="docs/results",
                    help="folder (relative to the README) that receives the table_<stem>.png images")
@@ -744,10 +748,18 @@ class Ledger:
 
     def __init__(self, path):
         self.path = Path(path)
+        self.records = self.read()
+        self.mine = []  # the records this table put: save() lays them over the file as it is then
+
+    def read(self):
         try:
-            self.records = json.loads(self.path.read_text())["runs"] if self.path.is_file() else []
+            return json.loads(self.path.read_text())["runs"] if self.path.is_file() else []
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{self.path}: not a table ledger ({e})") from None
+
+    @staticmethod
+    def key(rec):
+        return rec["run"], rec["seed"], json.dumps(rec["spec"], sort_keys=True)
 
     def get(self, spec, job):
         return next((r for r in self.records if (r["run"], r["seed"], r["spec"]) == (job.id, job.seed, spec)), None)
@@ -770,12 +782,17 @@ class Ledger:
         rec = {"run": job.id, "seed": job.seed, "spec": spec, "numbers": numbers, "date": nums["finished"][:10],
                "machine": nums["machine"], "commit": nums["commit"], **({"latencies": others} if others else {})}
         self.records = [r for r in self.records if r is not old] + [rec]
+        self.mine = [r for r in self.mine if self.key(r) != self.key(rec)] + [rec]
         return rec
 
     def save(self):
-        self.records.sort(key=lambda r: (r["run"], r["seed"], json.dumps(r["spec"])))
+        """Write the file as it is now on disk with this table's records laid over it: a table running beside
+        this one (another row set, the same ledger) keeps the runs it recorded meanwhile."""
         from utils.checkpoint import write_atomic
 
+        mine = {self.key(r) for r in self.mine}
+        self.records = [r for r in self.read() if self.key(r) not in mine] + self.mine
+        self.records.sort(key=lambda r: (r["run"], r["seed"], json.dumps(r["spec"])))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, json.dumps({"runs": self.records}, indent=1) + "\n")
 
@@ -809,6 +826,7 @@ class Table:
 
     def __init__(self, a, base, rows, jobs, runner=None, out=print):
         self.a, self.base, self.rows, self.jobs = a, base, rows, jobs
+        self.dir = base.parent / (a.table_name or base.name)  # table.md, table.json, the plots
         self.runner = runner or RUNNERS[a.runner]
         self.out = out
         self.log_path = base / "table.log"
@@ -1357,7 +1375,8 @@ def plot(results, path, title, x_key="storage_bytes", cpus=()):
 
 def write_outputs(table, meta):
     """table.csv, seeds.csv, table.md, table.json and table.png in the table folder; returns the results."""
-    base = table.base
+    base = table.dir
+    base.mkdir(parents=True, exist_ok=True)
     results = table.collect()
     seeds = {(r["job"], x["seed"]): x for r in results for x in r["seeds"]}.values()  # a run once, whatever rows
     meta["total_seconds"] = round(sum(x["wall_s"] or 0 for x in seeds), 1)
@@ -1542,8 +1561,8 @@ def main(argv=None, runner=None, out=print):
     from utils.datasets import parse_data_cfg
 
     data = parse_data_cfg(a.data)
-    old = json.loads((base / "table.json").read_text())["meta"] if (base / "table.json").is_file() else {}
-    meta = {"stem": stem, "data": str(Path(a.data).resolve()), "seeds": a.seeds, "epochs": a.epochs,
+    old = json.loads((table.dir / "table.json").read_text())["meta"] if (table.dir / "table.json").is_file() else {}
+    meta = {"stem": table.dir.name, "data": str(Path(a.data).resolve()), "seeds": a.seeds, "epochs": a.epochs,
             "img_size": a.img_size, "batch_size": a.batch_size,
             "command": "python benchmarks/table.py " + shlex.join(argv), "machine": machine(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
@@ -1559,7 +1578,7 @@ def main(argv=None, runner=None, out=print):
         readme.write_text(replace_block(text, readme_block(out_root, readme, a.readme_images)))
         out(f"README block rewritten: {readme}")
     failed = [k for k, v in status.items() if v is False]
-    out(f"table: {base / 'table.md'} ({sum(r['n'] > 0 for r in results)}/{len(results)} rows with results; "
+    out(f"table: {table.dir / 'table.md'} ({sum(r['n'] > 0 for r in results)}/{len(results)} rows with results; "
         f"{time.time() - t0:.0f}s)")
     if failed:
         raise UserError(f"{len(failed)} run(s) failed or were skipped: "

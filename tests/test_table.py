@@ -190,6 +190,17 @@ def test_rerun_reuses_every_run_and_writes_the_readme_block(full, tmp_path):
     # rewriting the block from the same tables gives the same text
     assert table.replace_block(text, table.readme_block(full["out"], readme, "docs/results")) == text
 
+    # a second table of other rows on the same data gets its own folder and README section; the first stays
+    before = (full["base"] / "table.csv").read_text()
+    table.main([*full["argv"], "--rows", "tiny", "--table-name", "shapes_tiny", "--readme", str(readme)],
+               runner=lambda *a: calls.append(a) or 0, out=lambda *a: None)
+    assert calls == [] and (full["base"] / "table.csv").read_text() == before
+    assert [r["row"] for r in read_csv(full["out"] / "shapes_tiny" / "table.csv")] == ["tiny"]
+    text = readme.read_text()
+    assert [len(body) for _, body in table.parse_block(text)] == [len(read_csv(full["base"] / "table.csv")), 1]
+    assert "### shapes_tiny" in text and (tmp_path / "docs" / "results" / "table_shapes_tiny.png").is_file()
+    shutil.rmtree(full["out"] / "shapes_tiny")  # the other tests see one table
+
 
 @pytest.mark.slow
 def test_changed_arguments_are_refused(full):
@@ -311,6 +322,26 @@ def test_the_ledger_keeps_an_artefacts_latency_on_every_cpu(tmp_path):
     result = {"agg": {"latency_ms": (12.6, None)}, "seeds": [{"latency_ms": 12.6, "latency_cpu": zen4}],
               "other_latencies": {zen5: 5.9}}
     assert table.latency_cell(result, [zen5, zen4]) == "12.6 [2]; 5.9 [1]"
+
+
+def test_two_tables_on_one_ledger_keep_each_others_records(tmp_path):
+    """Two tables (two row sets) write one ledger: each save keeps what the other recorded meanwhile, and a run both
+    recorded keeps the figures of the later save."""
+    path = tmp_path / "ledger.json"
+    figures = dict({k: 1.0 for k in table.METRICS}, latency_ms=None, latency_cpu=None, artefact="fp32",
+                   finished="2026-12-07T00", machine="m", commit="c")
+    first, second = table.Ledger(path), table.Ledger(path)
+    job = lambda name: table.Job(name, 0, tmp_path, "prune.py", [])  # noqa: E731
+    first.put({"argv": ["a"]}, job("dense-yolov3-tiny"), figures)
+    second.put({"argv": ["b"]}, job("dense-yolov3-w0.25"), figures)
+    second.put({"argv": ["c"]}, job("tp-yolov3-tiny"), dict(figures, map50=0.5))
+    first.save()
+    first.put({"argv": ["c"]}, job("tp-yolov3-tiny"), dict(figures, map50=0.7))
+    second.save()
+    first.save()
+    runs = json.loads(path.read_text())["runs"]
+    assert [r["run"] for r in runs] == ["dense-yolov3-tiny", "dense-yolov3-w0.25", "tp-yolov3-tiny"]
+    assert runs[2]["numbers"]["map50"] == 0.7 and table.Ledger(path).records == runs
 
 
 @pytest.mark.slow
