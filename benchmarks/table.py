@@ -17,6 +17,7 @@ For each seed k in 0 .. --seeds-1 the real entry scripts run as subprocesses, ea
 | row | script | what it trains |
 |---|---|---|
 | ``tiny``, ``big`` | train.py, prune.py --lth --rounds 0 | baselines yolov3-tiny, yolov3 (``--big-cfg/-width``) |
+| ``big-long`` (only when named) | train.py | the big model trained ``--long-epochs``: the dense reference of rows that train longer than ``--epochs`` |
 | ``nano``, ``nano-leaky``, ``mnv3``, ``mnv3-leaky`` | train.py | the compact students (``--student NAME=CFG``) |
 | ``lth-local``, ``lth-global`` | prune.py --lth --weights DENSE | Lottery Ticket on the big model, from its dense run |
 | ``cs1``, ``cs3`` | prune.py --cs | Continuous Sparsification, 1 and 3 search rounds (``--cs-rounds``) |
@@ -178,6 +179,9 @@ def build_parser():
                    help="LTH/CS rewind epoch (default: round(epochs / 30), the original's 10 of 300)")
     g.add_argument("--cs-rounds", type=int, nargs="+", default=[1, 3], help="CS search rounds, one row each")
     g.add_argument("--cs-epochs", type=int, default=None, help="epochs of a CS search round (default max(2, epochs))")
+    g.add_argument("--long-epochs", type=int, default=None,
+                   help="the big-long row: the big model trained this many epochs (default 2 x --epochs: as long as "
+                        "the dense run and the tp row's fine-tuning together)")
     g.add_argument("--tp-macs", type=float, default=0.5,
                    help="the tp row: Torch-Pruning prunes the dense big model to this fraction of its MACs, then "
                         "train.py fine-tunes it for --epochs")
@@ -516,6 +520,10 @@ class Plan:
 def add_baselines(p):
     p.add("tiny", p.tiny, "default", p.baseline(p.tiny), "baseline")
     p.add("big", p.big, "default", p.baseline(p.big), "baseline")
+    long = p.a.long_epochs or 2 * p.a.epochs
+    jid = p.job(f"dense-e{long}-{p.big.stem}", "train.py",
+                lambda s, J: ["--cfg", str(p.big), *p.common, "--epochs", str(long), "--seed", str(s)])
+    p.add("big-long", p.big, f"default, {long} epochs", jid, "baseline")
     for name, cfg in p.students.items():
         epochs = f", {p.student_epochs[cfg]} epochs" if cfg in p.student_epochs else ""
         recipe = Path(p.a.student_hyp).stem + " recipe" if p.a.student_flags else "default"
@@ -577,9 +585,9 @@ def add_composition_rows(p):
     p.add("kd+lth", c, f"KD + LTH (LTH local {p.lth_label})", jid, "composition")
 
 
-# rows run only when --rows names them: tp installs Torch-Pruning into its own virtualenv; the distillation
-# ablations are studies of one technique, not rows of the comparison
-OPT_IN_ROWS = ("tp", "kd2-*", "gan-hint-*", "gan-all-*", "gan-light-*", "gan-lighter-*")
+# rows run only when --rows names them: tp installs Torch-Pruning into its own virtualenv; big-long trains the big
+# model again, longer; the distillation ablations are studies of one technique, not rows of the comparison
+OPT_IN_ROWS = ("tp", "big-long", "kd2-*", "gan-hint-*", "gan-all-*", "gan-light-*", "gan-lighter-*")
 
 # the distillation rows, per student: row prefix -> (script, training label, what the variant adds)
 DISTILL_ROWS = {

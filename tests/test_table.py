@@ -433,6 +433,13 @@ def test_rows_deduplicate_and_select(tmp_path):
     assert "big" not in [r.name for r in table.build_plan(a, tmp_path)[0]]  # the same run as "tiny"
     rows, _ = table.build_plan(settings(), tmp_path)
     assert [r.name for r in rows][:2] == ["tiny", "big"] and len(rows) == len(ROWS) + 1
+    # big-long, only when named: the big model again, for --long-epochs (2 x --epochs unless given)
+    for flags, epochs in (((), "4"), (("--long-epochs", "7"), "7")):
+        rows, jobs = table.build_plan(settings("--seeds", "1", "--epochs", "2", "--rows", "big-long", *flags), tmp_path)
+        [job] = jobs.values()
+        assert [r.name for r in rows] == ["big-long"] and rows[0].training == f"default, {epochs} epochs"
+        assert (job.script, job.id) == ("train.py", f"dense-e{epochs}-yolov3")
+        assert table.flag_value(job.argv, "--epochs") == epochs and "cfg/yolov3.cfg" in job.argv[1]
 
 
 def test_students_get_the_compact_recipe_and_nobody_else(tmp_path):
