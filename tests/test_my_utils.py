@@ -135,5 +135,9 @@ def test_saved_arguments_carry_a_version_and_old_ones_are_migrated_once(tmp_path
             old.precise_bn, old.retrain_schedule, old.rank_weights) == ("off", 0, "cosine", "auto", 0, False, 0,
                                                                         "restart", "ema")
     assert not hasattr(old, "no_amp") and not hasattr(old, "kd_class_cells")  # not a KD run
+    assert old.shortcut_filters == "exclude"  # LTH before --shortcut-filters: shortcut-summed convs kept whole
+    v1 = upgrade_saved_args(argparse.Namespace(args_version=1, lth=True, granularity="filter"))
+    assert v1.shortcut_filters == "exclude" and not hasattr(upgrade_saved_args(argparse.Namespace(args_version=1)),
+                                                              "shortcut_filters")
     with pytest.raises(UserError, match=rf"runs/x/args.yaml: args_version {ARGS_VERSION + 1} is not one"):
         upgrade_saved_args(argparse.Namespace(args_version=ARGS_VERSION + 1), "runs/x/args.yaml")

@@ -280,3 +280,33 @@ def test_a_filter_level_ticket_trains_and_folds_into_a_smaller_network(shapes_ti
     kernel_weights = sum(v.numel() for k, v in folded["model"].items() if k.endswith("conv.weight") and v.dim() == 4)
     assert kernel_weights == alive_kernels  # the ticket's alive weights are exactly the folded network's
     assert fold["map_before"] == pytest.approx(fold["map_after"], abs=1e-6)
+
+
+def test_filters_that_a_shortcut_sums_are_pruned_together_and_fold(shapes_tiny, tmp_path):
+    """--shortcut-filters together (the default): the two convs a [shortcut] sums lose the same channels through
+    training and rewinding, and export.py --fold removes them from both; exclude leaves both whole."""
+    import export
+    from tests.test_export import SMALL
+
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL)
+    common = [*TINY, "--cfg", str(cfg), "--lth", "--epochs", "2", "--rewind-epoch", "1", "--prune-rate", "0.5",
+              "--rounds", "1", "--granularity", "filter", "--data", str(shapes_tiny), "--project", str(tmp_path)]
+    summed = ("module_list.1.conv.weight", "module_list.2.conv.weight")  # [shortcut] from=-2 adds them
+    for mode in ("together", "exclude"):
+        run = prune.main([*common, "--shortcut-filters", mode, "--name", mode])
+        last = load_checkpoint(run / "round_1" / "weights" / "last.pt")
+        masks = Masks.from_state_dict(last["masks"])
+        if mode == "exclude":
+            assert not set(summed) & set(unit_kernels(masks))
+            continue
+        rows = [filter_rows(masks[k]) for k in summed]
+        assert torch.equal(rows[0], rows[1]) and int((~rows[0]).sum()) == 4  # half of 8, the same in both
+        assert not any(last["train_state"]["model"][k][~rows[0]].any() for k in summed)
+        out = export.main(["--weights", str(run / "round_1" / "weights" / "last.pt"), "--include", "sparse",
+                           "--fold", "--fold-round-to", "1", "--data", str(shapes_tiny), "--img-size", "64",
+                           "--batch-size", "8", "--workers", "0"])
+        fold = out["fold"]
+        folded = load_checkpoint(fold["checkpoint"])["model"]
+        assert [folded[k].shape[0] for k in summed] == [4, 4] and fold["max_abs_diff"]["raw"] < 1e-4
+        assert fold["map_before"] == pytest.approx(fold["map_after"], abs=1e-6)

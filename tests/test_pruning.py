@@ -374,6 +374,56 @@ def test_a_filter_ticket_folds_into_a_smaller_network_with_the_same_outputs(cfg,
     assert compare_outputs(model, folded, img_size=64)["raw"] < 1e-4
 
 
+@pytest.mark.parametrize("cfg, scope", [("yolov3", "local"), ("yolov3-spp", "global")])
+def test_filters_a_shortcut_sums_go_together_and_fold(cfg, scope):
+    """--shortcut-filters together: the convs a [shortcut] sums lose the same channels (one unit each sum, ranked by
+    the mean score), so their channels fold too: the folded network equals the masked one, every conv the exclude
+    mode leaves whole loses filters, and a unit loses exactly prune_count(alive, rate) channels."""
+    from utils.export import compare_outputs, fold_empty_channels, foldable_convs
+    from utils.pruning import coupled_units, filter_groups, prune_count
+
+    model = shifted_tiny(cfg=f"cfg/{cfg}.cfg")
+    weights = dict(model.state_dict())
+    apart = Masks.from_model(model, granularity="filter")
+    start = Masks.from_model(model, granularity="filter", coupled=True)
+    kernels = unit_kernels(start)
+    groups = filter_groups(model, kernels)
+    consumers = filter_consumers(model)
+    masks = with_consumer_inputs(filter_prune(weights, start, 0.5, scope, groups=groups), consumers)
+    if scope == "local":  # the formula of the rounds' expected sparsity holds with units and without
+        kept = with_consumer_inputs(filter_prune(weights, apart, 0.5, scope), consumers)
+        assert masks.sparsity() == pytest.approx(expected_filter_sparsity(start, 0.5, 1, consumers), abs=1e-9)
+        assert kept.sparsity() == pytest.approx(expected_filter_sparsity(apart, 0.5, 1, consumers), abs=1e-9)
+    coupled = set(foldable_convs(model, coupled=True)) - set(foldable_convs(model))
+    assert len(coupled) >= 25 and not set(unit_kernels(apart)) & {f"module_list.{i}.conv.weight" for i in coupled}
+    units = coupled_units(kernels, groups, {k: start[k].shape[0] for k in kernels})
+    shared = [u for u in units if len(u) > 1]
+    assert len(shared) == 5 and sum(len(u) for u in shared) == len(coupled)  # darknet-53's 5 residual stages
+    for unit in shared:
+        rows = [filter_rows(masks[k]) for k, _ in unit]
+        assert all(torch.equal(r, rows[0]) for r in rows)  # the same channels in every conv of the sum
+        if scope == "local":
+            assert int((~rows[0]).sum()) == prune_count(len(rows[0]), 0.5)
+    masks.apply(model)
+    pruned = sum(int((~filter_rows(masks[k])).sum()) for k in unit_kernels(masks))
+    folded, rep = fold_empty_channels(model, round_to=1)
+    assert rep["removed"] == pruned and rep["folded_constants"] == 0
+    assert all(rep["layers"][i][1] < rep["layers"][i][0] for i in coupled)  # every summed conv is narrower
+    assert compare_outputs(model, folded, img_size=64)["raw"] < 1e-4
+
+
+def test_without_groups_filter_prune_ranks_each_layer_alone():
+    """filter_groups on a network with no [shortcut] gives each conv its own channels: the same ticket as none."""
+    from utils.pruning import filter_groups
+
+    model = shifted_tiny()
+    weights, start = dict(model.state_dict()), Masks.from_model(model, granularity="filter")
+    groups = filter_groups(model, unit_kernels(start))
+    for scope in ("local", "global"):
+        a, b = filter_prune(weights, start, 0.3, scope), filter_prune(weights, start, 0.3, scope, groups=groups)
+        assert all(torch.equal(a[n], b[n]) for n in a.names()) and a.names() == b.names()
+
+
 def test_filter_granularity_on_a_network_with_no_foldable_filter_is_a_one_line_error():
     from models import Darknet
 

@@ -217,7 +217,7 @@ def channel_graph(model):
     defs, mods, chans = model.module_defs, model.module_list, model.channels
     g = _Channels(chans, model.net["channels"])
     width = lambda j: chans[j] if j >= 0 else model.net["channels"]  # noqa: E731
-    notes = {"kept_layers": []}
+    notes = {"kept_layers": [], "offset_sums": []}  # offset_sums: channels of a [shortcut] whose act(0) is not 0
     consumers = []  # (conv layer, input layer)
     for i, (d, m) in enumerate(zip(defs, mods)):
         src = _input_layer(defs, i)
@@ -251,6 +251,8 @@ def channel_graph(model):
                 for a, b in zip(out, ids):
                     g.union(a, b)
             v = np.sum([g.value[ids] for ids in inputs], axis=0)
+            if m.act is not None and float(m.act(torch.zeros(1)).abs()) != 0:
+                notes["offset_sums"].extend(out.tolist())
             if m.act is not None and not np.isnan(v).all():
                 v = _constant_after(m, torch.from_numpy(v).float()).double().numpy()
             g.value[out] = v
@@ -264,12 +266,13 @@ def channel_graph(model):
     return g, consumers, notes
 
 
-def foldable_convs(model):
+def foldable_convs(model, coupled=False):
     """Layer indexes of the plain convs whose filters ``fold_empty_channels`` removes once they are empty: no
-    channel of theirs is summed with another conv's (a ``[shortcut]``) or read by a layer folding keeps whole (a
-    ``[yolo]`` head, a composite section, a grouped conv). Filter-level pruning elsewhere would cost accuracy and
-    save no time."""
-    g, _, _ = channel_graph(model)
+    channel of theirs is read by a layer folding keeps whole (a ``[yolo]`` head, a composite section, a grouped
+    conv), nor summed with another conv's by a ``[shortcut]``. ``coupled``: convs whose channels a ``[shortcut]``
+    sums count too, where every conv of the sum does (a channel then folds once it is empty in all of them) and the
+    sum keeps 0 at 0. Filter-level pruning elsewhere would cost accuracy and save no time."""
+    g, _, notes = channel_graph(model)
     roots = g.roots()
     pinned = set(roots[g.pinned].tolist())
     convs = [i for i, (d, m) in enumerate(zip(model.module_defs, model.module_list)) if _plain_conv(d, m)]
@@ -277,8 +280,16 @@ def foldable_convs(model):
     for i in convs:
         for r in roots[g.ids(i, model.channels[i])].tolist():
             owners.setdefault(r, set()).add(i)
-    return [i for i in convs
-            if all(r not in pinned and owners[r] == {i} for r in roots[g.ids(i, model.channels[i])].tolist())]
+    rows = {i: roots[g.ids(i, model.channels[i])].tolist() for i in convs}
+    if not coupled:
+        return [i for i in convs if all(r not in pinned and owners[r] == {i} for r in rows[i])]
+    bad = pinned | set(roots[notes["offset_sums"]].tolist())
+    keep = {i for i in convs if not any(r in bad for r in rows[i])}
+    while True:  # a conv goes with every conv it is summed with
+        out = {i for i in keep if any(owners[r] - keep for r in rows[i])}
+        if not out:
+            return sorted(keep)
+        keep -= out
 
 
 def _round_widths(g, convs, round_to):

@@ -194,7 +194,7 @@ def resume_args(saved, current, typed, log=print):
     return saved
 
 
-ARGS_VERSION = 1  # of the saved arguments (args.yaml, a checkpoint's "args"); MIGRATIONS[v] turns version v into v + 1
+ARGS_VERSION = 2  # of the saved arguments (args.yaml, a checkpoint's "args"); MIGRATIONS[v] turns version v into v + 1
 
 
 def _to_v1(saved):
@@ -216,7 +216,13 @@ def _to_v1(saved):
             setattr(saved, key, value)
 
 
-MIGRATIONS = (_to_v1,)
+def _to_v2(saved):
+    """LTH runs from before ``--shortcut-filters`` left the filters of the convs a [shortcut] sums unpruned."""
+    if getattr(saved, "lth", False) and not hasattr(saved, "shortcut_filters"):
+        saved.shortcut_filters = "exclude"
+
+
+MIGRATIONS = (_to_v1, _to_v2)
 
 
 def upgrade_saved_args(saved, source="saved arguments"):

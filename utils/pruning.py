@@ -85,15 +85,16 @@ class Masks:
         return cls({n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in named_parameters})
 
     @classmethod
-    def from_model(cls, model, include_output=False, skip_first=False, granularity="weight"):
+    def from_model(cls, model, include_output=False, skip_first=False, granularity="weight", coupled=False):
         """All-alive masks over ``models.prunable_parameters`` of ``model``; ``granularity="filter"``: over the
-        kernels of the plain ``[convolutional]`` layers among them (``filter_units``), with their BN scale and shift
-        (or conv bias), so that a pruned filter's channel is exactly 0 and ``export.py --fold`` removes it."""
+        kernels of the plain ``[convolutional]`` layers among them (``filter_units``; ``coupled``: with the convs a
+        ``[shortcut]`` sums), with their BN scale and shift (or conv bias), so that a pruned filter's channel is
+        exactly 0 and ``export.py --fold`` removes it."""
         named = prunable_parameters(model, include_output=include_output, skip_first=skip_first)
         if granularity == "weight":
             return cls.ones(named)
         params = dict(de_parallel(model).named_parameters())
-        units = filter_units(model, [n for n, _ in named])
+        units = filter_units(model, [n for n, _ in named], coupled)
         if not units:
             raise UserError("--granularity filter: no conv of this network has filters that export.py --fold could "
                             "remove (its plain convs feed shortcuts, composite sections or the heads)")
@@ -225,6 +226,7 @@ def expected_filter_sparsity(masks, rate, rounds, consumers):
         for _ in range(rounds):
             a -= min(prune_count(a, rate), a - 1)
         alive[k] = a
+    consumers = {k: c for k, c in consumers.items() if any(p in alive for p in c[1])}  # the masked ones only
     shapes = {**{k: masks[k].shape for k in alive}, **{k: shape for k, (shape, _) in consumers.items()}}
     total = kept = 0
     for k, shape in shapes.items():
@@ -257,7 +259,7 @@ def filter_consumers(model):
     g, consumers, _ = channel_graph(net)
     roots = g.roots()
     where = {}  # channel root -> (producer kernel, filter)
-    for k in filter_units(net, [n for n, p in params.items() if n.endswith(".conv.weight") and p.dim() == 4]):
+    for k in filter_units(net, [n for n, p in params.items() if n.endswith(".conv.weight") and p.dim() == 4], True):
         j = int(k.split(".")[1])
         act = getattr(net.module_list[j], "act", None)
         if act is not None and float(act(torch.zeros(1)).abs()) != 0:
@@ -349,15 +351,15 @@ def magnitude_prune(weights, masks, rate, scope="global"):
     return Masks({n: ~d.view(masks[n].shape) for n, d in zip(names, drops)})
 
 
-def filter_units(model, kernels):
+def filter_units(model, kernels, coupled=False):
     """``{kernel name: (its BN weight and bias, or its conv bias)}`` for the ``kernels`` of the plain
     ``[convolutional]`` layers whose filters ``export.py --fold`` removes (``export.foldable_convs``): the filters
     whose removal makes a smaller dense network. Kernels inside composite sections (``[pep]``, ``[bottleneck]``, ...),
-    convs summed by a ``[shortcut]`` and convs read by a section folding keeps whole are left out: pruning their
-    filters would cost accuracy and save no time."""
+    convs read by a section folding keeps whole and (unless ``coupled``) convs summed by a ``[shortcut]`` are left
+    out: pruning their filters would cost accuracy and save no time."""
     net = de_parallel(model)
     params = dict(net.named_parameters())
-    foldable = set(foldable_convs(net))
+    foldable = set(foldable_convs(net, coupled))
     units = {}
     for name in kernels:
         parts = name.split(".")
@@ -371,57 +373,101 @@ def filter_units(model, kernels):
     return units
 
 
-def filter_prune(weights, masks, rate, scope="local", criterion="l1"):
+def filter_groups(model, kernels):
+    """``{kernel: its filters' channel ids}`` for the conv ``kernels`` of ``model``: filters of different convs that a
+    ``[shortcut]`` sums share an id (``export.channel_graph``), so ``filter_prune`` removes them together."""
+    net = de_parallel(model)
+    g, _, _ = channel_graph(net)
+    roots = g.roots()
+    layers = {k: int(k.split(".")[1]) for k in kernels}
+    return {k: torch.from_numpy(roots[g.ids(i, net.channels[i])]) for k, i in layers.items()}
+
+
+def coupled_units(kernels, groups, rows):
+    """The units ``filter_prune`` ranks: lists of kernels whose filters ``groups`` ties, each kernel with the unit
+    channel of every one of its ``rows[k]`` filters; a kernel with no group is a unit alone."""
+    units = []  # [(kernels, {channel id: unit channel})]
+    for k in kernels:
+        ids = groups[k].tolist() if groups and k in groups else [(k, r) for r in range(rows[k])]
+        hit = [u for u in units if any(i in u[1] for i in ids)]
+        members, channels = [x for u in hit for x in u[0]] + [k], {}
+        for i in [i for u in hit for i in u[1]] + ids:
+            channels.setdefault(i, len(channels))
+        units = [u for u in units if u not in hit] + [(members, channels)]
+    order = {k: n for n, k in enumerate(kernels)}
+    out = []
+    for members, channels in sorted(units, key=lambda u: min(order[k] for k in u[0])):
+        ids = {k: groups[k].tolist() if groups and k in groups else [(k, r) for r in range(rows[k])] for k in members}
+        out.append([(k, torch.tensor([channels[i] for i in ids[k]])) for k in members])
+    return out
+
+
+def filter_scores(weights, masks, k, companions, criterion):
+    """A kernel's filter scores (L1 of the kernel, or BN |gamma|) over their layer's mean; -1 for pruned filters."""
+    w, keep = weights[k].detach().float().cpu(), filter_rows(masks[k].cpu())
+    if criterion == "bn":
+        bn = companions[0] if companions and companions[0].endswith("bn.weight") else None
+        if bn is None:
+            raise UserError(f"--filter-criterion bn: '{k}' has no BN to rank its filters by")
+        score = weights[bn].detach().float().cpu().abs()
+    else:
+        score = w.abs().flatten(1).sum(1)
+    if not torch.isfinite(score).all():
+        raise UserError(f"'{k}' holds non-finite weights: its filters cannot be ranked")
+    live = score[keep]
+    return score.masked_fill(~keep, -1.0) / (float(live.mean()) if len(live) and live.mean() > 0 else 1.0)
+
+
+def filter_prune(weights, masks, rate, scope="local", criterion="l1", groups=None):
     """Filter-level IMP: new ``Masks`` with the fraction ``rate`` of the alive filters removed, each with its BN scale
     and shift (or bias). A filter scores the L1 norm of its kernel (``l1``) or its BN |gamma| (``bn``, Liu et al.
-    2017); ``local`` prunes ``prune_count(alive filters, rate)`` in every layer, ``global`` the same count over all
-    layers by one threshold on scores divided by their layer's mean. Every layer keeps at least one filter; ties go
-    to the lower channel index. ``masks``: from ``Masks.from_model(..., granularity="filter")`` (kernels are the 4-D
-    entries, the 1-D entries their companions in order)."""
+    2017) over its layer's mean; filters that ``groups`` (``filter_groups``) ties, the same channel of a
+    ``[shortcut]``'s sum, form one unit channel scored by their mean and go together. ``local`` prunes
+    ``prune_count(alive, rate)`` channels in every unit (a layer, or the convs a shortcut sums), ``global`` the same
+    count over all units by one threshold. Every unit keeps at least one channel; ties go to the lower channel
+    index. ``masks``: from ``Masks.from_model(..., granularity="filter")`` (kernels are the 4-D entries, the 1-D
+    entries their companions in order)."""
     rate, scope = check_rate(rate), scope_type(scope)
     kernels = unit_kernels(masks)
     companions = {k: [n for n in masks.names() if n.startswith(k.rsplit(".", 2)[0] + ".") and masks[n].dim() == 1]
                   for k in kernels}
+    units = coupled_units(kernels, groups, {k: masks[k].shape[0] for k in kernels})
     scores, alive = [], []
-    for k in kernels:
-        w, m = weights[k].detach().float().cpu(), masks[k].cpu()
-        keep = filter_rows(m)
-        if criterion == "bn":
-            bn = companions[k][0] if companions[k] and companions[k][0].endswith("bn.weight") else None
-            if bn is None:
-                raise UserError(f"--filter-criterion bn: '{k}' has no BN to rank its filters by")
-            score = weights[bn].detach().float().cpu().abs()
-        else:
-            score = w.abs().flatten(1).sum(1)
-        if not torch.isfinite(score).all():
-            raise UserError(f"'{k}' holds non-finite weights: its filters cannot be ranked")
-        live = score[keep]
-        scores.append(score.masked_fill(~keep, -1.0) / (float(live.mean()) if len(live) and live.mean() > 0 else 1.0))
-        alive.append(int(keep.sum()))
+    for unit in units:
+        n = int(max(col.max() for _, col in unit)) + 1
+        total, count = torch.zeros(n), torch.zeros(n)
+        for k, col in unit:
+            sc = filter_scores(weights, masks, k, companions[k], criterion)
+            total.index_add_(0, col, sc.clamp(min=0))
+            count.index_add_(0, col, (sc >= 0).float())
+        score = torch.where(count > 0, total / count.clamp(min=1), -1.0)  # -1: pruned in every conv of the unit
+        scores.append(score)
+        alive.append(int((score >= 0).sum()))
     if scope == "local":
         drops = [smallest(sc, sc.numel() - a + min(prune_count(a, rate), a - 1)) for sc, a in zip(scores, alive)]
     else:
-        allowed = [sc.masked_fill(sc < 0, -1.0) for sc in scores]
-        best = [int(torch.argmax(sc)) for sc in scores]  # each layer's best filter is never a candidate
-        for sc, b in zip(allowed, best):
-            sc[b] = float("inf")
+        allowed = [sc.clone() for sc in scores]
+        for sc in allowed:  # each unit's best channel is never a candidate
+            sc[int(torch.argmax(sc))] = float("inf")
         k = sum(sc.numel() for sc in scores) - sum(alive) + prune_count(sum(alive), rate)
         drops = list(smallest(torch.cat(allowed), k).split([sc.numel() for sc in scores]))
     out = {n: m for n, m in masks.items() if m.dim() == 1 or n in kernels}  # consumers' columns: re-derived
-    for k, d in zip(kernels, drops):
-        keep = ~d
-        out[k] = keep.view(-1, 1, 1, 1).expand(masks[k].shape).clone()
-        for c in companions[k]:
-            out[c] = keep.clone()
+    for unit, d in zip(units, drops):
+        for k, col in unit:
+            keep = ~d[col]
+            out[k] = keep.view(-1, 1, 1, 1).expand(masks[k].shape).clone()
+            for c in companions[k]:
+                out[c] = keep.clone()
     return Masks(out)
 
 
-def lth_prune(weights, masks, settings, consumers=None):
+def lth_prune(weights, masks, settings, consumers=None, groups=None):
     """One Lottery Ticket pruning step, by ``settings`` (``LTHSettings``): new ``Masks`` with ``prune_rate`` of the
     alive weights (``granularity`` weight) or filters (filter) of smallest magnitude removed, within ``scope``;
-    filters are masked with the input columns of their ``consumers`` (``filter_consumers``, needed for filters)."""
+    filters are masked with the input columns of their ``consumers`` (``filter_consumers``, needed for filters) and
+    pruned with the filters ``groups`` ties to them (``filter_groups``)."""
     if settings.granularity == "filter":
-        pruned = filter_prune(weights, masks, settings.prune_rate, settings.scope, settings.filter_criterion)
+        pruned = filter_prune(weights, masks, settings.prune_rate, settings.scope, settings.filter_criterion, groups)
         return with_consumer_inputs(pruned, consumers)
     return magnitude_prune(weights, masks, settings.prune_rate, settings.scope)
 
@@ -903,7 +949,8 @@ class LotteryTicket(Strategy):
         """All-alive masks over the prunable set (``--prune-output``, ``--keep-first-dense``), merged with those
         of a given checkpoint."""
         masks = Masks.from_model(model, include_output=self.settings.prune_output,
-                                 skip_first=self.settings.keep_first_dense, granularity=self.settings.granularity)
+                                 skip_first=self.settings.keep_first_dense, granularity=self.settings.granularity,
+                                 coupled=self.settings.shortcut_filters == "together")
         if self.given is not None and self.given.get("masks"):
             masks = masks.merged(checkpoint_masks(self.given))
         return masks
@@ -940,8 +987,10 @@ class LotteryTicket(Strategy):
         model = build_model(prev, self.args)
         masks = checkpoint_masks(prev) if r > 1 else self.start_masks(model)
         ranked = self.ranked_weights(prev, r)
-        consumers = self.consumers(model) if self.settings.granularity == "filter" else None
-        new = lth_prune(ranked, masks, self.settings, consumers)
+        filters = self.settings.granularity == "filter"
+        consumers = self.consumers(model) if filters else None
+        groups = filter_groups(model, unit_kernels(masks)) if filters else None
+        new = lth_prune(ranked, masks, self.settings, consumers, groups)
         rewind(model, ranked if self.lr_rewind else prev["rewind"]["model"], new)
         return model, [MaskPlugin(new), RewindPlugin(snapshot=prev["rewind"])]
 

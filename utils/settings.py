@@ -375,13 +375,17 @@ class LTHSettings(PruneSettings):
     filter_criterion: str = setting("l1", "with --granularity filter: rank filters by the L1 norm of their kernel, "
                                     "or by their BN |gamma| (bn: network slimming, Liu et al. 2017)",
                                     choices=("l1", "bn"))
+    shortcut_filters: str = setting("together", "with --granularity filter: the convs a [shortcut] sums lose the same "
+                                    "channels, ranked by their mean score (together), or keep every filter (exclude)",
+                                    choices=("together", "exclude"))
 
     def __post_init__(self):
         if self.rounds is None or self.rounds < 0:
             raise UserError(f"--rounds must be 0 or more, not {self.rounds}")
         if self.prune_rate is None or not 0 < float(self.prune_rate) < 1:
             raise UserError(f"--prune-rate must be in (0, 1), not {self.prune_rate}")
-        check_choice(self, "retrain_schedule", "rewind", "rank_weights", "granularity", "filter_criterion")
+        check_choice(self, "retrain_schedule", "rewind", "rank_weights", "granularity", "filter_criterion",
+                     "shortcut_filters")
 
 
 @dataclass(frozen=True)
