@@ -11,8 +11,8 @@ Every figure is the median of ``--reps`` runs (default 20) after ``--warmup`` un
 network, size and batch is timed in turn P times and a figure is the median of its P medians. ``--threads``
 threads (default: torch's choice) for PyTorch and ONNX Runtime alike; the header names the CPU. ``--filter-rates``
 adds, for each checkpoint, networks with that fraction of every plain conv's filters removed by L1 norm
-(``prune.py --granularity filter``'s ranking, one local step) and folded: their speed, not their accuracy (which
-needs the retraining ``prune.py`` does). ``--round-to`` folds each network once per width multiple
+(``prune.py --granularity filter``'s ranking, one local step, the convs a shortcut sums together) and folded: their
+speed, not their accuracy (which needs the retraining ``prune.py`` does). ``--round-to`` folds each network once per width multiple
 (``export.py --fold-round-to``). The first network of the list is the reference of the speed-up column.
 """
 import argparse
@@ -32,7 +32,7 @@ from benchmarks.common import interleaved_latencies, latency_runners, timing_rul
 from utils.checkpoint import load_model  # noqa: E402
 from utils.export import FOLD_ROUND_TO, fold_empty_channels  # noqa: E402
 from utils.general import cpu_name  # noqa: E402
-from utils.pruning import Masks, filter_prune  # noqa: E402
+from utils.pruning import Masks, filter_groups, filter_prune, unit_kernels  # noqa: E402
 from utils.summary import model_summary  # noqa: E402
 
 
@@ -45,7 +45,9 @@ def networks(weights, rates, round_to=(FOLD_ROUND_TO,)):
         variants = [(Path(w).name, model)]
         for rate in rates:
             masked, _ = load_model(w)
-            masks = filter_prune(dict(masked.state_dict()), Masks.from_model(masked, granularity="filter"), rate)
+            start = Masks.from_model(masked, granularity="filter", coupled=True)
+            groups = filter_groups(masked, unit_kernels(start))
+            masks = filter_prune(dict(masked.state_dict()), start, rate, groups=groups)
             masks.apply(masked)
             variants.append((f"{Path(w).name} filters -{rate:g}", masked))
         for (label, net), r in ((v, r) for v in variants for r in round_to):
