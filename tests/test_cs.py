@@ -368,6 +368,40 @@ def test_filter_gates_start_at_one_and_the_folded_ticket_is_the_gated_network(cf
         assert torch.allclose(outputs(folded.eval(), x), gated, atol=1e-4)
 
 
+def test_the_convs_a_shortcut_sums_share_one_gate_per_channel_and_fold():
+    """coupled (--shortcut-filters together): the convs a [shortcut] sums read their lead's gates, so a channel
+    closes in all of them at once and the folded network, narrower in the sums too, equals the gated one; the gates
+    and their ties survive the plugin state."""
+    torch.manual_seed(0)
+    model = Darknet("cfg/yolov3.cfg", img_size=64, nc=3)
+    kernels = [n for n, _ in prunable_parameters(model)]
+    soft = SoftFilterMasks.init(model, kernels, -0.1, coupled=True)
+    apart = SoftFilterMasks.init(model, kernels, -0.1)
+    assert len(soft.tied) == len(set(soft.units) - set(apart.units)) - 5 > 20  # 5 sums, each with one lead
+    assert len(soft.logits) == len(soft.units) - len(soft.tied)
+    lead = next(iter(soft.tied.values()))
+    members = [k for k in soft.units if soft.lead(k) == lead]
+    assert soft.per_gate(lead) == sum(math.prod(soft.units[k][0][1:]) for k in members)
+    random_logits(soft, seed=3)
+    x = torch.rand(1, 3, 64, 64)
+    soft.attach(model)
+    model.eval()
+    with torch.no_grad():
+        gated = outputs(model, x)
+    soft.detach(model)
+    plain = Darknet("cfg/yolov3.cfg", img_size=64, nc=3).eval()
+    plain.load_state_dict(soft.fold(model.state_dict()))
+    masks = soft.hard_masks()
+    rows = [masks[k].flatten(1).any(1) for k in members]
+    assert all(torch.equal(r, rows[0]) for r in rows) and 0 < int((~rows[0]).sum()) < len(rows[0])
+    folded, report = fold_empty_channels(plain, round_to=1)
+    assert all(report["layers"][int(k.split(".")[1])][1] == int(rows[0].sum()) for k in members)
+    with torch.no_grad():
+        assert torch.allclose(outputs(folded.eval(), x), gated, atol=1e-4)
+    back = soft_masks_from_state(soft.state_dict())
+    assert back.tied == soft.tied and torch.equal(back.hard_masks()[members[-1]], masks[members[-1]])
+
+
 def test_filter_penalty_weighs_each_gate_by_its_filter_and_the_lr_by_its_inverse():
     model, soft = filter_gates(CFG)
     random_logits(soft, seed=2)

@@ -222,3 +222,28 @@ def test_filter_gates_give_a_filter_ticket_that_folds_into_a_smaller_network(sha
     fold = out["fold"]
     assert fold["removed"] >= closed and fold["params_after"] < fold["params_before"]
     assert fold["max_abs_diff"]["raw"] < 1e-4 and fold["map_before"] == pytest.approx(fold["map_after"], abs=1e-6)
+
+
+def test_the_convs_a_shortcut_sums_share_their_gates_through_the_ticket(shapes_tiny, tmp_path):
+    """prune.py --cs --granularity filter (--shortcut-filters together, the default): the two convs a [shortcut]
+    sums share one gate per channel, their ticket masks are the same rows, and the fold narrows both alike."""
+    import export
+    from tests.test_export import SMALL
+
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL)
+    run = prune.main([*TINY, "--cfg", str(cfg), "--cs", "--granularity", "filter", "--rounds", "1", "--epochs", "2",
+                      "--ticket-epochs", "1", "--rewind-epoch", "1", "--mask-init", "0", "--seed", "3", "--data",
+                      str(shapes_tiny), "--project", str(tmp_path), "--name", "f"])
+    search, ticket = ckpt(run, 0), ckpt(run, 1)
+    soft = cs.soft_masks_from_state(search["train_state"]["plugins"]["cs"]["masks"])
+    summed = ("module_list.1.conv.weight", "module_list.2.conv.weight")  # [shortcut] from=-2 adds them
+    assert soft.tied == {summed[1]: summed[0]}
+    keep = soft.logits[summed[0]].detach() > 0
+    masks = Masks.from_state_dict(ticket["masks"])
+    assert all(torch.equal(filter_rows(masks[k]), keep) for k in summed)
+    out = export.main(["--weights", str(run / "round_1" / "weights" / "last.pt"), "--include", "sparse", "--fold",
+                       "--fold-round-to", "1", "--data", str(shapes_tiny), "--img-size", "64", "--batch-size", "8",
+                       "--workers", "0"])
+    folded = load_checkpoint(out["fold"]["checkpoint"])["model"]
+    assert [folded[k].shape[0] for k in summed] == [int(keep.sum())] * 2 and out["fold"]["max_abs_diff"]["raw"] < 1e-4

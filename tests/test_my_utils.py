@@ -136,8 +136,9 @@ def test_saved_arguments_carry_a_version_and_old_ones_are_migrated_once(tmp_path
                                                                         "restart", "ema")
     assert not hasattr(old, "no_amp") and not hasattr(old, "kd_class_cells")  # not a KD run
     assert old.shortcut_filters == "exclude"  # LTH before --shortcut-filters: shortcut-summed convs kept whole
-    v1 = upgrade_saved_args(argparse.Namespace(args_version=1, lth=True, granularity="filter"))
-    assert v1.shortcut_filters == "exclude" and not hasattr(upgrade_saved_args(argparse.Namespace(args_version=1)),
-                                                              "shortcut_filters")
+    for technique in ("lth", "cs"):
+        v1 = upgrade_saved_args(argparse.Namespace(args_version=1, granularity="filter", **{technique: True}))
+        assert v1.shortcut_filters == "exclude"
+    assert not hasattr(upgrade_saved_args(argparse.Namespace(args_version=1)), "shortcut_filters")  # train.py
     with pytest.raises(UserError, match=rf"runs/x/args.yaml: args_version {ARGS_VERSION + 1} is not one"):
         upgrade_saved_args(argparse.Namespace(args_version=ARGS_VERSION + 1), "runs/x/args.yaml")

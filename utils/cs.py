@@ -34,8 +34,8 @@ from utils.checkpoint import load_checkpoint, plugin_state
 from utils.engine import Plugin, model_from_args
 from utils.errors import UserError
 from utils.general import init_seeds
-from utils.pruning import (STRATEGIES, MaskPlugin, Masks, RewindPlugin, Strategy, build_model, filter_consumers,
-                           filter_units, rewind, rewind_epochs, with_consumer_inputs)
+from utils.pruning import (STRATEGIES, MaskPlugin, Masks, RewindPlugin, Strategy, build_model, coupled_units,
+                           filter_consumers, filter_groups, filter_units, rewind, rewind_epochs, with_consumer_inputs)
 from utils.settings import CSSettings
 from utils.torch_utils import de_parallel
 
@@ -262,28 +262,50 @@ class SoftFilterMasks(SoftMasks):
     logits of a layer learn at ``--mask-lr`` / (weights per filter), so λ and the mask lr keep their weight-level
     meaning: a filter's gate moves as the mean of its weights' gates would. The hard masks are ``filter_prune``'s
     (kernel rows + BN scale and shift), so the ticket and ``export.py --fold`` are those of filter-level LTH.
+    ``tied`` ``{kernel: lead kernel}``: the convs a ``[shortcut]`` sums share their lead's gates, channel for
+    channel, so a channel closes in all of them at once and the sum folds.
     """
 
-    def __init__(self, logits, mask_init, beta=1.0, units=None):
+    def __init__(self, logits, mask_init, beta=1.0, units=None, tied=None):
         super().__init__(logits, mask_init, beta)
         self.units = {k: (tuple(int(d) for d in shape), tuple(extra)) for k, (shape, extra) in dict(units).items()}
-        if set(self.units) != set(self.logits):
+        self.tied = dict(tied or {})
+        if set(self.units) != set(self.logits) | set(self.tied) or not set(self.tied.values()) <= set(self.logits):
             raise UserError("filter gates: the logits and their filter units name different kernels")
 
     @classmethod
-    def init(cls, model, kernels, mask_init):
-        """Logits s₀ for every filter of the plain convs among ``kernels`` (names of ``model``'s conv weights)."""
+    def init(cls, model, kernels, mask_init, coupled=False):
+        """Logits s₀ for every filter of the plain convs among ``kernels`` (names of ``model``'s conv weights);
+        ``coupled``: with the convs a ``[shortcut]`` sums, one gate per channel of the sum."""
         params = dict(de_parallel(model).named_parameters())
-        units = {k: (tuple(params[k].shape), extra) for k, extra in filter_units(model, kernels).items()}
+        units = {k: (tuple(params[k].shape), extra) for k, extra in filter_units(model, kernels, coupled).items()}
         if not units:
             raise UserError("--granularity filter: the network has no plain [convolutional] layer whose filters CS "
                             "could gate")
+        tied = {}
+        rows = {k: shape[0] for k, (shape, _) in units.items()}
+        for unit in coupled_units(list(units), filter_groups(model, list(units)), rows):
+            lead, first = unit[0]
+            for k, col in unit[1:]:
+                if not torch.equal(col, first):
+                    raise UserError(f"filter gates: '{k}' is summed with '{lead}' channel for channel only in part")
+                tied[k] = lead
         return cls({k: torch.full((shape[0],), float(mask_init), dtype=torch.float32, device=params[k].device)
-                    for k, (shape, _) in units.items()}, mask_init, units=units)
+                    for k, (shape, _) in units.items() if k not in tied}, mask_init, units=units, tied=tied)
+
+    def lead(self, name):
+        return self.tied.get(name, name)
+
+    def soft_gate(self, name):
+        return super().soft_gate(self.lead(name))
+
+    @torch.no_grad()
+    def hard_gate(self, name):
+        return super().hard_gate(self.lead(name))
 
     def per_gate(self, name):
-        """Kernel weights of one filter of ``name``: the weight of its gate in the penalty."""
-        return math.prod(self.units[name][0][1:])
+        """Kernel weights of one gate of ``name``'s (all its tied convs' filters): its weight in the penalty."""
+        return sum(math.prod(shape[1:]) for k, (shape, _) in self.units.items() if self.lead(k) == name)
 
     def numel(self):
         return sum(s.numel() * self.per_gate(n) for n, s in self.logits.items())
@@ -292,7 +314,8 @@ class SoftFilterMasks(SoftMasks):
         return {n: 1.0 / self.per_gate(n) for n in self.logits}
 
     def describe(self):
-        return f"{sum(s.numel() for s in self.logits.values()):,} filter gates over {len(self)} convs"
+        tied = f" ({len(self.tied)} share the gates of a conv a [shortcut] sums them with)" if self.tied else ""
+        return f"{sum(s.numel() for s in self.logits.values()):,} filter gates over {len(self.units)} convs{tied}"
 
     def l1(self, penalty="sigmoid"):
         total = sum(torch.sigmoid(self.beta * s).sum() * self.per_gate(n) for n, s in self.logits.items())
@@ -302,21 +325,22 @@ class SoftFilterMasks(SoftMasks):
 
     def hard_masks(self):
         out = {}
-        for n, s in self.logits.items():
-            keep = s.detach() > 0
-            out[n] = keep.view(-1, 1, 1, 1).expand(self.units[n][0]).clone()
-            out.update({c: keep.clone() for c in self.units[n][1]})
+        for n, (shape, extra) in self.units.items():
+            keep = self.logits[self.lead(n)].detach() > 0
+            out[n] = keep.view(-1, 1, 1, 1).expand(shape).clone()
+            out.update({c: keep.clone() for c in extra})
         return Masks(out)
 
     def folded_names(self):
-        return [x for n in self.logits for x in (n, *self.units[n][1])]
+        return [x for n in self.units for x in (n, *self.units[n][1])]
 
     def owners(self, model):
         """``[(kernel name, the module whose output carries the channels)]``: the conv's BN, else the conv."""
         net = de_parallel(model)
         params = dict(net.named_parameters())
         pairs = []
-        for n, s in self.logits.items():
+        for n in self.units:
+            s = self.logits[self.lead(n)]
             if n not in params or params[n].shape[0] != s.numel():
                 raise UserError(f"filter gates for '{n}' do not match the network's parameter of that name")
             prefix = n.rsplit(".", 2)[0]
@@ -345,9 +369,8 @@ class SoftFilterMasks(SoftMasks):
         """The gate folded into BN's scale and shift (or the conv's kernel and bias), the kernel rows of closed
         filters at +0.0: the network eval mode computes, as a plain state dict."""
         out = dict(state)
-        for n, s in self.logits.items():
-            h, keep = self.hard_gate(n), s.detach() > 0
-            extra = self.units[n][1]
+        for n, (_, extra) in self.units.items():
+            h, keep = self.hard_gate(n), self.logits[self.lead(n)].detach() > 0
             scaled = extra if any(c.endswith(".bn.weight") for c in extra) else (n, *extra)
             for c in (n, *extra):
                 v = state[c].detach().float()
@@ -358,12 +381,13 @@ class SoftFilterMasks(SoftMasks):
         return out
 
     def state_dict(self):
-        return {**super().state_dict(), "granularity": "filter",
+        return {**super().state_dict(), "granularity": "filter", "tied": dict(self.tied),
                 "units": {k: (list(shape), list(extra)) for k, (shape, extra) in self.units.items()}}
 
     @classmethod
     def from_state_dict(cls, state):
-        return cls(state["logits"], state["mask_init"], state.get("beta", 1.0), units=state["units"])
+        return cls(state["logits"], state["mask_init"], state.get("beta", 1.0), units=state["units"],
+                   tied=state.get("tied"))
 
 
 def soft_masks_from_state(state):
@@ -560,7 +584,8 @@ class ContinuousSparsification(Strategy):
             named = prunable_parameters(model, include_output=self.settings.prune_output,
                                         skip_first=self.settings.keep_first_dense)
             if self.settings.granularity == "filter":
-                soft = SoftFilterMasks.init(model, [n for n, _ in named], self.mask_init)
+                soft = SoftFilterMasks.init(model, [n for n, _ in named], self.mask_init,
+                                            coupled=self.settings.shortcut_filters == "together")
             else:
                 soft = SoftMasks.init(named, self.mask_init)
             return model, [self.plugin(soft), RewindPlugin(self.rewind_epoch, self.rewind_iter)]

@@ -217,8 +217,8 @@ def _to_v1(saved):
 
 
 def _to_v2(saved):
-    """LTH runs from before ``--shortcut-filters`` left the filters of the convs a [shortcut] sums unpruned."""
-    if getattr(saved, "lth", False) and not hasattr(saved, "shortcut_filters"):
+    """LTH and CS runs from before ``--shortcut-filters`` left the filters of the convs a [shortcut] sums unpruned."""
+    if (getattr(saved, "lth", False) or getattr(saved, "cs", False)) and not hasattr(saved, "shortcut_filters"):
         saved.shortcut_filters = "exclude"
 
 

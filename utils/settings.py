@@ -349,6 +349,9 @@ class PruneSettings(Settings):
     granularity: str = setting("weight", "weight: single weights; filter: whole filters of the plain convs (kernel, "
                                "BN scale and shift), which export.py --fold removes for a smaller, faster network "
                                "(CS: one gate per filter)", choices=("weight", "filter"))
+    shortcut_filters: str = setting("together", "with --granularity filter: the convs a [shortcut] sums lose the same "
+                                    "channels (together: LTH ranks a channel by its filters' mean score, CS gives it "
+                                    "one gate), or keep every filter (exclude)", choices=("together", "exclude"))
 
 
 @dataclass(frozen=True)
@@ -375,9 +378,6 @@ class LTHSettings(PruneSettings):
     filter_criterion: str = setting("l1", "with --granularity filter: rank filters by the L1 norm of their kernel, "
                                     "or by their BN |gamma| (bn: network slimming, Liu et al. 2017)",
                                     choices=("l1", "bn"))
-    shortcut_filters: str = setting("together", "with --granularity filter: the convs a [shortcut] sums lose the same "
-                                    "channels, ranked by their mean score (together), or keep every filter (exclude)",
-                                    choices=("together", "exclude"))
 
     def __post_init__(self):
         if self.rounds is None or self.rounds < 0:
@@ -427,7 +427,7 @@ class CSSettings(PruneSettings):
         if not self.mask_lr > 0 or not 0 <= self.mask_momentum < 1:
             raise UserError(f"--mask-lr must be > 0 and --mask-momentum in [0, 1) "
                             f"(got {self.mask_lr}, {self.mask_momentum})")
-        check_choice(self, "cs_reset", "cs_penalty", "granularity")
+        check_choice(self, "cs_reset", "cs_penalty", "granularity", "shortcut_filters")
 
 
 def flag_kwargs(f):
