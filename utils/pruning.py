@@ -922,7 +922,9 @@ class LotteryTicket(Strategy):
             where = (f"{self.rewind_iter} optimiser steps" if self.rewind_iter else f"epoch {self.rewind_epoch}")
             return f"round 0/{self.rounds} (dense; rewind point after {where})"
         what = ("filters" if self.settings.granularity == "filter" else "weights")
-        by = ("BN |gamma|" if self.settings.filter_criterion == "bn" and what == "filters" else "magnitudes")
+        if what == "filters" and self.settings.shortcut_filters == "together":
+            what += ", a shortcut's summed convs together"
+        by = ("BN |gamma|" if self.settings.filter_criterion == "bn" and what != "weights" else "magnitudes")
         start = "kept their final values (learning-rate rewinding)" if self.lr_rewind else "rewound"
         return (f"round {r}/{self.rounds}: pruned {self.rate:g} of the surviving {what} ({self.scope}, by "
                 f"{'raw' if self.rank_raw else 'EMA'} {by}), {start}")
