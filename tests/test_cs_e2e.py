@@ -225,14 +225,16 @@ def test_filter_gates_give_a_filter_ticket_that_folds_into_a_smaller_network(sha
 
 
 def test_the_convs_a_shortcut_sums_share_their_gates_through_the_ticket(shapes_tiny, tmp_path):
-    """prune.py --cs --granularity filter (--shortcut-filters together, the default): the two convs a [shortcut]
-    sums share one gate per channel, their ticket masks are the same rows, and the fold narrows both alike."""
+    """prune.py --cs --granularity filter --shortcut-filters together (CS.yaml's recipe says exclude): the two convs
+    a [shortcut] sums share one gate per channel, their ticket masks are the same rows, and the fold narrows both
+    alike."""
     import export
     from tests.test_export import SMALL
 
     cfg = tmp_path / "small.cfg"
     cfg.write_text(SMALL)
-    run = prune.main([*TINY, "--cfg", str(cfg), "--cs", "--granularity", "filter", "--rounds", "1", "--epochs", "2",
+    run = prune.main([*TINY, "--cfg", str(cfg), "--cs", "--granularity", "filter", "--shortcut-filters", "together",
+                      "--rounds", "1", "--epochs", "2",
                       "--ticket-epochs", "1", "--rewind-epoch", "1", "--mask-init", "0", "--seed", "3", "--data",
                       str(shapes_tiny), "--project", str(tmp_path), "--name", "f"])
     search, ticket = ckpt(run, 0), ckpt(run, 1)
