@@ -210,6 +210,11 @@ def _constant_after(block, pre):
     return (act(x) if act is not None else x).view(-1)
 
 
+def keeps_zero(act):
+    """True when the activation module ``act`` (None: the identity) maps 0 to 0."""
+    return act is None or float(act(torch.zeros(1)).abs()) == 0
+
+
 def channel_graph(model):
     """``(graph, consumers, notes)``: the ``_Channels`` union-find of ``model`` (each channel's constant where its
     filter is empty, the channels folding must keep pinned), the ``(conv layer, layer it reads)`` pairs, and
@@ -251,7 +256,7 @@ def channel_graph(model):
                 for a, b in zip(out, ids):
                     g.union(a, b)
             v = np.sum([g.value[ids] for ids in inputs], axis=0)
-            if m.act is not None and float(m.act(torch.zeros(1)).abs()) != 0:
+            if not keeps_zero(m.act):
                 notes["offset_sums"].extend(out.tolist())
             if m.act is not None and not np.isnan(v).all():
                 v = _constant_after(m, torch.from_numpy(v).float()).double().numpy()

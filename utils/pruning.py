@@ -56,7 +56,7 @@ from utils.datasets import create_dataloader, parse_data_cfg
 from utils.engine import Plugin, Trainer, model_from_args
 from utils.errors import UserError
 from utils.evaluation import evaluate
-from utils.export import channel_graph, foldable_convs
+from utils.export import channel_graph, foldable_convs, keeps_zero
 from utils.general import increment_path, init_seeds, is_main_process, select_device
 from utils.my_utils import hyp_from_args, save_args, upgrade_saved_args
 from utils.settings import LTHSettings, scope_type
@@ -261,8 +261,7 @@ def filter_consumers(model):
     where = {}  # channel root -> (producer kernel, filter)
     for k in filter_units(net, [n for n, p in params.items() if n.endswith(".conv.weight") and p.dim() == 4], True):
         j = int(k.split(".")[1])
-        act = getattr(net.module_list[j], "act", None)
-        if act is not None and float(act(torch.zeros(1)).abs()) != 0:
+        if not keeps_zero(getattr(net.module_list[j], "act", None)):
             continue
         for row, r in enumerate(roots[g.ids(j, net.channels[j])].tolist()):
             where[r] = (k, row)
@@ -386,20 +385,17 @@ def filter_groups(model, kernels):
 def coupled_units(kernels, groups, rows):
     """The units ``filter_prune`` ranks: lists of kernels whose filters ``groups`` ties, each kernel with the unit
     channel of every one of its ``rows[k]`` filters; a kernel with no group is a unit alone."""
+    ids = {k: groups[k].tolist() if groups and k in groups else [(k, r) for r in range(rows[k])] for k in kernels}
     units = []  # [(kernels, {channel id: unit channel})]
     for k in kernels:
-        ids = groups[k].tolist() if groups and k in groups else [(k, r) for r in range(rows[k])]
-        hit = [u for u in units if any(i in u[1] for i in ids)]
+        hit = [u for u in units if any(i in u[1] for i in ids[k])]
         members, channels = [x for u in hit for x in u[0]] + [k], {}
-        for i in [i for u in hit for i in u[1]] + ids:
+        for i in [i for u in hit for i in u[1]] + ids[k]:
             channels.setdefault(i, len(channels))
         units = [u for u in units if u not in hit] + [(members, channels)]
     order = {k: n for n, k in enumerate(kernels)}
-    out = []
-    for members, channels in sorted(units, key=lambda u: min(order[k] for k in u[0])):
-        ids = {k: groups[k].tolist() if groups and k in groups else [(k, r) for r in range(rows[k])] for k in members}
-        out.append([(k, torch.tensor([channels[i] for i in ids[k]])) for k in members])
-    return out
+    return [[(k, torch.tensor([channels[i] for i in ids[k]])) for k in members]
+            for members, channels in sorted(units, key=lambda u: min(order[k] for k in u[0]))]
 
 
 def filter_scores(weights, masks, k, companions, criterion):
@@ -921,10 +917,11 @@ class LotteryTicket(Strategy):
         if r == 0:
             where = (f"{self.rewind_iter} optimiser steps" if self.rewind_iter else f"epoch {self.rewind_epoch}")
             return f"round 0/{self.rounds} (dense; rewind point after {where})"
-        what = ("filters" if self.settings.granularity == "filter" else "weights")
-        if what == "filters" and self.settings.shortcut_filters == "together":
+        filters = self.settings.granularity == "filter"
+        what = "filters" if filters else "weights"
+        if filters and self.settings.shortcut_filters == "together":
             what += ", a shortcut's summed convs together"
-        by = ("BN |gamma|" if self.settings.filter_criterion == "bn" and what != "weights" else "magnitudes")
+        by = "BN |gamma|" if filters and self.settings.filter_criterion == "bn" else "magnitudes"
         start = "kept their final values (learning-rate rewinding)" if self.lr_rewind else "rewound"
         return (f"round {r}/{self.rounds}: pruned {self.rate:g} of the surviving {what} ({self.scope}, by "
                 f"{'raw' if self.rank_raw else 'EMA'} {by}), {start}")
