@@ -357,7 +357,7 @@ def test_filter_gates_start_at_one_and_the_folded_ticket_is_the_gated_network(cf
     masks = soft.hard_masks()
     assert masks.violations(plain) == 0
     for k, (shape, extra) in soft.units.items():
-        keep = soft.logits[k].detach() > 0
+        keep = soft.alive(k)
         assert masks[k].shape == shape and torch.equal(masks[k].flatten(1).all(1), keep)
         assert torch.equal(masks[k].flatten(1).any(1), keep)  # whole rows (the ticket adds the consumers' columns)
         assert extra and all(torch.equal(masks[c], keep) for c in extra)
@@ -400,6 +400,43 @@ def test_the_convs_a_shortcut_sums_share_one_gate_per_channel_and_fold():
         assert torch.allclose(outputs(folded.eval(), x), gated, atol=1e-4)
     back = soft_masks_from_state(soft.state_dict())
     assert back.tied == soft.tied and torch.equal(back.hard_masks()[members[-1]], masks[members[-1]])
+
+
+def test_a_conv_with_every_gate_closed_keeps_its_largest_so_the_ticket_stays_connected():
+    """A tensor of gates all <= 0 (here the first [shortcut] sum's shared gates and one plain conv's) keeps exactly
+    its largest gate open, in the hard masks, the eval gate and the fold alike: the folded network still depends on
+    its input (with the sum closed it would output the same maps for every image)."""
+    torch.manual_seed(0)
+    model = Darknet("cfg/yolov3.cfg", img_size=64, nc=3)
+    soft = SoftFilterMasks.init(model, [n for n, _ in prunable_parameters(model)], -0.1, coupled=True)
+    random_logits(soft, seed=4)
+    lead = next(iter(soft.tied.values()))
+    plain_conv = next(k for k in soft.logits if k not in soft.tied.values())
+    with torch.no_grad():
+        for k, best in ((lead, 3), (plain_conv, 0)):
+            s = soft.logits[k]
+            s.copy_(-1.0 - torch.rand(s.shape))
+            s[best] = -0.5
+    assert sorted(soft.reopened()) == sorted([lead, plain_conv])
+    masks = soft.hard_masks()
+    for k in [plain_conv, *[m for m in soft.units if soft.lead(m) == lead]]:
+        best = 3 if soft.lead(k) == lead else 0
+        rows = masks[k].flatten(1).any(1)
+        assert int(rows.sum()) == 1 and bool(rows[best])
+        assert torch.equal(soft.hard_gate(k) > 0, rows)
+    soft.attach(model)
+    model.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        gated = outputs(model, x)
+    soft.detach(model)
+    plain = Darknet("cfg/yolov3.cfg", img_size=64, nc=3).eval()
+    plain.load_state_dict(soft.fold(model.state_dict()))
+    folded, _ = fold_empty_channels(plain, round_to=1)
+    with torch.no_grad():
+        assert torch.allclose(outputs(folded.eval(), x), gated, atol=1e-4)
+        a, b = (folded(x[i:i + 1])[1] for i in range(2))
+    assert not all(torch.allclose(p, q) for p, q in zip(a, b))
 
 
 def test_filter_penalty_weighs_each_gate_by_its_filter_and_the_lr_by_its_inverse():

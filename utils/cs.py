@@ -300,8 +300,22 @@ class SoftFilterMasks(SoftMasks):
         return super().soft_gate(self.lead(name))
 
     @torch.no_grad()
+    def alive(self, name):
+        """1[s > 0] over ``name``'s gates; where every gate is closed, the largest stays open (filter LTH too keeps
+        a channel per unit): a conv with no filter would cut every path through it."""
+        s = self.logits[self.lead(name)].detach()
+        keep = s > 0
+        if not keep.any():
+            keep[s.argmax()] = True
+        return keep
+
+    @torch.no_grad()
     def hard_gate(self, name):
-        return super().hard_gate(self.lead(name))
+        return self.alive(name).to(self.logits[self.lead(name)].dtype) / self.sig0(self.logits[self.lead(name)].device)
+
+    def reopened(self):
+        """The gated tensors whose every gate is closed (``alive`` keeps their largest)."""
+        return [n for n, s in self.logits.items() if not (s.detach() > 0).any()]
 
     def per_gate(self, name):
         """Kernel weights of one gate of ``name``'s (all its tied convs' filters): its weight in the penalty."""
@@ -326,7 +340,7 @@ class SoftFilterMasks(SoftMasks):
     def hard_masks(self):
         out = {}
         for n, (shape, extra) in self.units.items():
-            keep = self.logits[self.lead(n)].detach() > 0
+            keep = self.alive(n)
             out[n] = keep.view(-1, 1, 1, 1).expand(shape).clone()
             out.update({c: keep.clone() for c in extra})
         return Masks(out)
@@ -370,7 +384,7 @@ class SoftFilterMasks(SoftMasks):
         filters at +0.0: the network eval mode computes, as a plain state dict."""
         out = dict(state)
         for n, (_, extra) in self.units.items():
-            h, keep = self.hard_gate(n), self.logits[self.lead(n)].detach() > 0
+            h, keep = self.hard_gate(n), self.alive(n)
             scaled = extra if any(c.endswith(".bn.weight") for c in extra) else (n, *extra)
             for c in (n, *extra):
                 v = state[c].detach().float()
@@ -546,8 +560,10 @@ class ContinuousSparsification(Strategy):
     def describe_start(self, r):
         n = self.num_rounds() - 1
         if self.is_ticket(r):
+            shut = getattr(self, "reopened", [])
+            kept = f"; {len(shut)} convs had every gate closed, each keeps its largest" if shut else ""
             return (f"round {r}/{n} (ticket: m = 1[s > 0] frozen, weights rewound to the first search round's "
-                    f"rewind point)")
+                    f"rewind point{kept})")
         where = f"{self.rewind_iter} optimiser steps" if self.rewind_iter else f"epoch {self.rewind_epoch}"
         reset = "s <- min(beta_T s, s0)" if self.reset_rule == "paper" else "beta <- 1, s <- min(s, s0)"
         extra = f"; rewind point after {where}" if r == 0 else f"; {reset}, weights not rewound"
@@ -573,6 +589,7 @@ class ContinuousSparsification(Strategy):
         model = build_model(prev, self.args)
         masks = soft.hard_masks()
         if isinstance(soft, SoftFilterMasks):  # the consumers' input columns of the pruned filters go too
+            self.reopened = soft.reopened()
             masks = with_consumer_inputs(masks, filter_consumers(model))
         rewind(model, prev["rewind"]["model"], masks)  # θ_k with the pruned weights at exactly +0.0
         return model, masks
