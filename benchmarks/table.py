@@ -192,6 +192,8 @@ def build_parser():
                    help="more prune.py flags for the pruned LTH rounds only, not the dense runs (e.g. --rewind lr)")
     g.add_argument("--lth-filter-args", default="",
                    help="more prune.py flags for the filter-level LTH row only, after --lth-args")
+    g.add_argument("--cs-filter-args", default="",
+                   help="more prune.py flags for the filter-level CS row only, after --cs-args")
     g.add_argument("--kd-args", default="", help="more my_kd.py flags, one quoted string")
     g.add_argument("--gan-args", default="", help="more my_kd_gan.py flags, one quoted string")
     g = p.add_argument_group("what to run and where")
@@ -418,8 +420,10 @@ class Plan:
                                                                                        a.gan_args))
         self.cs_extra, self.lth_extra = ([*self.prune_extra, *shlex.split(x)] for x in (a.cs_args, a.lth_args))
         self.filter_extra = [*self.lth_extra, *shlex.split(a.lth_filter_args)]
-        self.cs_note, lth_note, self.filter_note = (f" ({x.strip()})" if x.strip() else "" for x in (
-            a.cs_args, a.lth_args, f"{a.lth_args} {a.lth_filter_args}"))
+        self.cs_filter_extra = [*self.cs_extra, *shlex.split(a.cs_filter_args)]
+        self.cs_note, lth_note, self.filter_note, self.cs_filter_note = (
+            f" ({x.strip()})" if x.strip() else "" for x in (
+                a.cs_args, a.lth_args, f"{a.lth_args} {a.lth_filter_args}", f"{a.cs_args} {a.cs_filter_args}"))
         self.lth = ["--rounds", str(a.lth_rounds), "--prune-rate", f"{a.prune_rate:g}"]
         self.lth_label = f"{a.lth_rounds} round{'s' * (a.lth_rounds != 1)} at {a.prune_rate:g}{lth_note}"
         self.compose_cfg = self.students[a.compose_student]
@@ -471,7 +475,8 @@ class Plan:
         return self.job(f"cs{rounds if granularity == 'weight' else '-filter'}-{self.big.stem}", "prune.py",
                         lambda s, J: [*flags, str(self.big), "--rounds", str(rounds), *self.common_cs,
                                       "--ticket-epochs", str(a.epochs), "--rewind-epoch",
-                                      str(min(a.rewind_epoch, a.cs_epochs)), "--seed", str(s), *self.cs_extra],
+                                      str(min(a.rewind_epoch, a.cs_epochs)), "--seed", str(s),
+                                      *(self.cs_extra if granularity == "weight" else self.cs_filter_extra)],
                         final_round=rounds, pruned=True)
 
     def teacher(self):
@@ -543,7 +548,7 @@ def add_pruning_rows(p):
         if n < 1:
             raise UserError(f"--cs-rounds {n}: a CS run needs 1 search round or more")
         p.add(f"cs{n}", big, f"CS {n} round{'s' * (n != 1)}{p.cs_note}", p.cs_job(n), "pruning")
-    p.add("cs-filter", big, f"CS filters, 1 round{p.cs_note}", p.cs_job(1, "filter"), "pruning")
+    p.add("cs-filter", big, f"CS filters, 1 round{p.cs_filter_note}", p.cs_job(1, "filter"), "pruning")
     dense = p.baseline(big)
     jid = p.job(f"tp-{big.stem}", "benchmarks/bench_torch_pruning.py",
                 lambda s, J: ["--weights", str(J[dense].weights("best.pt")), "--macs-fraction", f"{a.tp_macs:g}",

@@ -477,6 +477,13 @@ def test_cs_and_lth_args_reach_their_rows_only_and_name_them(tmp_path):
     flagged = {jid for (jid, _), job in jobs.items() if job.argv[-2:] == ["--rewind", "lr"]}
     assert flagged == {"lth-filter-local-yolov3-tiny"}  # the filter row only
     assert "--rewind" not in {r.name: r.training for r in rows}["lth-local"]
+    a = settings("--seeds", "1", "--big-cfg", "cfg/yolov3-tiny.cfg", "--cs-filter-args", "--cs-lambda 3e-9",
+                 "--rows", "tiny", "cs1", "cs-filter")
+    rows, jobs = table.build_plan(a, tmp_path)
+    flagged = {jid for (jid, _), job in jobs.items() if job.argv[-2:] == ["--cs-lambda", "3e-9"]}
+    assert flagged == {"cs-filter-yolov3-tiny"}  # not the weight-level CS rows
+    assert {r.name: r.training for r in rows}["cs-filter"] == "CS filters, 1 round (--cs-lambda 3e-9)"
+    assert {r.name: r.training for r in rows}["cs1"] == "CS 1 round"
 
 
 def test_distillation_ablations_are_opt_in_rows_from_a_given_teacher(tmp_path):
