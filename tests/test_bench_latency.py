@@ -1,7 +1,7 @@
 """benchmarks/bench_latency.py: the networks it times, and its interleaved passes (no speed asserted)."""
 import torch
 
-from benchmarks.bench_latency import networks
+from benchmarks.bench_latency import by_runtime, networks
 from models import Darknet, make_checkpoint
 from utils.checkpoint import save_checkpoint
 
@@ -42,3 +42,9 @@ def test_passes_time_every_network_and_size_in_turn(tmp_path):
     for r in rows:
         assert len(r["ort_passes"]) == 2 and r["ort"] == sum(r["ort_passes"]) / 2 > 0 and r["fp32"] > 0
     assert rows[0]["ort_speedup"] == rows[1]["ort_speedup"] == 1.0  # the first network is the reference per size
+
+
+def test_a_pass_times_every_network_in_one_runtime_before_the_next():
+    f, g, h = (lambda: None), (lambda: None), (lambda: None)
+    order = list(by_runtime([{"fp32": f, "ort": g}, {"fp32": f, "bf16_cl": h, "ort": g}]))
+    assert order == [(0, "fp32"), (1, "fp32"), (1, "bf16_cl"), (0, "ort"), (1, "ort")]
