@@ -122,16 +122,25 @@ class SoftMasks:
             self._sig0[key] = float(torch.sigmoid(torch.tensor([self.mask_init], dtype=torch.float32, device=device)))
         return self._sig0[key]
 
+    def lead(self, name):
+        """The logits tensor that gates ``name`` (its own here; filter gates may share another's)."""
+        return name
+
     def soft_gate(self, name):
         """σ(β·s)/σ(s₀) of one tensor (differentiable in s)."""
-        s = self.logits[name]
+        s = self.logits[self.lead(name)]
         return torch.sigmoid(self.beta * s) / self.sig0(s.device)
+
+    @torch.no_grad()
+    def alive(self, name):
+        """1[s > 0]: the entries the hard gate keeps."""
+        return self.logits[self.lead(name)].detach() > 0
 
     @torch.no_grad()
     def hard_gate(self, name):
         """1[s > 0]/σ(s₀) of one tensor: the soft gate's limit for β → ∞."""
-        s = self.logits[name]
-        return (s > 0).to(s.dtype) / self.sig0(s.device)
+        s = self.logits[self.lead(name)]
+        return self.alive(name).to(s.dtype) / self.sig0(s.device)
 
     def hard_weight(self, name, w):
         """w ⊙ 1[s > 0]/σ(s₀) with the removed entries at exactly +0.0 (w · 0 would leave −0.0 for negative w,
@@ -155,7 +164,7 @@ class SoftMasks:
 
     def hard_masks(self):
         """The binary ``Masks`` 1[s > 0] (True = alive)."""
-        return Masks({n: (s.detach() > 0) for n, s in self.logits.items()})
+        return Masks({n: self.alive(n) for n in self.logits})
 
     def hard_sparsity(self):
         return self.hard_masks().sparsity()
@@ -296,22 +305,14 @@ class SoftFilterMasks(SoftMasks):
     def lead(self, name):
         return self.tied.get(name, name)
 
-    def soft_gate(self, name):
-        return super().soft_gate(self.lead(name))
-
     @torch.no_grad()
     def alive(self, name):
         """1[s > 0] over ``name``'s gates; where every gate is closed, the largest stays open (filter LTH too keeps
         a channel per unit): a conv with no filter would cut every path through it."""
-        s = self.logits[self.lead(name)].detach()
-        keep = s > 0
+        keep = super().alive(name)
         if not keep.any():
-            keep[s.argmax()] = True
+            keep[self.logits[self.lead(name)].argmax()] = True
         return keep
-
-    @torch.no_grad()
-    def hard_gate(self, name):
-        return self.alive(name).to(self.logits[self.lead(name)].dtype) / self.sig0(self.logits[self.lead(name)].device)
 
     def reopened(self):
         """The gated tensors whose every gate is closed (``alive`` keeps their largest)."""
@@ -537,6 +538,7 @@ class ContinuousSparsification(Strategy):
         self.ticket_epochs = int(s.ticket_epochs or args.epochs)
         self.rewind_iter = s.rewind_iter or None
         self.rewind_epoch = rewind_epochs(s.rewind_epoch, args.epochs)
+        self.reopened = []  # the ticket's convs whose every filter gate had closed (set when the ticket is made)
         if self.rewind_iter is None and not 0 <= self.rewind_epoch <= args.epochs:
             raise UserError(f"--rewind-epoch {self.rewind_epoch} is outside the first search round's "
                             f"{args.epochs} epochs")
@@ -560,7 +562,7 @@ class ContinuousSparsification(Strategy):
     def describe_start(self, r):
         n = self.num_rounds() - 1
         if self.is_ticket(r):
-            shut = getattr(self, "reopened", [])
+            shut = self.reopened
             kept = f"; {len(shut)} convs had every gate closed, each keeps its largest" if shut else ""
             return (f"round {r}/{n} (ticket: m = 1[s > 0] frozen, weights rewound to the first search round's "
                     f"rewind point{kept})")
