@@ -223,6 +223,9 @@ def build_parser():
     g.add_argument("--latency-passes", type=int, default=3,
                    help="passes over all the networks to time, interleaved; a latency is the median of its passes' "
                         "medians, so a slow spell of a shared machine falls on every row alike and is outvoted")
+    g.add_argument("--latency-threads", type=int, default=None,
+                   help="threads for the latency runs (default: torch's choice); the thread count is part of a "
+                        "latency's CPU tag, so the ledger keeps an artefact's figure for each count timed")
     g.add_argument("--ledger", default=None,
                    help="JSON file of the finished runs' figures, e.g. docs/results/ledger_shapes.json: committed, it "
                         "carries a table across sessions and machines whose run folders are gone (a run found here "
@@ -248,8 +251,8 @@ def resolve_settings(a):
     a.img_size_start = hyp.get("img_size_start", base.get("img_size_start"))  # for --equal-time's sizes
     if not a.epochs or a.epochs < 1:
         raise UserError(f"--epochs must be 1 or more, not {a.epochs}")
-    for flag in ("seeds", "latency_reps", "latency_passes"):
-        if getattr(a, flag) < 1:
+    for flag in ("seeds", "latency_reps", "latency_passes", "latency_threads"):
+        if getattr(a, flag) is not None and getattr(a, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be 1 or more, not {getattr(a, flag)}")
     if a.rewind_epoch is None:
         a.rewind_epoch = min(a.epochs, round(a.epochs / 30))
@@ -1061,10 +1064,21 @@ class Table:
         rec = json.loads(path.read_text()) if path.is_file() else {}
         return rec if rec.get("img_size") == self.a.img_size else None
 
-
     def measure_latencies(self):
         """latency.json for every finished run of the table whose artefact is on this machine, all timed afresh
-        and together, in interleaved passes (``interleaved_latencies``): rows compared are timed in the same spell."""
+        and together, in interleaved passes (``interleaved_latencies``): rows compared are timed in the same spell.
+        ``--latency-threads`` sets the thread count for these runs only."""
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(self.a.latency_threads or threads)  # ONNX Runtime sessions take torch's count
+            self.time_artefacts()
+        finally:
+            torch.set_num_threads(threads)
+
+    def time_artefacts(self):
+        """``measure_latencies`` at the thread count set."""
         import tempfile
 
         import torch
@@ -1147,6 +1161,10 @@ class Table:
         return out
 
 
+def thread_count(n):
+    return f"{n} thread{'s' * (int(n) != 1)}"
+
+
 def widths(rec):
     """', widths xN' for a latency measured with folded widths rounded to multiples of N (N > 1)."""
     n = rec.get("round_to") or 1
@@ -1165,7 +1183,7 @@ def latency_fields(rec):
     filters and how many folding removed (None where there is no record, or one from before the filter count)."""
     rec = rec or {}
     return {"latency_ms": float(rec["ms"]) if rec else None,
-            "latency_cpu": f"{rec['cpu']}, {rec['threads']} threads{widths(rec)}" if rec else None,
+            "latency_cpu": f"{rec['cpu']}, {thread_count(rec['threads'])}{widths(rec)}" if rec else None,
             "latency_rule": timing_rule(rec) if rec else None,
             "filters": rec.get("filters"), "filters_removed": rec.get("filters_removed")}
 

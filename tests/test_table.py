@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import table
 from utils.export import FOLD_ROUND_TO
@@ -235,12 +236,17 @@ def test_latency_is_measured_on_the_folded_artefacts_without_running_anything(fu
     md = (base / "table.md").read_text()
     assert dense["cpu"] in md and "ONNX Runtime, batch 1" in md and (base / "table_latency.png").stat().st_size > 5000
     assert "median of 2 interleaved passes' medians of 2 runs" in md  # the note says how the records were timed
-    table.main([*argv[:-1], "1"], runner=lambda *a: calls.append(a) or 0, out=lambda *a: None)
+    threads = torch.get_num_threads()
+    table.main([*argv[:-1], "1", "--latency-threads", "1"], runner=lambda *a: calls.append(a) or 0,
+               out=lambda *a: None)
+    assert torch.get_num_threads() == threads  # set for the latency runs only
     dense_json = base / "dense-yolov3-tiny/seed0/latency.json"
     for name in ("dense-yolov3-tiny", "lth-filter-local-yolov3-tiny"):  # --latency times the rows again, together
         again = json.loads((base / name / "seed0/latency.json").read_text())
         assert again["passes"] == 1 and len(again["pass_ms"]) == 1 and again["ms"] == again["pass_ms"][0]
-    assert "median of 2 runs after" in (base / "table.md").read_text()
+        assert again["threads"] == 1
+    md = (base / "table.md").read_text()
+    assert "median of 2 runs after" in md and f"{dense['cpu']}, 1 thread, widths" in md
     before = dense_json.stat().st_mtime_ns
     table.main([*full["argv"], "--rows", "tiny", "--collect-only"], runner=lambda *a: 0, out=lambda *a: None)
     assert dense_json.stat().st_mtime_ns == before  # without --latency the timed figure stands
@@ -421,6 +427,8 @@ def test_bad_hyp_key_and_bad_rows_are_one_line_errors(tmp_path):
         settings("--hyp", str(bad))
     with pytest.raises(table.UserError, match="--rows nope: no such row"):
         table.main(["--data", str(ROOT / "data" / "shapes.data"), "--rows", "nope", "--list-rows"], out=lambda *a: 0)
+    with pytest.raises(table.UserError, match="--latency-threads must be 1 or more, not 0"):
+        settings("--latency-threads", "0")
 
 
 def test_rows_deduplicate_and_select(tmp_path):
