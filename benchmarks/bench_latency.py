@@ -40,21 +40,32 @@ def networks(weights, rates, round_to=(FOLD_ROUND_TO,)):
     """``[(label, folded model, {'params', 'removed', 'round_to'})]`` for each checkpoint, filter rate and width
     multiple."""
     out = []
-    for w in weights:
+    for w, name in zip(weights, short_names(weights)):
         model, _ = load_model(w)
-        variants = [(Path(w).name, model)]
+        variants = [(name, model)]
         for rate in rates:
             masked, _ = load_model(w)
             start = Masks.from_model(masked, granularity="filter", coupled=True)
             groups = filter_groups(masked, unit_kernels(start))
             masks = filter_prune(dict(masked.state_dict()), start, rate, groups=groups)
             masks.apply(masked)
-            variants.append((f"{Path(w).name} filters -{rate:g}", masked))
+            variants.append((f"{name} filters -{rate:g}", masked))
         for (label, net), r in ((v, r) for v in variants for r in round_to):
             folded, rep = fold_empty_channels(net.eval(), round_to=r)
             tag = f" (widths x{r})" if len(round_to) > 1 else ""
             out.append((label + tag, folded, {"params": rep["params_after"], "removed": rep["removed"], "round_to": r}))
     return out
+
+
+def short_names(paths):
+    """Each path's shortest tail of folders that no other path shares (``r3/round_1/weights/best.pt`` and
+    ``r4/round_1/weights/best.pt`` become ``r3/round_1/weights/best.pt`` and ``r4/...``; ``a.pt`` stays ``a.pt``)."""
+    parts = [Path(p).parts for p in paths]
+    for n in range(1, max(map(len, parts), default=0) + 1):
+        tails = [str(Path(*x[-n:])) for x in parts]
+        if len(set(tails)) == len(tails):
+            return tails
+    return [str(p) for p in paths]
 
 
 def by_runtime(per_case):
@@ -85,7 +96,7 @@ def main(argv=None):
     meta = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "python": platform.python_version(),
             "reps": a.reps, "warmup": a.warmup, "passes": a.passes}
-    print(f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}; "
+    print(f"{meta['cpu']}, {meta['threads']} thread{'s' * (meta['threads'] != 1)}, torch {meta['torch']}, {meta['date']}; "
           f"{timing_rule(a.reps, a.passes)} after {a.warmup} "
           f"warm-up, ms per batch\n")
     print("| network | params | MACs (1 image) | size | batch | fp32 | bf16+cl | ONNX Runtime | ORT speed-up |")

@@ -1,7 +1,7 @@
 """benchmarks/bench_latency.py: the networks it times, and its interleaved passes (no speed asserted)."""
 import torch
 
-from benchmarks.bench_latency import by_runtime, networks
+from benchmarks.bench_latency import by_runtime, networks, short_names
 from models import Darknet, make_checkpoint
 from utils.checkpoint import save_checkpoint
 
@@ -48,3 +48,11 @@ def test_a_pass_times_every_network_in_one_runtime_before_the_next():
     f, g, h = (lambda: None), (lambda: None), (lambda: None)
     order = list(by_runtime([{"fp32": f, "ort": g}, {"fp32": f, "bf16_cl": h, "ort": g}]))
     assert order == [(0, "fp32"), (1, "fp32"), (1, "bf16_cl"), (0, "ort"), (1, "ort")]
+
+
+def test_networks_are_named_by_the_shortest_path_tail_that_tells_them_apart():
+    paths = ["runs/r3/seed0/round_1/weights/best.pt", "runs/r4/seed0/round_1/weights/best.pt", "tp/best.pt"]
+    assert short_names(paths) == ["r3/seed0/round_1/weights/best.pt", "r4/seed0/round_1/weights/best.pt",
+                                  "tp/best.pt"]
+    assert short_names(["a/dense.pt", "b/ticket.pt"]) == ["dense.pt", "ticket.pt"]
+    assert short_names(["x.pt", "x.pt"]) == ["x.pt", "x.pt"]  # the same file twice: no tail tells them apart
