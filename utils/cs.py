@@ -145,8 +145,7 @@ class SoftMasks:
     def hard_weight(self, name, w):
         """w ⊙ 1[s > 0]/σ(s₀) with the removed entries at exactly +0.0 (w · 0 would leave −0.0 for negative w,
         which sparse storage keeps as a value)."""
-        s = self.logits[name].detach()
-        return (w * self.hard_gate(name)).masked_fill(s <= 0, 0.0)
+        return (w * self.hard_gate(name)).masked_fill(~self.alive(name), 0.0)
 
     def l1(self, penalty="sigmoid"):
         """Σ σ(β·s) over every logit (the paper's ‖σ(βs)‖₁; differentiable), or with ``penalty="gate"`` the sum of the
