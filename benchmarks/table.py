@@ -20,6 +20,7 @@ For each seed k in 0 .. --seeds-1 the real entry scripts run as subprocesses, ea
 | ``big-long`` (only when named) | train.py | the big model trained ``--long-epochs``: the dense reference of rows that train longer than ``--epochs`` |
 | ``nano``, ``nano-leaky``, ``mnv3``, ``mnv3-leaky`` | train.py | the compact students (``--student NAME=CFG``) |
 | ``lth-local``, ``lth-global`` | prune.py --lth --weights DENSE | Lottery Ticket on the big model, from its dense run |
+| ``lth-lr`` (only when named) | prune.py --lth --rewind lr | ``lth-local`` with learning-rate rewinding (Renda et al. 2020) |
 | ``cs1``, ``cs3`` | prune.py --cs | Continuous Sparsification, 1 and 3 search rounds (``--cs-rounds``) |
 | ``lth-filter``, ``cs-filter`` | prune.py --granularity filter | filter-level LTH and CS (1 round): foldable |
 | ``tp`` (only when named) | benchmarks/bench_torch_pruning.py | the peer: Torch-Pruning to ``--tp-macs`` of the dense MACs, fine-tuned by train.py |
@@ -459,16 +460,18 @@ class Plan:
         return self.job(f"train-{cfg.stem}", "train.py",
                         lambda s, J: ["--cfg", str(cfg), *self.common, *self.own(cfg), "--seed", str(s)])
 
-    def lth_job(self, cfg, scope, granularity="weight"):
-        """LTH on ``cfg`` from its dense run: weight-level (--lth-rounds at --prune-rate) or filter-level."""
+    def lth_job(self, cfg, scope, granularity="weight", lr_rewind=False):
+        """LTH on ``cfg`` from its dense run: weight-level (--lth-rounds at --prune-rate) or filter-level;
+        ``lr_rewind``: weight-level with learning-rate rewinding, a run of its own beside the weight-rewound one."""
         a, dense, weights = self.a, self.baseline(cfg), granularity == "weight"
         schedule = self.lth if weights else ["--rounds", str(a.filter_rounds), "--prune-rate", f"{a.filter_rate:g}",
                                              "--granularity", "filter"]
-        return self.job(f"lth-{'' if weights else 'filter-'}{scope}-{cfg.stem}", "prune.py",
+        kind = "lr-" if lr_rewind else "" if weights else "filter-"
+        extra = [*self.lth_extra, "--rewind", "lr"] if lr_rewind else self.lth_extra if weights else self.filter_extra
+        return self.job(f"lth-{kind}{scope}-{cfg.stem}", "prune.py",
                         lambda s, J: ["--lth", "--cfg", str(cfg), "--weights",
                                       str(J[dense].folder / "round_0/weights/last.pt"), "--scope", scope, *schedule,
-                                      *self.common, *self.own(cfg), "--seed", str(s),
-                                      *(self.lth_extra if weights else self.filter_extra)],
+                                      *self.common, *self.own(cfg), "--seed", str(s), *extra],
                         deps=[dense], final_round=a.lth_rounds if weights else a.filter_rounds, pruned=True)
 
     def cs_job(self, rounds, granularity="weight"):
@@ -545,6 +548,8 @@ def add_pruning_rows(p):
     a, big = p.a, p.big
     p.add("lth-local", big, f"LTH local, {p.lth_label}", p.lth_job(big, "local"), "pruning")
     p.add("lth-global", big, f"LTH global, {p.lth_label}", p.lth_job(big, "global"), "pruning")
+    p.add("lth-lr", big, f"LTH local, {p.lth_label}, learning-rate rewinding",
+          p.lth_job(big, "local", lr_rewind=True), "pruning")
     p.add("lth-filter", big, f"LTH filters local, {a.filter_rounds} rounds at {a.filter_rate:g}{p.filter_note}",
           p.lth_job(big, "local", "filter"), "pruning")
     for n in a.cs_rounds:
@@ -594,8 +599,9 @@ def add_composition_rows(p):
 
 
 # rows run only when --rows names them: tp installs Torch-Pruning into its own virtualenv; big-long trains the big
-# model again, longer; the distillation ablations are studies of one technique, not rows of the comparison
-OPT_IN_ROWS = ("tp", "big-long", "kd2-*", "gan-hint-*", "gan-all-*", "gan-light-*", "gan-lighter-*")
+# model again, longer; lth-lr (Renda et al. 2020's rewinding) and the distillation ablations are studies of one
+# technique, not rows of the comparison
+OPT_IN_ROWS = ("tp", "big-long", "lth-lr", "kd2-*", "gan-hint-*", "gan-all-*", "gan-light-*", "gan-lighter-*")
 
 # the distillation rows, per student: row prefix -> (script, training label, what the variant adds)
 DISTILL_ROWS = {

@@ -485,6 +485,17 @@ def test_cs_and_lth_args_reach_their_rows_only_and_name_them(tmp_path):
     flagged = {jid for (jid, _), job in jobs.items() if job.argv[-2:] == ["--rewind", "lr"]}
     assert flagged == {"lth-filter-local-yolov3-tiny"}  # the filter row only
     assert "--rewind" not in {r.name: r.training for r in rows}["lth-local"]
+    # lth-lr: weight-level LTH rewinding the learning rate only, a run of its own beside lth-local, opt-in
+    assert "lth-lr" not in [r.name for r in table.build_plan(settings("--big-cfg", "cfg/yolov3-tiny.cfg"),
+                                                             tmp_path)[0]]
+    a = settings("--seeds", "1", "--big-cfg", "cfg/yolov3-tiny.cfg", "--lth-args=--prune-output",
+                 "--rows", "lth-local", "lth-lr")
+    rows, jobs = table.build_plan(a, tmp_path)
+    lr, local = jobs[("lth-lr-local-yolov3-tiny", 0)], jobs[("lth-local-yolov3-tiny", 0)]
+    assert lr.argv[-3:] == ["--prune-output", "--rewind", "lr"] and local.argv[-1] == "--prune-output"
+    assert lr.argv[:-2] == local.argv and lr.deps == local.deps and lr.final_round == local.final_round
+    assert {r.name: r.training for r in rows}["lth-lr"] == ("LTH local, 3 rounds at 0.5 (--prune-output), "
+                                                             "learning-rate rewinding")
     a = settings("--seeds", "1", "--big-cfg", "cfg/yolov3-tiny.cfg", "--cs-filter-args", "--cs-lambda 3e-9",
                  "--rows", "tiny", "cs1", "cs-filter")
     rows, jobs = table.build_plan(a, tmp_path)
