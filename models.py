@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError, at, cli
+from utils.general import project_path
 
 # ------------------------------------------------------------------------------------------------ activations
 
@@ -675,7 +676,7 @@ class Darknet(nn.Module):
 
 def read_cfg(path):
     """The text of a cfg file, or a ``UserError`` naming it."""
-    path = Path(path)
+    path = project_path(path)
     if not path.is_file():
         raise UserError(f"{path}: cfg file not found")
     return path.read_text()

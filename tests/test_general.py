@@ -1,6 +1,9 @@
-"""utils/general.py: the toolkit's cache folder."""
+"""utils/general.py: the toolkit's cache folder, and files found from any working folder."""
 from pathlib import Path
 
+import pytest
+
+from utils import general
 from utils.general import user_cache_dir
 
 
@@ -25,3 +28,27 @@ def test_the_cpu_name_carries_family_and_model(tmp_path):
     assert cpu_name(info) == "AMD EPYC (family 25 model 17)"
     info.write_text("processor\t: 0\nmodel name\t: Some ARM core\n")
     assert cpu_name(info) == "Some ARM core"
+
+
+def test_the_default_cfg_and_data_files_are_found_from_any_folder(monkeypatch, tmp_path):
+    """A relative cfg or .data path missing from the working folder is read from the toolkit's folder; one found in
+    the working folder wins, and a path found nowhere stays as given (its error names it)."""
+    from models import read_cfg
+    from utils.datasets import parse_data_cfg
+    from utils.errors import UserError
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "yolov3-tiny.cfg").write_text("[net]\n# the working folder's own\n")
+    monkeypatch.chdir(tmp_path)
+    assert read_cfg("cfg/yolov3-tiny.cfg") == "[net]\n# the working folder's own\n"
+    assert read_cfg("cfg/yolo-nano.cfg") == (general.ROOT / "cfg" / "yolo-nano.cfg").read_text()
+    assert general.project_path("cfg/none.cfg") == Path("cfg/none.cfg")
+    with pytest.raises(UserError, match=r"^cfg/none.cfg: cfg file not found"):
+        read_cfg("cfg/none.cfg")
+    project = tmp_path / "project"
+    (project / "data" / "images").mkdir(parents=True)
+    (project / "data" / "x.names").write_text("a\n")
+    (project / "data" / "x.data").write_text("classes=1\ntrain=images\nvalid=images\nnames=x.names\n")
+    monkeypatch.setattr(general, "ROOT", project)
+    d = parse_data_cfg("data/x.data")
+    assert d["train"] == str(project / "data" / "images") and d["names"] == ["a"]

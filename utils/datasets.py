@@ -39,7 +39,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from utils import shapes
 from utils.errors import UserError
-from utils.general import user_cache_dir
+from utils.general import project_path, user_cache_dir
 from utils.settings import AugmentSettings
 
 IMG_FORMATS = ("bmp", "jpg", "jpeg", "png", "tif", "tiff", "webp")
@@ -72,7 +72,7 @@ def parse_data_cfg(path):
     (``utils.shapes.ensure``, root = the folder above ``train``; optional integer keys ``n_train``, ``n_val``,
     ``img_size``, ``seed``) before the paths are checked.
     """
-    path = Path(path)
+    path = project_path(path)
     if not path.is_file():
         raise UserError(f"{path}: .data file not found")
     d = {}

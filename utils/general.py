@@ -10,6 +10,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def project_path(path):
+    """``path`` as given, or, when it is relative and not found from the working folder, the same path inside the
+    toolkit's folder: the defaults (cfg/yolov3-tiny.cfg, data/shapes.data) then work from any folder."""
+    p = Path(path)
+    if p.exists() or p.is_absolute() or not (ROOT / p).exists():
+        return p
+    return ROOT / p
+
+
 def xywh2xyxy(x):
     """Boxes from centre/size ``[x, y, w, h]`` to corners ``[x1, y1, x2, y2]`` (torch or numpy, last dim 4)."""
     y = x.clone() if isinstance(x, torch.Tensor) else np.copy(x)
