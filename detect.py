@@ -20,7 +20,7 @@ import torch
 from utils.checkpoint import load_model
 from utils.datasets import LoadImages, parse_data_cfg
 from utils.errors import UserError
-from utils.evaluation import model_stride
+from utils.evaluation import check_img_size, model_stride
 from utils.general import increment_path, select_device, xyxy2xywh
 from utils.metrics import non_max_suppression, scale_boxes
 from utils.my_utils import add_inference_precision_args, flag
@@ -114,8 +114,7 @@ def main(argv=None):
         names += [str(i) for i in range(len(names), nc)]
     img_size = args.img_size or ckpt.get("img_size") or 416
     stride = model_stride(model)
-    if img_size % stride:
-        raise UserError(f"--img-size {img_size} is not a multiple of the model's stride {stride}")
+    check_img_size(img_size, stride)
 
     run_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from utils import sparse
 from utils.checkpoint import export_sparse, load_export, load_model, save_checkpoint
 from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError, cli
-from utils.evaluation import evaluate, model_stride
+from utils.evaluation import check_img_size, evaluate, model_stride
 from utils.export import (FOLD_ROUND_TO, bit_equal, check_foldable, check_onnx, compare_outputs, export_darknet,
                           export_onnx, fold_empty_channels, render_cfg, write_text)
 from utils.my_utils import add_model_args, flag
@@ -134,8 +134,7 @@ def main(argv=None):
     weights = Path(args.weights)
     model, ckpt = load_model(weights, cfg=args.cfg, nc=args.nc)
     img_size = args.img_size or (ckpt or {}).get("img_size") or 416
-    if img_size % model.max_stride:
-        raise UserError(f"--img-size {img_size} is not a multiple of the model's stride {model.max_stride}")
+    check_img_size(img_size, model.max_stride)
     out_dir = Path(args.out) if args.out else weights.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem_of(weights)

@@ -17,7 +17,7 @@ from models import Darknet
 from utils.checkpoint import load_model
 from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError
-from utils.evaluation import evaluate, measure_speed, model_stride
+from utils.evaluation import check_img_size, evaluate, measure_speed, model_stride
 from utils.general import increment_path, select_device
 from utils.metrics import EVAL_BATCH_SIZE, format_metrics, format_per_class, score_with_official_annotations
 from utils.my_utils import add_data_args, add_inference_precision_args, add_model_args, flag
@@ -80,8 +80,7 @@ def main(argv=None):
         raise UserError(f"{args.data}: {nc} classes, but the model has {model.nc}")
     img_size = args.img_size or (ckpt or {}).get("img_size") or 416
     stride = model_stride(model)
-    if img_size % stride:
-        raise UserError(f"--img-size {img_size} is not a multiple of the model's stride {stride}")
+    check_img_size(img_size, stride)
     batch_size = args.batch_size or EVAL_BATCH_SIZE
     if args.split not in data:
         raise UserError(f"{args.data}: no '{args.split}=' line (--split {args.split})")

@@ -341,7 +341,8 @@ def test_img_size_start_trains_each_epoch_at_its_size(shapes_tiny, tmp_path, mon
                                                   "--epochs", "2", "--img-size-start", "0.5", "--precise-bn", "0",
                                                   "--workers", "1"])
     args, model, save_dir, _ = engine.prepare(args)
-    model.register_forward_pre_hook(lambda m, inp: seen.append((m.training, inp[0].shape[-1])))
+    # the model's own passes only: copies (the memory-format probe's, the EMA) carry the hook too
+    model.register_forward_pre_hook(lambda m, inp: seen.append((m.training, inp[0].shape[-1])) if m is model else None)
     engine.Trainer(args, model, save_dir).fit()
     train_sizes = [s for training, s in seen if training]
     n = len(train_sizes) // 2
@@ -353,6 +354,13 @@ def test_img_size_start_trains_each_epoch_at_its_size(shapes_tiny, tmp_path, mon
 def test_img_size_start_not_below_img_size_is_one_line_error(shapes_tiny, tmp_path):
     with pytest.raises(UserError, match="--img-size-start 64 must be .* below --img-size 64"):
         run_train(shapes_tiny, tmp_path, "bad", "--epochs", "1", "--img-size-start", "64")
+
+
+def test_img_size_off_the_stride_is_one_line_error_before_training(shapes_tiny, tmp_path):
+    """100 px is no multiple of 32: the heads' grids would not line up (a route's maps differ by a pixel)."""
+    with pytest.raises(UserError, match="^--img-size 100 is not a multiple of the model's stride 32$"):
+        run_train(shapes_tiny, tmp_path, "bad", "--epochs", "1", "--img-size", "100")
+    assert not (tmp_path / "bad" / "weights" / "last.pt").exists()
 
 
 @pytest.mark.parametrize("native, want", [(False, "fp32"), (True, "bf16")])

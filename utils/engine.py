@@ -29,7 +29,7 @@ from utils.checkpoint import (atomic_path, load_checkpoint, remove_stale_tempora
                               write_atomic)
 from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError
-from utils.evaluation import evaluate
+from utils.evaluation import check_img_size, evaluate
 from utils.general import increment_path, init_seeds, is_main_process, select_device
 from utils.loss import ComputeLoss
 from utils.memory_format import choose_memory_format, machine_name
@@ -293,6 +293,8 @@ class Trainer:
     # -- setup ---------------------------------------------------------------------------------------
     def setup(self):
         s = self.settings
+        self.stride = int(max(m.stride for m in self.yolo_modules()))
+        check_img_size(self.img_size, self.stride)  # before anything runs the network (the memory-format probe)
         init_seeds(self.seed, s.device.deterministic)
         if self.world > 1:
             self._init_distributed()
@@ -305,7 +307,7 @@ class Trainer:
             plugin.setup(self.context)
         self.feature_layers = sorted({i for p in self.plugins for i in p.feature_layers})
         self.plugin_optimizers = [o for p in self.plugins for o in p.optimizers()]
-        self.stride = stride = int(max(m.stride for m in self.yolo_modules()))
+        stride = self.stride
         self.img_size_start = start = start_img_size(s.train.img_size_start, self.img_size, stride)
         if start and not stride <= start < self.img_size:
             raise UserError(f"--img-size-start {s.train.img_size_start:g} must be at least the stride {stride} and "
