@@ -99,3 +99,15 @@ def test_train_autoanchor_saves_fitted_anchors_and_weights_start_keeps_them(shap
     assert "autoanchor:" not in capsys.readouterr().out
     again = load_checkpoint(run2 / "weights" / "last.pt")
     assert again["cfg"] == ckpt["cfg"]
+
+
+def test_a_folder_without_images_or_boxes_is_a_one_line_error_naming_it(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"empty: no images found \(formats: "):
+        A.label_wh(tmp_path / "empty", 64)
+    (tmp_path / "bg" / "images").mkdir(parents=True)
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "bg" / "images" / "a.jpg"), np.zeros((32, 32, 3), np.uint8))  # background only
+    with pytest.raises(UserError, match="images: no labelled boxes to fit anchors to"):
+        A.label_wh(tmp_path / "bg" / "images", 64)

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models import Darknet, read_sections, yolo_mask  # noqa: E402
-from utils.datasets import img2label_paths, list_image_files, parse_data_cfg, scan_labels  # noqa: E402
+from utils.datasets import IMG_FORMATS, img2label_paths, list_image_files, parse_data_cfg, scan_labels  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
 
 MIN_BOX_PX = 2.0  # boxes smaller than this (in training pixels) are left out of the fit
@@ -41,6 +41,8 @@ MIN_BOX_PX = 2.0  # boxes smaller than this (in training pixels) are left out of
 def label_wh(train_path, img_size, nc=None):
     """Widths and heights ``(n, 2)`` in pixels of every training box at ``img_size`` (long side resized to it)."""
     imgs = list_image_files(train_path)
+    if not imgs:
+        raise UserError(f"{train_path}: no images found (formats: {', '.join(IMG_FORMATS)})")
     res = scan_labels(imgs, img2label_paths(imgs), nc, source=str(train_path), verbose=False)
     wh = [lab[:, 3:5] * shape * (img_size / max(shape))
           for shape, lab in zip(res["shapes"].astype(np.float64), res["labels"]) if len(lab)]
