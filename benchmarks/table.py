@@ -19,6 +19,7 @@ For each seed k in 0 .. --seeds-1 the real entry scripts run as subprocesses, ea
 | ``tiny``, ``big`` | train.py, prune.py --lth --rounds 0 | baselines yolov3-tiny, yolov3 (``--big-cfg/-width``) |
 | ``big-long`` (only when named) | train.py | the big model trained ``--long-epochs``: the dense reference of rows that train longer than ``--epochs`` |
 | ``nano``, ``nano-leaky``, ``mnv3``, ``mnv3-leaky`` | train.py | the compact students (``--student NAME=CFG``) |
+| ``mobile`` | train.py | YOLOv3-Mobile, a compact dense reference with the students' recipe (``--reference NAME=CFG``) |
 | ``lth-local``, ``lth-global`` | prune.py --lth --weights DENSE | Lottery Ticket on the big model, from its dense run |
 | ``lth-lr`` (only when named) | prune.py --lth --rewind lr | ``lth-local`` with learning-rate rewinding (Renda et al. 2020) |
 | ``cs1``, ``cs3`` | prune.py --cs | Continuous Sparsification, 1 and 3 search rounds (``--cs-rounds``) |
@@ -126,6 +127,8 @@ MODEL_NAMES = {"yolov3-tiny": "YOLOv3-Tiny", "yolov3": "YOLOv3", "yolov3-spp": "
 
 DEFAULT_STUDENTS = ("nano=cfg/yolo-nano.cfg", "nano-leaky=cfg/yolo-nano_leaky.cfg",
                     "mnv3=cfg/mobilenetv3-yolo.cfg", "mnv3-leaky=cfg/mobilenetv3-yolo_leaky.cfg")
+# compact networks trained alone, with the students' recipe: dense references without distillation rows
+DEFAULT_REFERENCES = ("mobile=cfg/yolov3-mobile.cfg",)
 
 # training flags every run script shares (train.py's parser); --hyp keys outside it are refused
 RUN_KEYS_SKIPPED = ("cfg", "data", "weights", "params", "project", "name", "exist_ok", "resume", "seed")
@@ -160,6 +163,9 @@ def build_parser():
                    help="scale the big cfg's conv widths (e.g. 0.25 where time forbids the full yolov3)")
     g.add_argument("--student", action="append", default=None, metavar="NAME=CFG",
                    help=f"a KD student (repeat; default: {' '.join(DEFAULT_STUDENTS)})")
+    g.add_argument("--reference", action="append", default=None, metavar="NAME=CFG",
+                   help=f"a compact network trained alone with the students' recipe, no distillation rows (repeat; "
+                        f"default: {' '.join(DEFAULT_REFERENCES)}; '' for none)")
     g.add_argument("--compose-student", default="nano-leaky", help="the student of the LTH + KD / KD + LTH rows")
     g.add_argument("--student-hyp", default=str(ROOT / "params" / "compact.yaml"),
                    help="YAML whose training keys every run of a student gets on top of --hyp ('' for none)")
@@ -375,13 +381,13 @@ def existing_file(path, flag):
     return p
 
 
-def parse_students(specs):
+def parse_students(specs, flag="--student"):
     out = {}
     for spec in specs:
         name, sep, cfg = spec.partition("=")
         if not sep or not name or not cfg or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise UserError(f"--student {spec!r}: expected NAME=CFG (NAME of letters, digits, '-', '_', '.')")
-        out[name] = existing_cfg(cfg, f"student {name}")
+            raise UserError(f"{flag} {spec!r}: expected NAME=CFG (NAME of letters, digits, '-', '_', '.')")
+        out[name] = existing_cfg(cfg, f"{flag.lstrip('-')} {name}")
     return out
 
 
@@ -411,6 +417,8 @@ class Plan:
                 raise UserError(f"--big-width must be in (0, 1], not {a.big_width}")
             self.big = scale_cfg(self.big, a.big_width, base.parent / "cfg" / f"{self.big.stem}-w{a.big_width:g}.cfg")
         self.students = parse_students(a.student or DEFAULT_STUDENTS)
+        self.references = parse_students([x for x in (DEFAULT_REFERENCES if a.reference is None else a.reference)
+                                          if x], "--reference")  # --reference '': none
         if a.compose_student not in self.students:
             raise UserError(f"--compose-student {a.compose_student}: not one of the students "
                             f"({', '.join(self.students)})")
@@ -432,12 +440,13 @@ class Plan:
         self.lth_label = f"{a.lth_rounds} round{'s' * (a.lth_rounds != 1)} at {a.prune_rate:g}{lth_note}"
         self.compose_cfg = self.students[a.compose_student]
         self.dense_cfgs = {self.big, self.compose_cfg}  # prune.py --lth --rounds 0: baseline, teacher, LTH round 0
-        self.student_epochs = plan_student_epochs(a, self.tiny, self.students, self.common, base)
+        self.compact = {**self.students, **self.references}  # every network trained with the students' recipe
+        self.student_epochs = plan_student_epochs(a, self.tiny, self.compact, self.common, base)
         self.base, self.rows, self.specs = base, [], {}
 
     def own(self, cfg):
         """The students' recipe and epochs for a run of ``cfg`` (nothing for the other models)."""
-        if cfg not in set(self.students.values()):
+        if cfg not in set(self.compact.values()):
             return []
         epochs = ["--epochs", str(self.student_epochs[cfg])] if cfg in self.student_epochs else []
         return [*self.a.student_flags, *epochs]
@@ -535,7 +544,7 @@ def add_baselines(p):
     jid = p.job(f"dense-e{long}-{p.big.stem}", "train.py",
                 lambda s, J: ["--cfg", str(p.big), *p.common, "--epochs", str(long), "--seed", str(s)])
     p.add("big-long", p.big, f"default, {long} epochs", jid, "baseline")
-    for name, cfg in p.students.items():
+    for name, cfg in p.compact.items():
         epochs = f", {p.student_epochs[cfg]} epochs" if cfg in p.student_epochs else ""
         recipe = Path(p.a.student_hyp).stem + " recipe" if p.a.student_flags else "default"
         p.add(name, cfg, recipe + epochs, p.baseline(cfg), "baseline")

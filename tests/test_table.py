@@ -26,7 +26,7 @@ FAST = ["--seeds", "1", "--epochs", "1", "--img-size", "64", "--batch-size", "8"
         "--filter-rounds", "1"]
 
 # every row with --big-cfg = --tiny-cfg (the "big" row is then the "tiny" row: one run, one row)
-ROWS = ["tiny", "nano", "nano-leaky", "mnv3", "mnv3-leaky", "lth-local", "lth-global", "lth-filter", "cs1", "cs3",
+ROWS = ["tiny", "nano", "nano-leaky", "mnv3", "mnv3-leaky", "mobile", "lth-local", "lth-global", "lth-filter", "cs1", "cs3",
         "cs-filter", "kd-nano", "kd-nano-leaky", "kd-mnv3", "kd-mnv3-leaky", "gan-nano", "gan-nano-leaky", "gan-mnv3", "gan-mnv3-leaky",
         "lth-nano-leaky", "lth+kd", "kd+lth"]
 SEEDED = ["tiny", "lth-local"]  # the rows run with 2 seeds, for the mean and std
@@ -459,9 +459,16 @@ def test_students_get_the_compact_recipe_and_nobody_else(tmp_path):
 
     for (jid, _), job in jobs.items():
         student = any(jid.endswith(stem) for stem in ("yolo-nano", "yolo-nano_leaky", "mobilenetv3-yolo",
-                                                       "mobilenetv3-yolo_leaky"))
+                                                       "mobilenetv3-yolo_leaky", "yolov3-mobile"))
         assert has_recipe(job.argv) == student, jid
     assert {r.training for r in rows if r.name == "nano"} == {"compact recipe"}
+    # YOLOv3-Mobile: a dense reference with the students' recipe and no distillation rows
+    assert {r.training for r in rows if r.name == "mobile"} == {"compact recipe"}
+    assert not [jid for jid, _ in jobs if jid.endswith("yolov3-mobile") and jid != "train-yolov3-mobile"]
+    rows, _ = table.build_plan(settings("--seeds", "1", "--reference", ""), tmp_path)
+    assert "mobile" not in [r.name for r in rows]
+    with pytest.raises(table.UserError, match="--reference 'x': expected NAME=CFG"):
+        table.build_plan(settings("--reference", "x"), tmp_path)
     _, jobs = table.build_plan(settings("--seeds", "1", "--student-hyp", ""), tmp_path)
     assert not any(has_recipe(j.argv) for j in jobs.values())
 
@@ -549,7 +556,7 @@ def test_equal_time_gives_the_students_tinys_time_from_rates_timed_once(tmp_path
 
     monkeypatch.setattr(bench_train, "train_rates", fake_rates)
     args = ("--seeds", "1", "--epochs", "30", "--big-cfg", "cfg/yolov3-tiny.cfg", "--student", "nano=cfg/yolo-nano.cfg",
-            "--compose-student", "nano", "--rows", "tiny", "nano", "kd-nano", "--equal-time")
+            "--compose-student", "nano", "--reference", "", "--rows", "tiny", "nano", "kd-nano", "--equal-time")
     rows, jobs = table.build_plan(settings(*args), tmp_path)
     sizes = [128, 160, 192, 224, 256]  # params/default.yaml's img_size_start 0.5 of 256 px, for tiny and students
     assert sorted(s for _, s in timed[0]) == sorted(sizes * 2)
