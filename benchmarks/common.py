@@ -82,25 +82,39 @@ def timed(fn, reps, warmup=1):
     return 1000 * times[0], 1000 * times[len(times) // 2]
 
 
-def latency_runners(model, img_size, folder, batch=1):
-    """``{'fp32': fn, 'bf16_cl': fn, 'ort': fn}``: one ``(batch, 3, img_size, img_size)`` forward each, in PyTorch
-    fp32, bf16 + channels_last (only where bf16 is native: emulated bf16 is never shipped) and ONNX Runtime on the
-    CPU, with torch's thread count for both. Call them under ``torch.inference_mode()``."""
+def latency_runners(model, img_size, folder, batch=1, device=None):
+    """``{'fp32': fn, 'bf16_cl': fn, 'ort': fn, 'cuda_fp16': fn}``: one ``(batch, 3, img_size, img_size)`` forward
+    each, in PyTorch fp32, bf16 + channels_last (only where bf16 is native: emulated bf16 is never shipped) and ONNX
+    Runtime on the CPU, with torch's thread count for both; with a CUDA ``device``, also fp16 autocast +
+    channels_last there. Call them under ``torch.inference_mode()``."""
     from utils.torch_utils import native_low_precision
 
     model = model.eval()
     x = torch.rand(batch, 3, img_size, img_size)
     runners = {"fp32": lambda: model(x)}
+    cpu = torch.device("cpu")
     if native_low_precision("bf16"):
-        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        xc = x.contiguous(memory_format=torch.channels_last)
-
-        def bf16():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                cl(xc)
-        runners["bf16_cl"] = bf16
+        runners["bf16_cl"] = autocast_runner(model, img_size, cpu, "bf16", batch)
     runners["ort"] = ort_runner(model, img_size, folder, batch)
+    if device is not None and device.type == "cuda":
+        runners["cuda_fp16"] = autocast_runner(model, img_size, device, "fp16", batch)
     return runners
+
+
+def autocast_runner(model, img_size, device, precision, batch=1):
+    """One forward of a channels_last copy of ``model`` on ``device`` under ``precision`` autocast, finished (CUDA
+    runs asynchronously: the call waits for the device)."""
+    from utils.torch_utils import autocast
+
+    net = copy.deepcopy(model).eval().to(device).to(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, img_size, img_size, device=device).contiguous(memory_format=torch.channels_last)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+    def run():
+        with autocast(device, precision):
+            net(x)
+        sync()
+    return run
 
 
 def latencies(model, img_size, reps, folder, batch=1, warmup=1):
