@@ -48,10 +48,33 @@ def place(src, dst, copy=False):
         os.symlink(os.path.abspath(src), dst)
 
 
+def read_json(path):
+    """The parsed JSON file, or a one-line error naming it (and the line where it stops being JSON)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except OSError as e:
+        raise SystemExit(f"error: {path}: {e.strerror or e}") from None
+
+
+def well_formed(entry, path, kind, keys, bbox=False):
+    """Whether an image or annotation entry has ``keys`` (and a bbox of 4 numbers); if not, says so on stderr."""
+    ok = isinstance(entry, dict) and keys <= set(entry)
+    if ok and bbox:
+        b = entry["bbox"]
+        ok = isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
+    if not ok:
+        what = entry.get("id") if isinstance(entry, dict) else entry
+        print(f"{path}: {kind} {what!r}: needs {', '.join(sorted(keys))}{' (bbox: 4 numbers)' if bbox else ''}; "
+              f"skipped", file=sys.stderr)
+    return ok
+
+
 def convert(annotations, images, out, split, copy=False, categories_from_json=False):
     """Convert one split; returns the path of ``<out>/coco.data``."""
     out = Path(out)
-    d = json.loads(Path(annotations).read_text())
+    d = read_json(annotations)
     if categories_from_json:
         cats = sorted(d.get("categories", []), key=lambda c: c["id"])
         mapping = {c["id"]: i for i, c in enumerate(cats)}
@@ -59,8 +82,11 @@ def convert(annotations, images, out, split, copy=False, categories_from_json=Fa
     else:
         mapping, names = COCO91_TO_80, list(COCO80_NAMES)
     per_image = defaultdict(list)
-    stats = dict(images=0, boxes=0, crowd=0, empty=0, unknown=0)
+    stats = dict(images=0, boxes=0, crowd=0, empty=0, unknown=0, malformed=0)
     for a in d.get("annotations", []):
+        if not well_formed(a, annotations, "annotation", {"image_id", "category_id", "bbox"}, bbox=True):
+            stats["malformed"] += 1
+            continue
         if a.get("iscrowd", 0):
             stats["crowd"] += 1
             continue
@@ -71,6 +97,9 @@ def convert(annotations, images, out, split, copy=False, categories_from_json=Fa
             continue
         per_image[a["image_id"]].append(a)
     for im in d.get("images", []):
+        if not well_formed(im, annotations, "image", {"id", "file_name", "width", "height"}):
+            stats["malformed"] += 1
+            continue
         W, H = float(im["width"]), float(im["height"])
         lines = []
         for a in per_image.get(im["id"], []):
@@ -96,7 +125,8 @@ def convert(annotations, images, out, split, copy=False, categories_from_json=Fa
     data = out / "coco.data"
     data.write_text(f"classes={len(names)}\ntrain={train}\nvalid={valid}\nnames=coco.names\n")
     print(f"{split}: {stats['images']} images, {stats['boxes']} boxes written; {stats['crowd']} crowd annotations, "
-          f"{stats['empty']} empty boxes, {stats['unknown']} unknown categories skipped -> {data}")
+          f"{stats['empty']} empty boxes, {stats['unknown']} unknown categories, {stats['malformed']} malformed entries "
+          f"skipped -> {data}")
     return data
 
 

@@ -55,7 +55,11 @@ def parse_bbgt(path, width, height):
             unknown += 1
             print(f"{path}:{n}: unknown class {f[0]!r} skipped", file=sys.stderr)
             continue
-        left, top, w, h = (float(v) for v in f[1:5])
+        try:
+            left, top, w, h = (float(v) for v in f[1:5])
+        except ValueError:
+            print(f"{path}:{n}: non-numeric box {' '.join(f[1:5])!r}, line skipped", file=sys.stderr)
+            continue
         x1, y1, x2, y2 = max(left, 0.0), max(top, 0.0), min(left + w, width), min(top + h, height)
         if x2 <= x1 or y2 <= y1:
             print(f"{path}:{n}: empty box skipped", file=sys.stderr)

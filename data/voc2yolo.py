@@ -55,8 +55,14 @@ def _image_size(path):
 
 def convert_annotation(xml_path, classes=VOC_CLASSES, keep_difficult=False, image_path=None):
     """One VOC XML file -> ``(lines, stats, difficult)``: YOLO label lines, counts ``objects, difficult, unknown``
-    and the difficult objects' lines (in ``lines`` too with ``keep_difficult``)."""
-    root = ET.parse(xml_path).getroot()
+    and the difficult objects' lines (in ``lines`` too with ``keep_difficult``). A file that cannot be read, is not
+    XML or has a box without its four numeric corners raises ``ValueError('<file>[:line]: why')``."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as e:
+        raise ValueError(f"{xml_path}:{e.position[0]}: not valid XML ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{xml_path}: {e.strerror or e}") from None
     size = root.find("size")
     w = int(float(size.findtext("width", "0"))) if size is not None else 0
     h = int(float(size.findtext("height", "0"))) if size is not None else 0
@@ -72,8 +78,7 @@ def convert_annotation(xml_path, classes=VOC_CLASSES, keep_difficult=False, imag
             print(f"{xml_path}: unknown class {name!r} skipped", file=sys.stderr)
             continue
         difficult = int(float(obj.findtext("difficult", "0") or 0)) == 1
-        bb = obj.find("bndbox")
-        x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        x1, y1, x2, y2 = box_corners(obj, xml_path, name)
         x1, y1 = max(x1 - 1, 0.0), max(y1 - 1, 0.0)
         x2, y2 = min(x2, w), min(y2, h)
         if x2 <= x1 or y2 <= y1:
@@ -91,11 +96,20 @@ def convert_annotation(xml_path, classes=VOC_CLASSES, keep_difficult=False, imag
     return lines, stats, hard
 
 
+def box_corners(obj, xml_path, name):
+    """``(xmin, ymin, xmax, ymax)`` of an ``<object>``'s ``<bndbox>``, or a ``ValueError`` naming what is missing."""
+    bb = obj.find("bndbox")
+    try:
+        return tuple(float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"{xml_path}: object {name!r} has no <bndbox> with numeric xmin, ymin, xmax, ymax") from None
+
+
 def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("VOC2012/val",),
             difficult="ignore", copy=False, classes=VOC_CLASSES, test=("VOC2007/test",)):
     """Convert the listed ``<VOCyear>/<set>`` image sets; returns the path of the written ``voc.data``."""
     voc_root, out = Path(voc_root), Path(out)
-    total = dict(images=0, objects=0, difficult=0, unknown=0)
+    total = dict(images=0, objects=0, difficult=0, unknown=0, skipped=0)
     for split, sets in (("train", train), ("val", valid), ("test", test)):
         for s in sets:
             year, name = s.split("/")
@@ -105,8 +119,13 @@ def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("
                 raise SystemExit(f"error: {ids_file}: image set not found")
             for img_id in ids_file.read_text().split():
                 img = base / "JPEGImages" / f"{img_id}.jpg"
-                lines, st, hard = convert_annotation(base / "Annotations" / f"{img_id}.xml", classes,
-                                                     difficult == "keep", img)
+                try:
+                    lines, st, hard = convert_annotation(base / "Annotations" / f"{img_id}.xml", classes,
+                                                         difficult == "keep", img)
+                except ValueError as e:  # an image with unreadable labels would train as all background
+                    print(f"{e}; image skipped", file=sys.stderr)
+                    total["skipped"] += 1
+                    continue
                 stem = f"{year}_{img_id}"
                 place(img, out / "images" / split / f"{stem}.jpg", copy)
                 lab = out / "labels" / split / f"{stem}.txt"
@@ -120,6 +139,9 @@ def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("
                 total["images"] += 1
                 for k in st:
                     total[k] += st[k]
+    if not total["images"]:
+        raise SystemExit(f"error: {voc_root}: no image converted ({total['skipped']} skipped for unreadable "
+                         f"annotations)")
     (out / "voc.names").write_text("".join(c + "\n" for c in classes))
     data = out / "voc.data"
     data.write_text(f"classes={len(classes)}\ntrain=images/train\nvalid=images/val\n"
@@ -127,7 +149,8 @@ def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("
     kept = {"ignore": "written as ignore regions (labels/*/*.ignore.txt)", "keep": "kept as objects",
             "drop": "dropped"}[difficult]
     print(f"{total['images']} images, {total['objects']} objects written; {total['difficult']} difficult objects "
-          f"{kept}; {total['unknown']} objects of unknown classes skipped -> {data}")
+          f"{kept}; {total['unknown']} objects of unknown classes skipped; {total['skipped']} images skipped for "
+          f"unreadable annotations -> {data}")
     return data
 
 

@@ -1,5 +1,6 @@
 """data/voc2yolo.py, data/coco2yolo.py, data/exdark2yolo.py on the handmade fixtures in tests/fixtures/."""
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -111,10 +112,13 @@ def test_exdark2yolo_split_file(exdark, tmp_path, capsys):
     m = load_script("exdark2yolo")
     assert len(m.EXDARK_CLASSES) == 12
     out = tmp_path / "out"
+    with open(exdark[1] / "People" / "2015_00001.jpg.txt", "a") as f:
+        f.write("Cat 1 x 3 4 0 0 0 0 0 0 0\n")  # a broken line: reported and skipped, the file's others kept
     m.main(["--images", str(exdark[0]), "--annotations", str(exdark[1]), "--out", str(out),
             "--split-file", str(FIX / "exdark" / "imageclasslist.txt")])
     err = capsys.readouterr().err
     assert "unknown class 'Dragon'" in err and "2015_00001.jpg.txt:4" in err
+    assert "2015_00001.jpg.txt:5: non-numeric box '1 x 3 4', line skipped" in err
     people, dog = m.EXDARK_CLASSES.index("People"), m.EXDARK_CLASSES.index("Dog")
     np.testing.assert_allclose(read_labels(out / "labels" / "train" / "2015_00001.txt"),
                                [[people, 30 / 200, 50 / 100, 40 / 200, 60 / 100], [dog, 0.75, 0.5, 0.5, 1.0]],
@@ -149,3 +153,51 @@ def test_voc2yolo_holds_out_a_validation_split_and_keeps_the_test_split_apart(vo
     assert not (out / "images" / "train" / "VOC2007_000002.jpg").exists()
     train, valid, *_, test = m.convert.__defaults__  # the defaults: 07 trainval + 12 train / 12 val / 07 test
     assert (train, valid, test) == (("VOC2007/trainval", "VOC2012/train"), ("VOC2012/val",), ("VOC2007/test",))
+
+
+def test_voc2yolo_skips_and_counts_images_whose_annotation_cannot_be_read(voc, tmp_path, capsys):
+    """Not XML (its line named), a box without its corners, a missing file: each image is skipped (unlabelled, it
+    would train as background) and counted; the rest converts. Nothing convertible is a one-line error."""
+    m = load_script("voc2yolo")
+    ann, main_sets = voc / "VOC2007" / "Annotations", voc / "VOC2007" / "ImageSets" / "Main"
+    (ann / "000003.xml").write_text("<annotation>\n<size><width>64</width>\n")
+    (ann / "000004.xml").write_text("<annotation><size><width>64</width><height>48</height></size><object>"
+                                    "<name>dog</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax></bndbox>"
+                                    "</object></annotation>")
+    for i in (3, 4, 5):
+        blank(voc / "VOC2007" / "JPEGImages" / f"00000{i}.jpg", 64, 48)
+    (main_sets / "trainval.txt").write_text("000001\n000003\n000004\n000005\n")
+    out = tmp_path / "out"
+    m.main(["--voc-root", str(voc), "--out", str(out), "--train", "VOC2007/trainval", "--valid", "VOC2007/test",
+            "--test", ""])
+    cap = capsys.readouterr()
+    assert f"{ann / '000003.xml'}:3: not valid XML" in cap.err
+    assert f"{ann / '000004.xml'}: object 'dog' has no <bndbox> with numeric xmin, ymin, xmax, ymax" in cap.err
+    assert f"{ann / '000005.xml'}: No such file or directory; image skipped" in cap.err
+    assert "3 images skipped for unreadable annotations" in cap.out
+    assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["VOC2007_000001.jpg"]
+    (main_sets / "trainval.txt").write_text("000003\n")
+    with pytest.raises(SystemExit, match=r"no image converted \(1 skipped for unreadable annotations\)"):
+        m.main(["--voc-root", str(voc), "--out", str(tmp_path / "none"), "--train", "VOC2007/trainval", "--valid",
+                "", "--test", ""])
+
+
+def test_coco2yolo_names_a_broken_json_and_skips_malformed_entries(tmp_path, capsys):
+    m = load_script("coco2yolo")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [\n  {"id": 1,\n')
+    with pytest.raises(SystemExit, match=rf"^error: {bad}:3: not valid JSON"):
+        m.main(["--annotations", str(bad), "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--split", "t"])
+    blank(tmp_path / "imgs" / "a.jpg", 64, 64)
+    (tmp_path / "odd.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}, {"id": 2, "file_name": "b.jpg"}],
+        "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 2]},
+                        {"id": 8, "image_id": 1, "category_id": 1, "bbox": [0, 0, 32, 32]}],
+        "categories": [{"id": 1, "name": "person"}]}))
+    m.main(["--annotations", str(tmp_path / "odd.json"), "--images", str(tmp_path / "imgs"), "--out",
+            str(tmp_path / "o"), "--split", "t"])
+    cap = capsys.readouterr()
+    assert "annotation 7: needs bbox, category_id, image_id (bbox: 4 numbers); skipped" in cap.err
+    assert "image 2: needs file_name, height, id, width; skipped" in cap.err
+    assert "1 images, 1 boxes written" in cap.out and "2 malformed entries skipped" in cap.out
+    np.testing.assert_allclose(read_labels(tmp_path / "o" / "labels" / "t" / "a.txt"), [[0, 0.25, 0.25, 0.5, 0.5]])
