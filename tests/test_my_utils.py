@@ -1,4 +1,6 @@
 """The shared command line: YAML defaults, inherit_from, override order, underscore aliases."""
+import re
+
 import pytest
 import yaml
 
@@ -142,3 +144,23 @@ def test_saved_arguments_carry_a_version_and_old_ones_are_migrated_once(tmp_path
     assert not hasattr(upgrade_saved_args(argparse.Namespace(args_version=1)), "shortcut_filters")  # train.py
     with pytest.raises(UserError, match=rf"runs/x/args.yaml: args_version {ARGS_VERSION + 1} is not one"):
         upgrade_saved_args(argparse.Namespace(args_version=ARGS_VERSION + 1), "runs/x/args.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr0: [1, 2]\n", "lr0: expected one value, not [1, 2]"),
+    ("epochs: 2.5\n", "epochs: expected an integer, not 2.5"),
+    ("lr0: true\n", "lr0: expected a number, not True"),
+    ("notest: 1\n", "notest: expected true or false, not 1"),
+    ("optimizer: rmsprop\n", "optimizer: 'rmsprop' is not one of"),
+])
+def test_a_params_value_of_the_wrong_kind_is_a_one_line_error_naming_the_file(tmp_path, text, message):
+    from utils.errors import UserError
+    from utils.my_utils import parse_args, train_parser
+
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"^{re.escape(f'{path}: {message}')}"):
+        parse_args(train_parser(), ["--params", str(path)])
+    path.write_text("epochs: 3\nlr0: 1\nnotest: true\n")  # YAML's int 1 for a float flag is fine
+    a = parse_args(train_parser(), ["--params", str(path)])
+    assert (a.epochs, a.lr0, a.notest) == (3, 1, True)

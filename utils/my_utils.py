@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from utils.errors import UserError
-from utils.general import ROOT
+from utils.general import ROOT, project_path
 from utils.settings import (HYP_SETTINGS, PRECISION_CHOICES, AugmentSettings, CSSettings, DataSettings,
                             DeviceSettings, GANSettings, KDSettings, LossSettings, LTHSettings, ModelSettings,
                             OptimSettings, OutputSettings, TrainSettings, flag_kwargs)
@@ -134,9 +134,7 @@ def show_yaml_defaults(parser, params):
 # ----------------------------------------------------------------------------------------------- YAML
 def load_params(path, _seen=None):
     """Read a params YAML, following ``inherit_from:`` (relative to the file); the child's keys win."""
-    path = Path(path)
-    if not path.is_file() and not path.is_absolute() and (ROOT / path).is_file():
-        path = ROOT / path
+    path = project_path(path)
     if not path.is_file():
         raise UserError(f"{path}: params file not found")
     _seen = _seen or []
@@ -238,14 +236,41 @@ def upgrade_saved_args(saved, source="saved arguments"):
 
 
 def yaml_value(action, value, source):
-    """A YAML value checked like the flag it stands for: the flag's type (for strings) and choices."""
+    """A YAML value checked like the flag it stands for: its type, its number of values and its choices."""
+    what = f"{source}: {action.dest}"
+    if value is None:
+        return value
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise UserError(f"{what}: expected true or false, not {value!r}")
+        return value
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int) and action.nargs > 1
+    if many:
+        value = [yaml_item(action, v, what) for v in (value if isinstance(value, list) else [value])]
+    else:
+        value = yaml_item(action, value, what)
+    for v in value if many else [value]:
+        if action.choices is not None and v not in action.choices:
+            raise UserError(f"{what}: {v!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def yaml_item(action, value, what):
+    """One YAML value as the flag's type: strings through it as argparse would; numbers checked for int and float
+    flags (YAML ``true`` is no number, 2.5 no integer); a list or mapping where one value belongs is refused."""
+    if isinstance(value, (list, dict)):
+        raise UserError(f"{what}: expected one value, not {value!r}")
     try:
-        if action.type is not None and isinstance(value, str):
-            value = action.type(value)
+        if isinstance(value, str) and action.type is not None:
+            return action.type(value)
+        if action.type in (int, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"expected a number, not {value!r}")
+            if action.type is int and value != int(value):
+                raise ValueError(f"expected an integer, not {value!r}")
+            return int(value) if action.type is int else value  # an int stays one for a float flag (args.yaml)
     except (argparse.ArgumentTypeError, ValueError) as e:
-        raise UserError(f"{source}: {action.dest}: {e}") from None
-    if action.choices is not None and value not in action.choices:
-        raise UserError(f"{source}: {action.dest}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+        raise UserError(f"{what}: {e}") from None
     return value
 
 
