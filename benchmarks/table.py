@@ -475,8 +475,10 @@ class Plan:
         a, dense, weights = self.a, self.baseline(cfg), granularity == "weight"
         schedule = self.lth if weights else ["--rounds", str(a.filter_rounds), "--prune-rate", f"{a.filter_rate:g}",
                                              "--granularity", "filter"]
-        kind = "lr-" if lr_rewind else "" if weights else "filter-"
-        extra = [*self.lth_extra, "--rewind", "lr"] if lr_rewind else self.lth_extra if weights else self.filter_extra
+        if lr_rewind:
+            kind, extra = "lr-", [*self.lth_extra, "--rewind", "lr"]
+        else:
+            kind, extra = ("", self.lth_extra) if weights else ("filter-", self.filter_extra)
         return self.job(f"lth-{kind}{scope}-{cfg.stem}", "prune.py",
                         lambda s, J: ["--lth", "--cfg", str(cfg), "--weights",
                                       str(J[dense].folder / "round_0/weights/last.pt"), "--scope", scope, *schedule,
