@@ -82,7 +82,7 @@ def convert(annotations, images, out, split, copy=False, categories_from_json=Fa
     else:
         mapping, names = COCO91_TO_80, list(COCO80_NAMES)
     per_image = defaultdict(list)
-    stats = dict(images=0, boxes=0, crowd=0, empty=0, unknown=0, malformed=0)
+    stats = dict(images=0, boxes=0, crowd=0, empty=0, unknown=0, malformed=0, missing=0)
     for a in d.get("annotations", []):
         if not well_formed(a, annotations, "annotation", {"image_id", "category_id", "bbox"}, bbox=True):
             stats["malformed"] += 1
@@ -100,6 +100,11 @@ def convert(annotations, images, out, split, copy=False, categories_from_json=Fa
         if not well_formed(im, annotations, "image", {"id", "file_name", "width", "height"}):
             stats["malformed"] += 1
             continue
+        src = Path(images) / im["file_name"]
+        if not src.is_file():
+            stats["missing"] += 1
+            print(f"{src}: image not found, skipped", file=sys.stderr)
+            continue
         W, H = float(im["width"]), float(im["height"])
         lines = []
         for a in per_image.get(im["id"], []):
@@ -110,7 +115,7 @@ def convert(annotations, images, out, split, copy=False, categories_from_json=Fa
                 continue
             lines.append(f"{mapping[a['category_id']]} {(x1 + x2) / 2 / W:.6f} {(y1 + y2) / 2 / H:.6f} "
                          f"{(x2 - x1) / W:.6f} {(y2 - y1) / H:.6f}")
-        place(Path(images) / im["file_name"], out / "images" / split / im["file_name"], copy)
+        place(src, out / "images" / split / im["file_name"], copy)
         lab = out / "labels" / split / (Path(im["file_name"]).stem + ".txt")
         lab.parent.mkdir(parents=True, exist_ok=True)
         if lines:
@@ -125,8 +130,8 @@ def convert(annotations, images, out, split, copy=False, categories_from_json=Fa
     data = out / "coco.data"
     data.write_text(f"classes={len(names)}\ntrain={train}\nvalid={valid}\nnames=coco.names\n")
     print(f"{split}: {stats['images']} images, {stats['boxes']} boxes written; {stats['crowd']} crowd annotations, "
-          f"{stats['empty']} empty boxes, {stats['unknown']} unknown categories, {stats['malformed']} malformed entries "
-          f"skipped -> {data}")
+          f"{stats['empty']} empty boxes, {stats['unknown']} unknown categories, {stats['malformed']} malformed entries, "
+          f"{stats['missing']} missing images skipped -> {data}")
     return data
 
 

@@ -190,7 +190,8 @@ def test_coco2yolo_names_a_broken_json_and_skips_malformed_entries(tmp_path, cap
         m.main(["--annotations", str(bad), "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--split", "t"])
     blank(tmp_path / "imgs" / "a.jpg", 64, 64)
     (tmp_path / "odd.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}, {"id": 2, "file_name": "b.jpg"}],
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}, {"id": 2, "file_name": "b.jpg"},
+                   {"id": 3, "file_name": "gone.jpg", "width": 64, "height": 64}],
         "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 2]},
                         {"id": 8, "image_id": 1, "category_id": 1, "bbox": [0, 0, 32, 32]}],
         "categories": [{"id": 1, "name": "person"}]}))
@@ -199,5 +200,7 @@ def test_coco2yolo_names_a_broken_json_and_skips_malformed_entries(tmp_path, cap
     cap = capsys.readouterr()
     assert "annotation 7: needs bbox, category_id, image_id (bbox: 4 numbers); skipped" in cap.err
     assert "image 2: needs file_name, height, id, width; skipped" in cap.err
-    assert "1 images, 1 boxes written" in cap.out and "2 malformed entries skipped" in cap.out
+    assert f"{tmp_path / 'imgs' / 'gone.jpg'}: image not found, skipped" in cap.err
+    assert "1 images, 1 boxes written" in cap.out and "2 malformed entries, 1 missing images skipped" in cap.out
+    assert sorted(p.name for p in (tmp_path / "o" / "images" / "t").iterdir()) == ["a.jpg"]
     np.testing.assert_allclose(read_labels(tmp_path / "o" / "labels" / "t" / "a.txt"), [[0, 0.25, 0.25, 0.5, 0.5]])
