@@ -19,7 +19,8 @@ from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError
 from utils.evaluation import check_img_size, evaluate, measure_speed, model_stride
 from utils.general import increment_path, select_device
-from utils.metrics import EVAL_BATCH_SIZE, format_metrics, format_per_class, score_with_official_annotations
+from utils.metrics import (EVAL_BATCH_SIZE, format_metrics, format_per_class, read_official_annotations,
+                           score_with_official_annotations)
 from utils.my_utils import add_data_args, add_inference_precision_args, add_model_args, flag
 from utils.summary import model_summary
 from utils.torch_utils import resolve_precision
@@ -105,13 +106,15 @@ def main(argv=None):
               f"{speed['nms']:.1f} ms NMS per image over {speed['images']} images, batch shape "
               f"{speed['batch_shape']}")
     else:
+        annotations = read_official_annotations(args.coco_json, names) if args.coco_json else None  # checked first
         metrics = evaluate(model, loader, conf_thres=args.conf_thres, iou_thres=args.iou_thres, precision=precision,
                            names=names, save_json=run_dir if args.save_json or args.coco_json else None,
                            verbose=args.verbose, multi_label=args.multi_label, max_det=args.max_det)
         if args.coco_json:  # the official annotations replace the labels as the ground truth
             official = score_with_official_annotations(json.loads((run_dir / "ground_truth.json").read_text()),
                                                        json.loads((run_dir / "predictions.json").read_text()),
-                                                       args.coco_json, names, verbose=args.verbose)
+                                                       args.coco_json, names, verbose=args.verbose,
+                                                       official=annotations)
             metrics.update(official, scored_against=str(args.coco_json))
             print(f"scored against {args.coco_json} (official image ids, categories, areas and crowd regions)")
         report.update(metrics)

@@ -9,6 +9,8 @@ from utils.general import xyxy2xywh
 from utils.metrics import (Evaluator, box_iou, box_iou_np, coco_evaluate, match_detections, non_max_suppression,
                            pr_at_best_f1, scale_boxes)
 
+from .conftest import ROOT
+
 
 def _evaluate(images, nc=2):
     """images: list of (labels [[cls, x1, y1, x2, y2]], det [[x1, y1, x2, y2, conf, cls]]) on 640x480 images."""
@@ -275,3 +277,35 @@ def test_official_annotations_map_ids_and_categories_and_ignore_crowd_regions(tm
         score_with_official_annotations({"images": [{"id": 1, "file_name": "000000000001.jpg"}]}, [], path, names)
     with pytest.raises(UserError, match="categories do not match"):
         score_with_official_annotations(ours, perfect, path, names[::-1])
+
+
+def test_a_bad_official_annotation_file_stops_test_py_before_it_evaluates(tmp_path, monkeypatch):
+    """read_official_annotations names what is wrong, and test.py calls it before the evaluation (a typo in
+    --coco-json costs seconds, not a whole validation pass)."""
+    import importlib.util
+
+    from utils.errors import UserError
+    from utils.metrics import read_official_annotations
+
+    names = ["a", "b"]
+    for text, why in (("not json", "not a COCO annotation file .JSONDecodeError"),
+                      ('{"categories": []}', "not a COCO annotation file .KeyError: 'images'"),
+                      ('{"images": [], "categories": [{"id": 1, "name": "b"}, {"id": 2, "name": "a"}]}',
+                       "its 2 categories do not match the data's 2 class names in order .first difference at "
+                       "class 0")):
+        (tmp_path / "c.json").write_text(text)
+        with pytest.raises(UserError, match=f"^{tmp_path / 'c.json'}: {why}"):
+            read_official_annotations(tmp_path / "c.json", names)
+    spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from models import Darknet, make_checkpoint
+    from utils.checkpoint import save_checkpoint
+    from utils.shapes import make_shapes
+
+    data = make_shapes(tmp_path / "shapes", n_train=2, n_val=2, img_size=64, seed=0)
+    save_checkpoint(make_checkpoint(Darknet("cfg/yolov3-tiny.cfg", nc=6, img_size=64)), tmp_path / "w.pt")
+    monkeypatch.setattr(script, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --coco-json"))
+    with pytest.raises(UserError, match="categories do not match the data's 6 class names"):
+        script.main(["--weights", str(tmp_path / "w.pt"), "--data", str(data), "--img-size", "64", "--coco-json",
+                     str(tmp_path / "c.json"), "--project", str(tmp_path / "t")])

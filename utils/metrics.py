@@ -191,23 +191,34 @@ def coco_evaluate(gt, detections, verbose=False, return_eval=False):
     return (stats, E) if return_eval else stats
 
 
-def score_with_official_annotations(gt_ours, detections, coco_json, names, verbose=False):
-    """COCO metrics of ``detections`` (our results: loader image ids, 0-based classes) against the official
-    annotations ``coco_json`` (e.g. instances_val2017.json): its crowd regions and areas, its image ids (matched by
-    file name to ``gt_ours``' images) and its category ids (class k is the k-th category by id: COCO's 80 -> 91 map).
-    Only the images scored here count. Returns ``coco_evaluate``'s dict."""
+def read_official_annotations(coco_json, names):
+    """The parsed official annotation file, checked before anything is evaluated: readable JSON with images and
+    categories, and categories (sorted by id) named as the data's classes, in order; else a ``UserError``."""
     path = Path(coco_json)
     try:
         official = json.loads(path.read_text())
-        images, categories = official["images"], sorted(official["categories"], key=lambda c: c["id"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if "images" not in official:
+            raise KeyError("images")
+        theirs = [c["name"].strip().lower() for c in sorted(official["categories"], key=lambda c: c["id"])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{path}: not a COCO annotation file ({type(e).__name__}: {e})") from None
     ours = [c.replace("_", " ").strip().lower() for c in names]
-    theirs = [c["name"].strip().lower() for c in categories]
     if ours != theirs:
         k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
         raise UserError(f"{path}: its {len(theirs)} categories do not match the data's {len(ours)} class names in "
                         f"order (first difference at class {k})")
+    return official
+
+
+def score_with_official_annotations(gt_ours, detections, coco_json, names, verbose=False, official=None):
+    """COCO metrics of ``detections`` (our results: loader image ids, 0-based classes) against the official
+    annotations ``coco_json`` (e.g. instances_val2017.json): its crowd regions and areas, its image ids (matched by
+    file name to ``gt_ours``' images) and its category ids (class k is the k-th category by id: COCO's 80 -> 91 map).
+    Only the images scored here count; ``official``: the file already read by ``read_official_annotations``.
+    Returns ``coco_evaluate``'s dict."""
+    path = Path(coco_json)
+    official = official or read_official_annotations(path, names)
+    images, categories = official["images"], sorted(official["categories"], key=lambda c: c["id"])
     by_name = {Path(im["file_name"]).name: im["id"] for im in images}
     image_id = {}
     for im in gt_ours["images"]:
