@@ -17,10 +17,11 @@ import cv2
 import numpy as np
 import torch
 
+from models import check_img_size
 from utils.checkpoint import load_model
 from utils.datasets import LoadImages, parse_data_cfg
 from utils.errors import UserError
-from utils.evaluation import check_img_size, model_stride
+from utils.evaluation import model_stride
 from utils.general import increment_path, select_device, xyxy2xywh
 from utils.metrics import non_max_suppression, scale_boxes
 from utils.my_utils import add_inference_precision_args, flag

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from models import make_checkpoint
+from models import check_img_size, make_checkpoint
 from utils import sparse
 from utils.checkpoint import export_sparse, load_export, load_model, save_checkpoint
 from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError, cli
-from utils.evaluation import check_img_size, evaluate, model_stride
+from utils.evaluation import evaluate, model_stride
 from utils.export import (FOLD_ROUND_TO, bit_equal, check_foldable, check_onnx, compare_outputs, export_darknet,
                           export_onnx, fold_empty_channels, render_cfg, write_text)
 from utils.my_utils import add_model_args, flag

@@ -674,6 +674,13 @@ class Darknet(nn.Module):
         return features
 
 
+def check_img_size(img_size, stride):
+    """A ``UserError`` unless ``img_size`` is a multiple of the network's largest ``stride`` (its heads' grids would
+    not line up: a route concatenates maps of different sizes)."""
+    if img_size % stride:
+        raise UserError(f"--img-size {img_size} is not a multiple of the model's stride {stride}")
+
+
 def read_cfg(path):
     """The text of a cfg file, or a ``UserError`` naming it."""
     path = project_path(path)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from models import Darknet
+from models import Darknet, check_img_size
 from utils.checkpoint import load_model
 from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError
-from utils.evaluation import check_img_size, evaluate, measure_speed, model_stride
+from utils.evaluation import evaluate, measure_speed, model_stride
 from utils.general import increment_path, select_device
 from utils.metrics import (EVAL_BATCH_SIZE, format_metrics, format_per_class, read_official_annotations,
                            score_with_official_annotations)

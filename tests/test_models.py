@@ -511,6 +511,8 @@ def test_nc_override_fixes_filters_and_cli_error_is_one_line(tmp_path, capsys):
     assert err.startswith(f"error: {path}:11: filters=20") and err.count("\n") == 1
     with pytest.raises(UserError, match="cfg file not found"):
         Darknet(tmp_path / "missing.cfg")
+    with pytest.raises(UserError, match="^--img-size 100 is not a multiple of the model's stride 32$"):
+        summary.main(["--cfg", str(CFG / "yolov3-tiny.cfg"), "--img-size", "100"])  # was a torch.cat traceback
 
 
 def _activations(model):

@@ -23,13 +23,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from models import Darknet, load_darknet_weights
+from models import Darknet, check_img_size, load_darknet_weights
 from utils import anchors, runlock
 from utils.checkpoint import (atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, save_compact,
                               write_atomic)
 from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError
-from utils.evaluation import check_img_size, evaluate
+from utils.evaluation import evaluate
 from utils.general import increment_path, init_seeds, is_main_process, select_device
 from utils.loss import ComputeLoss
 from utils.memory_format import choose_memory_format, machine_name

@@ -8,7 +8,6 @@ import torch
 from tqdm import tqdm
 
 from utils.datasets import ignore_regions
-from utils.errors import UserError
 from utils.general import xywh2xyxy
 from utils.metrics import Evaluator, non_max_suppression, scale_boxes
 from utils.torch_utils import autocast
@@ -207,10 +206,3 @@ def measure_speed(model, dataloader, conf_thres=0.001, iou_thres=0.6, precision=
 def model_stride(model):
     strides = [float(model.module_list[i].stride) for i in getattr(model, "yolo_layers", [])]
     return int(max(strides)) if strides else 32
-
-
-def check_img_size(img_size, stride):
-    """A ``UserError`` unless ``img_size`` is a multiple of the network's largest ``stride`` (its heads' grids would
-    not line up: a route concatenates maps of different sizes)."""
-    if img_size % stride:
-        raise UserError(f"--img-size {img_size} is not a multiple of the model's stride {stride}")

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models import Darknet, darknet_file_bytes, make_checkpoint, prunable_parameters, save_darknet_weights
+from models import (Darknet, check_img_size, darknet_file_bytes, make_checkpoint, prunable_parameters,
+                    save_darknet_weights)
 from utils.checkpoint import checked, load_model, read_file, save_checkpoint
 from utils.errors import UserError
 from utils.sparse import export_bytes, zero_output_channels
@@ -155,9 +156,11 @@ def main(argv=None):
     if args.weights:
         model, ckpt = load_model(args.weights, cfg=args.cfg, nc=args.nc)
         img_size = args.img_size or (ckpt or {}).get("img_size") or 416
+        check_img_size(img_size, model.max_stride)
         summary = model_summary(model, img_size, path=args.weights, verbose=True)
     elif args.cfg:
         model = Darknet(args.cfg, img_size=args.img_size or 416, nc=args.nc)
+        check_img_size(args.img_size or 416, model.max_stride)
         summary = model_summary(model, args.img_size or 416, verbose=True)
     else:
         raise UserError("models.py: give --cfg, --weights or --convert (see --help)")
