@@ -21,7 +21,6 @@ from models import check_img_size
 from utils.checkpoint import load_model
 from utils.datasets import LoadImages, parse_data_cfg
 from utils.errors import UserError
-from utils.evaluation import model_stride
 from utils.general import increment_path, select_device, xyxy2xywh
 from utils.metrics import non_max_suppression, scale_boxes
 from utils.my_utils import add_inference_precision_args, flag
@@ -114,7 +113,7 @@ def main(argv=None):
     if len(names) < nc:
         names += [str(i) for i in range(len(names), nc)]
     img_size = args.img_size or ckpt.get("img_size") or 416
-    stride = model_stride(model)
+    stride = model.max_stride
     check_img_size(img_size, stride)
 
     run_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)

@@ -29,7 +29,7 @@ from utils import sparse
 from utils.checkpoint import export_sparse, load_export, load_model, save_checkpoint
 from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError, cli
-from utils.evaluation import evaluate, model_stride
+from utils.evaluation import evaluate
 from utils.export import (FOLD_ROUND_TO, bit_equal, check_foldable, check_onnx, compare_outputs, export_darknet,
                           export_onnx, fold_empty_channels, render_cfg, write_text)
 from utils.my_utils import add_model_args, flag
@@ -77,7 +77,7 @@ def evaluate_map(model, data_path, img_size, batch_size, workers):
     data = parse_data_cfg(data_path)
     if int(data["classes"]) != model.nc:
         raise UserError(f"{data_path}: {data['classes']} classes, but the model has {model.nc}")
-    loader, _ = create_dataloader(data["valid"], img_size, batch_size, model_stride(model), rect=True,
+    loader, _ = create_dataloader(data["valid"], img_size, batch_size, model.max_stride, rect=True,
                                   augment=False, shuffle=False, workers=workers, nc=model.nc)
     m = evaluate(model, loader, names=list(data["names"]))
     return m["map50"], m["map"]

@@ -17,7 +17,7 @@ from models import Darknet, check_img_size
 from utils.checkpoint import load_model
 from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError
-from utils.evaluation import evaluate, measure_speed, model_stride
+from utils.evaluation import evaluate, measure_speed
 from utils.general import increment_path, select_device
 from utils.metrics import (EVAL_BATCH_SIZE, format_metrics, format_per_class, read_official_annotations,
                            score_with_official_annotations)
@@ -80,7 +80,7 @@ def main(argv=None):
     if int(getattr(model, "nc", nc)) != nc:
         raise UserError(f"{args.data}: {nc} classes, but the model has {model.nc}")
     img_size = args.img_size or (ckpt or {}).get("img_size") or 416
-    stride = model_stride(model)
+    stride = model.max_stride
     check_img_size(img_size, stride)
     batch_size = args.batch_size or EVAL_BATCH_SIZE
     if args.split not in data:

@@ -29,12 +29,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import interleaved_latencies, latency_runners, timing_rule  # noqa: E402
+from benchmarks.common import interleaved_latencies, latency_runners, threads_label, timing_rule  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.export import FOLD_ROUND_TO, fold_empty_channels  # noqa: E402
+from utils.general import cpu_name, select_device  # noqa: E402
 from utils.pruning import Masks, filter_groups, filter_prune, unit_kernels  # noqa: E402
 from utils.summary import model_summary  # noqa: E402
-from utils.general import cpu_name, select_device  # noqa: E402
 
 
 def networks(weights, rates, round_to=(FOLD_ROUND_TO,)):
@@ -106,7 +106,7 @@ def main(argv=None):
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "python": platform.python_version(),
             "reps": a.reps, "warmup": a.warmup, "passes": a.passes}
     meta["gpu"] = gpu.lstrip(", ")
-    print(f"{meta['cpu']}{gpu}, {meta['threads']} thread{'s' * (meta['threads'] != 1)}, torch {meta['torch']}, {meta['date']}; "
+    print(f"{meta['cpu']}{gpu}, {threads_label(meta['threads'])}, torch {meta['torch']}, {meta['date']}; "
           f"{timing_rule(a.reps, a.passes)} after {a.warmup} "
           f"warm-up, ms per batch\n")
     cuda = " CUDA fp16 |" if gpu else ""

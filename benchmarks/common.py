@@ -144,6 +144,11 @@ def ort_latency(model, img_size, reps, folder, batch=1, warmup=1):
     return timed(ort_runner(model, img_size, folder, batch), reps, warmup)
 
 
+def threads_label(n):
+    """'1 thread', '2 threads': how latency figures name their thread count."""
+    return f"{n} thread{'s' * (int(n) != 1)}"
+
+
 def timing_rule(reps, passes=1):
     """How an ``interleaved_latencies`` figure was taken, in words."""
     return (f"median of {reps} runs" if passes == 1 else

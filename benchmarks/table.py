@@ -1178,10 +1178,6 @@ class Table:
         return out
 
 
-def thread_count(n):
-    return f"{n} thread{'s' * (int(n) != 1)}"
-
-
 def widths(rec):
     """', widths xN' for a latency measured with folded widths rounded to multiples of N (N > 1)."""
     n = rec.get("round_to") or 1
@@ -1198,9 +1194,11 @@ def timing_rule(rec):
 def latency_fields(rec):
     """A run's latency record as table figures: the median ms, ``cpu, N threads``, how it was timed, the conv
     filters and how many folding removed (None where there is no record, or one from before the filter count)."""
+    from benchmarks.common import threads_label
+
     rec = rec or {}
     return {"latency_ms": float(rec["ms"]) if rec else None,
-            "latency_cpu": f"{rec['cpu']}, {thread_count(rec['threads'])}{widths(rec)}" if rec else None,
+            "latency_cpu": f"{rec['cpu']}, {threads_label(rec['threads'])}{widths(rec)}" if rec else None,
             "latency_rule": timing_rule(rec) if rec else None,
             "filters": rec.get("filters"), "filters_removed": rec.get("filters_removed")}
 

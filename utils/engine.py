@@ -293,7 +293,7 @@ class Trainer:
     # -- setup ---------------------------------------------------------------------------------------
     def setup(self):
         s = self.settings
-        self.stride = int(max(m.stride for m in self.yolo_modules()))
+        self.stride = de_parallel(self.model).max_stride
         check_img_size(self.img_size, self.stride)  # before anything runs the network (the memory-format probe)
         init_seeds(self.seed, s.device.deterministic)
         if self.world > 1:
@@ -403,10 +403,6 @@ class Trainer:
         except ImportError:
             return None
         return SummaryWriter(str(self.save_dir))
-
-    def yolo_modules(self):
-        m = de_parallel(self.model)
-        return [m.module_list[i] for i in m.yolo_layers]
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self):

@@ -202,7 +202,3 @@ def measure_speed(model, dataloader, conf_thres=0.001, iou_thres=0.6, precision=
     out["batch_shape"] = shape
     return out
 
-
-def model_stride(model):
-    strides = [float(model.module_list[i].stride) for i in getattr(model, "yolo_layers", [])]
-    return int(max(strides)) if strides else 32

@@ -245,14 +245,11 @@ def yaml_value(action, value, source):
             raise UserError(f"{what}: expected true or false, not {value!r}")
         return value
     many = action.nargs in ("+", "*") or isinstance(action.nargs, int) and action.nargs > 1
-    if many:
-        value = [yaml_item(action, v, what) for v in (value if isinstance(value, list) else [value])]
-    else:
-        value = yaml_item(action, value, what)
-    for v in value if many else [value]:
+    items = [yaml_item(action, v, what) for v in (value if many and isinstance(value, list) else [value])]
+    for v in items:
         if action.choices is not None and v not in action.choices:
             raise UserError(f"{what}: {v!r} is not one of {', '.join(map(str, action.choices))}")
-    return value
+    return items if many else items[0]
 
 
 def yaml_item(action, value, what):

@@ -156,13 +156,12 @@ def main(argv=None):
     if args.weights:
         model, ckpt = load_model(args.weights, cfg=args.cfg, nc=args.nc)
         img_size = args.img_size or (ckpt or {}).get("img_size") or 416
-        check_img_size(img_size, model.max_stride)
-        summary = model_summary(model, img_size, path=args.weights, verbose=True)
     elif args.cfg:
-        model = Darknet(args.cfg, img_size=args.img_size or 416, nc=args.nc)
-        check_img_size(args.img_size or 416, model.max_stride)
-        summary = model_summary(model, args.img_size or 416, verbose=True)
+        img_size = args.img_size or 416
+        model = Darknet(args.cfg, img_size=img_size, nc=args.nc)
     else:
         raise UserError("models.py: give --cfg, --weights or --convert (see --help)")
+    check_img_size(img_size, model.max_stride)
+    summary = model_summary(model, img_size, path=args.weights, verbose=True)
     print(json.dumps(summary))
     return summary
