@@ -144,6 +144,25 @@ def test_plugin_hooks_features_and_extra_columns(shapes_tiny, tmp_path):
     assert (save_dir / "results.png").is_file() and (save_dir / "args.yaml").is_file()
 
 
+def test_results_png_is_drawn_after_the_last_epoch_and_at_most_once_a_minute(tmp_path, monkeypatch):
+    """results.csv after every epoch; the figure (about a second on 2 cores) only after the last epoch or once
+    ``PLOT_EVERY_S`` have passed since the last one."""
+    import time
+    from types import SimpleNamespace
+
+    drawn = []
+    monkeypatch.setattr(engine, "plot_results", drawn.append)
+    run = SimpleNamespace(rows=[{"epoch": 1, "lr": 0.01}], save_dir=tmp_path, plotted_at=time.monotonic())
+    engine.Trainer.write_results(run, final=False)
+    assert drawn == [] and (tmp_path / "results.csv").read_text().splitlines() == ["epoch,lr", "1,0.01"]
+    run.rows.append({"epoch": 2, "lr": 0.02})
+    run.plotted_at -= engine.PLOT_EVERY_S
+    engine.Trainer.write_results(run, final=False)
+    assert drawn == [tmp_path / "results.csv"] and time.monotonic() - run.plotted_at < 1
+    engine.Trainer.write_results(run, final=True)
+    assert len(drawn) == 2 and len((tmp_path / "results.csv").read_text().splitlines()) == 3
+
+
 def test_checkpoint_for_another_cfg_is_one_line_error(shapes_tiny, tmp_path):
     save_dir = run_train(shapes_tiny, tmp_path, "tiny", "--epochs", "1", "--notest")
     proc = subprocess.run([sys.executable, "train.py", "--cfg", "cfg/yolov3.cfg", "--data", str(shapes_tiny),

@@ -40,6 +40,7 @@ from utils.torch_utils import (MEMORY_FORMATS, ModelEMA, autocast, build_optimiz
                                recompute_bn_stats, resolve_precision)
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run stops
+PLOT_EVERY_S = 60  # results.png is redrawn after an epoch at most this often, and always after the last one
 
 
 class Plugin:
@@ -301,6 +302,7 @@ class Trainer:
         self.check_anchors()
         self.batch_size = max(s.data.batch_size // max(self.world, 1), 1)
         self.choose_memory_format()
+        self.plotted_at = time.monotonic()
         self.model.to(self.device).to(memory_format=self.fmt)
         self.model.hyp = self.hyp
         for plugin in self.plugins:
@@ -648,7 +650,7 @@ class Trainer:
             for plugin in self.plugins:
                 row.update(plugin.after_epoch(self.context, epoch, metrics))
             self.rows.append(row)
-            self.write_results()
+            self.write_results(final=epoch + 1 == self.epochs)
             fitness = fitness_of(metrics) if metrics else -1.0
             best = fitness > self.best_fitness
             self.best_fitness = max(self.best_fitness, fitness)
@@ -666,8 +668,9 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
 
-    def write_results(self):
-        """results.csv and results.png, each written atomically."""
+    def write_results(self, final=True):
+        """results.csv after every epoch, results.png after the last one and when ``PLOT_EVERY_S`` have passed (a
+        figure costs about a second on a 2-core CPU: most of a short run's time), each written atomically."""
         keys = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]
@@ -676,7 +679,9 @@ class Trainer:
         writer.writeheader()
         writer.writerows(self.rows)
         write_atomic(self.save_dir / "results.csv", text.getvalue())
-        plot_results(self.save_dir / "results.csv")
+        if final or time.monotonic() - self.plotted_at >= PLOT_EVERY_S:
+            plot_results(self.save_dir / "results.csv")
+            self.plotted_at = time.monotonic()
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def checkpoint(self, epoch, train_state):

@@ -128,7 +128,7 @@ def payload_crc(obj, crc=0):
     if torch.is_tensor(obj):
         crc = zlib.crc32(f"{obj.dtype}{tuple(obj.shape)}".encode(), crc)
         if obj.numel():
-            crc = zlib.crc32(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), crc)
+            crc = zlib.crc32(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)  # no copy
         return crc
     return zlib.crc32(repr(obj).encode(), crc)
 
