@@ -2,7 +2,8 @@
 
 One step:  batch -> model(imgs, features) -> YOLO loss (x plug-in scale) + plug-in loss terms -> backward
            -> (every ``accumulate`` batches) optimiser step -> plug-in ``after_step`` (masks, discriminator) -> EMA.
-One epoch: train -> evaluate the EMA with ``test.evaluate`` -> results.csv (results.png at most once a minute, and at the end) -> last.pt, best.pt.
+One epoch: train -> evaluate the EMA with ``test.evaluate`` -> results.csv (results.png at most once a minute, and at
+the end) -> last.pt, best.pt.
 
 Exact resume: each epoch reseeds every RNG from (seed, epoch), so an epoch's batches, augmentations and plug-in
 noise do not depend on how many epochs ran before in the same process; ``last.pt`` holds everything else
