@@ -4,7 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -147,9 +149,6 @@ def test_plugin_hooks_features_and_extra_columns(shapes_tiny, tmp_path):
 def test_results_png_is_drawn_after_the_last_epoch_and_at_most_once_a_minute(tmp_path, monkeypatch):
     """results.csv after every epoch; the figure (about a second on 2 cores) only after the last epoch or once
     ``PLOT_EVERY_S`` have passed since the last one."""
-    import time
-    from types import SimpleNamespace
-
     drawn = []
     monkeypatch.setattr(engine, "plot_results", drawn.append)
     run = SimpleNamespace(rows=[{"epoch": 1, "lr": 0.01}], save_dir=tmp_path, plotted_at=time.monotonic())

@@ -9,8 +9,6 @@ from utils.general import xyxy2xywh
 from utils.metrics import (Evaluator, box_iou, box_iou_np, coco_evaluate, match_detections, non_max_suppression,
                            pr_at_best_f1, scale_boxes)
 
-from .conftest import ROOT
-
 
 def _evaluate(images, nc=2):
     """images: list of (labels [[cls, x1, y1, x2, y2]], det [[x1, y1, x2, y2, conf, cls]]) on 640x480 images."""
@@ -282,7 +280,7 @@ def test_official_annotations_map_ids_and_categories_and_ignore_crowd_regions(tm
 def test_a_bad_official_annotation_file_stops_test_py_before_it_evaluates(tmp_path, monkeypatch):
     """read_official_annotations names what is wrong, and test.py calls it before the evaluation (a typo in
     --coco-json costs seconds, not a whole validation pass)."""
-    import importlib.util
+    import test as script
 
     from utils.errors import UserError
     from utils.metrics import read_official_annotations
@@ -296,9 +294,6 @@ def test_a_bad_official_annotation_file_stops_test_py_before_it_evaluates(tmp_pa
         (tmp_path / "c.json").write_text(text)
         with pytest.raises(UserError, match=f"^{tmp_path / 'c.json'}: {why}"):
             read_official_annotations(tmp_path / "c.json", names)
-    spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     from models import Darknet, make_checkpoint
     from utils.checkpoint import save_checkpoint
     from utils.shapes import make_shapes

@@ -66,8 +66,9 @@ def quiet_plots(mp):
 
 @pytest.fixture(scope="module")
 def full(shapes_tiny, tmp_path_factory):
-    """The table command with every kind of row (STUDENTS: two of the four default students), 1 epoch at 64 px, the scripts called in this process: first two rows with
-    2 seeds (their tables are kept in ``two_seeds``), then every row with seed 0 (its runs reused where done)."""
+    """The table command with every kind of row (``STUDENTS``: two of the four default students), 1 epoch at 64 px,
+    the scripts called in this process: first two rows with 2 seeds (their tables are kept in ``two_seeds``), then
+    every row with seed 0 (its runs reused where done)."""
     out = tmp_path_factory.mktemp("table")
     calls = []
 
