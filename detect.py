@@ -17,7 +17,6 @@ import cv2
 import numpy as np
 import torch
 
-from models import check_img_size
 from utils.checkpoint import load_model
 from utils.datasets import LoadImages, parse_data_cfg
 from utils.errors import UserError
@@ -113,8 +112,7 @@ def main(argv=None):
     if len(names) < nc:
         names += [str(i) for i in range(len(names), nc)]
     img_size = args.img_size or ckpt.get("img_size") or 416
-    stride = model.max_stride
-    check_img_size(img_size, stride)
+    model.check_img_size(img_size)
 
     run_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +122,7 @@ def main(argv=None):
     writers = {}  # video path -> cv2.VideoWriter
     n_images = n_dets = 0
     t_start = time.perf_counter()
-    source = LoadImages(args.source, img_size=img_size, stride=stride)
+    source = LoadImages(args.source, img_size=img_size, stride=model.max_stride)
     try:
         for path, img, img0, cap in source:
             path = Path(path)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from models import check_img_size, make_checkpoint
+from models import make_checkpoint
 from utils import sparse
 from utils.checkpoint import export_sparse, load_export, load_model, save_checkpoint
 from utils.datasets import create_dataloader, parse_data_cfg
@@ -134,7 +134,7 @@ def main(argv=None):
     weights = Path(args.weights)
     model, ckpt = load_model(weights, cfg=args.cfg, nc=args.nc)
     img_size = args.img_size or (ckpt or {}).get("img_size") or 416
-    check_img_size(img_size, model.max_stride)
+    model.check_img_size(img_size)
     out_dir = Path(args.out) if args.out else weights.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem_of(weights)

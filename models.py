@@ -641,6 +641,12 @@ class Darknet(nn.Module):
         """The largest YOLO stride (input sizes should be multiples of it)."""
         return max((int(self.module_list[i].stride) for i in self.yolo_layers), default=32)
 
+    def check_img_size(self, img_size):
+        """A ``UserError`` unless ``img_size`` is a multiple of ``max_stride`` (the heads' grids would not line up:
+        a route concatenates maps of different sizes)."""
+        if img_size % self.max_stride:
+            raise UserError(f"--img-size {img_size} is not a multiple of the model's stride {self.max_stride}")
+
     def forward(self, x, features=None):
         """Training: list of raw ``(bs, na, ny, nx, no)``; eval: ``(inf, p)``; with ``features``: ``(out, feats)``."""
         keep = self._keep if not features else self._keep | set(self._check_features(features))
@@ -672,13 +678,6 @@ class Darknet(nn.Module):
             if not isinstance(i, int) or not 0 <= i < n:
                 raise UserError(f"{self.cfg_path}: feature layer {i!r} is outside the network (layers 0..{n - 1})")
         return features
-
-
-def check_img_size(img_size, stride):
-    """A ``UserError`` unless ``img_size`` is a multiple of the network's largest ``stride`` (its heads' grids would
-    not line up: a route concatenates maps of different sizes)."""
-    if img_size % stride:
-        raise UserError(f"--img-size {img_size} is not a multiple of the model's stride {stride}")
 
 
 def read_cfg(path):

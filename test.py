@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from models import Darknet, check_img_size
+from models import Darknet
 from utils.checkpoint import load_model
 from utils.datasets import create_dataloader, parse_data_cfg
 from utils.errors import UserError
@@ -80,12 +80,11 @@ def main(argv=None):
     if int(getattr(model, "nc", nc)) != nc:
         raise UserError(f"{args.data}: {nc} classes, but the model has {model.nc}")
     img_size = args.img_size or (ckpt or {}).get("img_size") or 416
-    stride = model.max_stride
-    check_img_size(img_size, stride)
+    model.check_img_size(img_size)
     batch_size = args.batch_size or EVAL_BATCH_SIZE
     if args.split not in data:
         raise UserError(f"{args.data}: no '{args.split}=' line (--split {args.split})")
-    loader, _ = create_dataloader(data[args.split], img_size, batch_size, stride, rect=True, augment=False,
+    loader, _ = create_dataloader(data[args.split], img_size, batch_size, model.max_stride, rect=True, augment=False,
                                   shuffle=False, workers=args.workers, cache=args.cache_images, nc=nc)
     run_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
     run_dir.mkdir(parents=True, exist_ok=True)

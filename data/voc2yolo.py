@@ -109,7 +109,7 @@ def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("
             difficult="ignore", copy=False, classes=VOC_CLASSES, test=("VOC2007/test",)):
     """Convert the listed ``<VOCyear>/<set>`` image sets; returns the path of the written ``voc.data``."""
     voc_root, out = Path(voc_root), Path(out)
-    total = dict(images=0, objects=0, difficult=0, unknown=0, skipped=0)
+    total = dict(images=0, objects=0, difficult=0, unknown=0, skipped=0, missing=0)
     for split, sets in (("train", train), ("val", valid), ("test", test)):
         for s in sets:
             year, name = s.split("/")
@@ -119,6 +119,10 @@ def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("
                 raise SystemExit(f"error: {ids_file}: image set not found")
             for img_id in ids_file.read_text().split():
                 img = base / "JPEGImages" / f"{img_id}.jpg"
+                if not img.is_file():  # a link to nothing would be counted as a corrupt image at every epoch
+                    print(f"{img}: image not found, skipped", file=sys.stderr)
+                    total["missing"] += 1
+                    continue
                 try:
                     lines, st, hard = convert_annotation(base / "Annotations" / f"{img_id}.xml", classes,
                                                          difficult == "keep", img)
@@ -141,7 +145,7 @@ def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("
                     total[k] += st[k]
     if not total["images"]:
         raise SystemExit(f"error: {voc_root}: no image converted ({total['skipped']} skipped for unreadable "
-                         f"annotations)")
+                         f"annotations, {total['missing']} missing)")
     (out / "voc.names").write_text("".join(c + "\n" for c in classes))
     data = out / "voc.data"
     data.write_text(f"classes={len(classes)}\ntrain=images/train\nvalid=images/val\n"
@@ -150,7 +154,7 @@ def convert(voc_root, out, train=("VOC2007/trainval", "VOC2012/train"), valid=("
             "drop": "dropped"}[difficult]
     print(f"{total['images']} images, {total['objects']} objects written; {total['difficult']} difficult objects "
           f"{kept}; {total['unknown']} objects of unknown classes skipped; {total['skipped']} images skipped for "
-          f"unreadable annotations -> {data}")
+          f"unreadable annotations; {total['missing']} images missing -> {data}")
     return data
 
 

@@ -177,9 +177,24 @@ def test_voc2yolo_skips_and_counts_images_whose_annotation_cannot_be_read(voc, t
     assert "3 images skipped for unreadable annotations" in cap.out
     assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["VOC2007_000001.jpg"]
     (main_sets / "trainval.txt").write_text("000003\n")
-    with pytest.raises(SystemExit, match=r"no image converted \(1 skipped for unreadable annotations\)"):
+    with pytest.raises(SystemExit, match=r"no image converted \(1 skipped for unreadable annotations, 0 missing\)"):
         m.main(["--voc-root", str(voc), "--out", str(tmp_path / "none"), "--train", "VOC2007/trainval", "--valid",
                 "", "--test", ""])
+
+
+def test_voc2yolo_skips_and_counts_an_annotated_image_missing_on_disk(voc, tmp_path, capsys):
+    """An annotation whose JPEG is gone is skipped with its path named, counted in the summary, and leaves no link
+    to nothing behind (the loader would count it as a corrupt image every epoch)."""
+    m = load_script("voc2yolo")
+    (voc / "VOC2007" / "JPEGImages" / "000001.jpg").unlink()
+    out = tmp_path / "out"
+    m.main(["--voc-root", str(voc), "--out", str(out), "--train", "VOC2007/trainval,VOC2007/test", "--valid", "",
+            "--test", ""])
+    cap = capsys.readouterr()
+    assert f"{voc / 'VOC2007' / 'JPEGImages' / '000001.jpg'}: image not found, skipped" in cap.err
+    assert cap.out.startswith("1 images, ") and "; 1 images missing ->" in cap.out
+    assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["VOC2007_000002.jpg"]
+    assert not (out / "labels" / "train" / "VOC2007_000001.txt").exists()
 
 
 def test_coco2yolo_names_a_broken_json_and_skips_malformed_entries(tmp_path, capsys):

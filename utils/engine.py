@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from models import Darknet, check_img_size, load_darknet_weights
+from models import Darknet, load_darknet_weights
 from utils import anchors, runlock
 from utils.checkpoint import (atomic_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, save_compact,
                               write_atomic)
@@ -295,8 +295,9 @@ class Trainer:
     # -- setup ---------------------------------------------------------------------------------------
     def setup(self):
         s = self.settings
-        self.stride = de_parallel(self.model).max_stride
-        check_img_size(self.img_size, self.stride)  # before anything runs the network (the memory-format probe)
+        net = de_parallel(self.model)
+        self.stride = net.max_stride
+        net.check_img_size(self.img_size)  # before anything runs the network (the memory-format probe)
         init_seeds(self.seed, s.device.deterministic)
         if self.world > 1:
             self._init_distributed()

@@ -1024,9 +1024,9 @@ def evaluate_checkpoint(ckpt, args):
     data = parse_data_cfg(args.data)
     device = select_device(args.device)
     model = build_model(ckpt, args).to(device)
-    stride = int(max(model.module_list[i].stride for i in model.yolo_layers))
-    loader, _ = create_dataloader(data["valid"], args.img_size, args.batch_size * 2, stride, hyp=hyp_from_args(args),
-                                  augment=False, rect=True, workers=args.workers, shuffle=False, nc=data["classes"])
+    loader, _ = create_dataloader(data["valid"], args.img_size, args.batch_size * 2, model.max_stride,
+                                  hyp=hyp_from_args(args), augment=False, rect=True, workers=args.workers,
+                                  shuffle=False, nc=data["classes"])
     metrics = evaluate(model, loader, precision=resolve_precision(device, args.amp), names=data["names"])
     return {"map50": metrics["map50"], "map": metrics["map"]}
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models import (Darknet, check_img_size, darknet_file_bytes, make_checkpoint, prunable_parameters,
-                    save_darknet_weights)
+from models import Darknet, darknet_file_bytes, make_checkpoint, prunable_parameters, save_darknet_weights
 from utils.checkpoint import checked, load_model, read_file, save_checkpoint
 from utils.errors import UserError
 from utils.sparse import export_bytes, zero_output_channels
@@ -161,7 +160,7 @@ def main(argv=None):
         model = Darknet(args.cfg, img_size=img_size, nc=args.nc)
     else:
         raise UserError("models.py: give --cfg, --weights or --convert (see --help)")
-    check_img_size(img_size, model.max_stride)
+    model.check_img_size(img_size)
     summary = model_summary(model, img_size, path=args.weights, verbose=True)
     print(json.dumps(summary))
     return summary
